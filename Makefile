@@ -1,0 +1,34 @@
+# jvmail: the two commands are `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test lint typecheck pytest bench clean
+
+$(BIN)/jvmail: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $@
+
+demo: $(BIN)/jvmail
+	$(BIN)/jvmail demo --dir .jvmail-demo
+
+lint: $(BIN)/jvmail
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(BIN)/jvmail
+	$(BIN)/mypy jvmail
+
+pytest: $(BIN)/jvmail
+	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+
+test: lint typecheck pytest
+
+bench: $(BIN)/jvmail
+	$(BIN)/python bench/import_subscribers.py
+
+clean:
+	rm -rf $(VENV) .jvmail-demo .mypy_cache .pytest_cache .ruff_cache

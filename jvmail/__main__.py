@@ -1,0 +1,5 @@
+"""`python -m jvmail`."""
+
+from jvmail.cli import main
+
+main()

@@ -1,0 +1,368 @@
+"""The `jvmail` command: the one place that reads settings and wires engine, sessions and output.
+
+Every command brings the database schema up to date before it touches it. Errors print as one
+line and a fix (exit 1, or 2 for bad input); `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from jvmail import __version__
+from jvmail.config import Hub, load_config
+from jvmail.console import (
+    ImportBar,
+    print_error,
+    print_json,
+    print_sync_report,
+    print_table,
+)
+from jvmail.db import DEFAULT_DATABASE_URL, make_engine, make_sessionmaker, upgrade
+from jvmail.db.migrate import current_revision
+from jvmail.errors import DatabaseError, JvmailError
+from jvmail.registry import SyncReport, sync_hub
+from jvmail.registry.views import list_rows, partner_rows, promotion_rows
+from jvmail.scaffold import example_hub_dir, scaffold, write_demo_subscribers
+
+__all__ = ["cli", "main"]
+
+# Test hook: `JVMAIL_FAULT=sync:before-commit` kills the process (SIGKILL) with the sync's
+# transaction still open, to prove an interrupted sync leaves the database as it was.
+_FAULT_ENV = "JVMAIL_FAULT"
+
+
+class App:
+    """What every command shares: the database URL, consoles, and a lazily built engine."""
+
+    def __init__(self, database_url: str | None, debug: bool) -> None:
+        self.database_url = database_url
+        self.debug = debug
+        self.out = Console(highlight=False)
+        self.err = Console(stderr=True, highlight=False)
+        self._engine: Engine | None = None
+
+    def engine(self, hub: Hub | None = None) -> Engine:
+        """The engine, schema at head. URL: --db / JVMAIL_DATABASE_URL, the hub's, the default."""
+        if self._engine is None:
+            configured = hub.settings.database_url if hub else None
+            url = self.database_url or configured or DEFAULT_DATABASE_URL
+            self._engine = make_engine(url)
+            upgrade(self._engine)
+        return self._engine
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    @contextmanager
+    def session(self, hub: Hub | None = None) -> Iterator[Session]:
+        with make_sessionmaker(self.engine(hub))() as session:
+            yield session
+
+
+pass_app = click.make_pass_decorator(App)
+_JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+_ALL = click.option("--all", "include_archived", is_flag=True, help="Include archived rows.")
+_PARTNER = click.option("--partner", metavar="ID", help="Only this partner's rows.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--db",
+    "database_url",
+    envvar="JVMAIL_DATABASE_URL",
+    metavar="URL",
+    help="Database URL (env JVMAIL_DATABASE_URL). Default: sqlite:///jvmail.db",
+)
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.version_option(__version__, prog_name="jvmail")
+@click.pass_context
+def cli(ctx: click.Context, database_url: str | None, debug: bool) -> None:
+    """jvmail: fair joint-venture email swaps between partners.
+
+    \b
+    Start here:
+      jvmail demo                    # the example hub, end to end, in ./.jvmail-demo
+      jvmail init my-hub             # a commented config directory to fill in
+      jvmail sync my-hub             # validate it and load it into the database
+      jvmail partners                # what the registry holds
+    """
+    ctx.obj = App(database_url, debug)
+    ctx.call_on_close(ctx.obj.close)
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@pass_app
+def init(app: App, directory: Path) -> None:
+    """Create a commented config directory to start a hub from.
+
+    Existing files are left alone.
+
+    \b
+    Example:
+      jvmail init my-hub && jvmail sync my-hub
+    """
+    written = scaffold(directory)
+    for path in written:
+        app.out.print(f"created {path}")
+    if not written:
+        app.out.print(f"{directory} already has every starter file; nothing written")
+    app.out.print(f"\nNext: edit {directory}/partners/*.toml, then run `jvmail sync {directory}`.")
+
+
+@cli.command()
+@click.argument("config_dir", type=click.Path(path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Show what would change; write nothing.")
+@click.option("--strict", is_flag=True, help="Fail the whole sync on any bad CSV row.")
+@_JSON
+@pass_app
+def sync(app: App, config_dir: Path, dry_run: bool, strict: bool, as_json: bool) -> None:
+    """Validate CONFIG_DIR and make the database match it, in one transaction.
+
+    Partners, lists and promotions are added, changed, or archived when removed (never deleted);
+    each list's subscriber CSV is imported. Bad CSV rows are reported and skipped (or, with
+    --strict, fail the sync). Unsubscribed, bounced and complained addresses stay that way.
+
+    \b
+    Examples:
+      jvmail sync config/            # apply
+      jvmail sync config/ --dry-run  # preview the diff
+      jvmail sync config/ --json     # machine-readable diff
+    """
+    hub = load_config(config_dir)
+    report = _run_sync(app, hub, dry_run=dry_run, strict=strict, progress=not as_json)
+    if as_json:
+        print_json(app.out, _report_json(report, dry_run))
+    else:
+        print_sync_report(app.out, report, dry_run=dry_run)
+        if dry_run:
+            app.out.print("[bold]--dry-run:[/] nothing was written.")
+
+
+def _run_sync(app: App, hub: Hub, *, dry_run: bool, strict: bool, progress: bool) -> SyncReport:
+    with app.session(hub) as session:
+        if progress:
+            with ImportBar(app.err) as bar:
+                report = sync_hub(session, hub, strict=strict, progress=bar)
+        else:
+            report = sync_hub(session, hub, strict=strict)
+        if os.environ.get(_FAULT_ENV) == "sync:before-commit":
+            session.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        if dry_run:
+            session.rollback()
+        else:
+            session.commit()
+    return report
+
+
+def _report_json(report: SyncReport, dry_run: bool) -> dict[str, Any]:
+    return {
+        "dry_run": dry_run,
+        "changed": not report.is_noop,
+        "registry": [
+            {"kind": c.kind, "id": c.slug, "action": c.action, "fields": list(c.fields)}
+            for c in report.changes
+        ],
+        "subscribers": [
+            {
+                "list": r.list_slug,
+                "rows": r.rows,
+                "added": r.added,
+                "changed": r.changed,
+                "archived": r.archived,
+                "duplicates": r.duplicates,
+                "bad_rows": r.bad_count,
+                "bad": [{"file": b.file, "line": b.line, "reason": b.reason} for b in r.bad],
+            }
+            for r in report.imports
+        ],
+    }
+
+
+def _show(app: App, title: str, rows: list[dict[str, Any]], cols: list[str], as_json: bool) -> None:
+    if as_json:
+        print_json(app.out, rows)
+    elif not rows:
+        app.out.print(f"No {title.lower()} yet: run `jvmail sync CONFIG_DIR` first.")
+    else:
+        print_table(app.out, title, rows, cols)
+
+
+@cli.command()
+@_ALL
+@_JSON
+@pass_app
+def partners(app: App, include_archived: bool, as_json: bool) -> None:
+    """List the partners in the registry.
+
+    \b
+    Example:
+      jvmail partners --json | jq '.[].id'
+    """
+    with app.session() as session:
+        rows = partner_rows(session, include_archived)
+    cols = ["id", "name", "categories", "provider", "lists", "promotions", "subscribers"]
+    _show(app, "Partners", rows, [*cols, "archived"] if include_archived else cols, as_json)
+
+
+@cli.command("lists")
+@_PARTNER
+@_ALL
+@_JSON
+@pass_app
+def lists_(app: App, partner: str | None, include_archived: bool, as_json: bool) -> None:
+    """List the mailing lists, with their subscribed counts.
+
+    \b
+    Example:
+      jvmail lists --partner pixel-and-pine
+    """
+    with app.session() as session:
+        rows = list_rows(session, partner, include_archived)
+    cols = ["id", "partner", "name", "niches", "subscribers", "max_sends_per_week", "send_days"]
+    _show(app, "Lists", rows, cols, as_json)
+
+
+@cli.command()
+@_PARTNER
+@_ALL
+@_JSON
+@pass_app
+def promotions(app: App, partner: str | None, include_archived: bool, as_json: bool) -> None:
+    """List the promotions partners want mailed.
+
+    \b
+    Example:
+      jvmail promotions --partner pixel-and-pine --json
+    """
+    with app.session() as session:
+        rows = promotion_rows(session, partner, include_archived)
+    cols = ["id", "partner", "subject", "window_start", "window_end", "mailings_wanted"]
+    _show(app, "Promotions", rows, cols, as_json)
+
+
+@cli.group()
+def db() -> None:
+    """Database maintenance."""
+
+
+@db.command("upgrade")
+@pass_app
+def db_upgrade(app: App) -> None:
+    """Bring the database schema to the latest version.
+
+    Every other command does this by itself; this one only makes it explicit.
+
+    \b
+    Example:
+      JVMAIL_DATABASE_URL=postgresql://jvmail@db/jvmail jvmail db upgrade
+    """
+    engine = app.engine()
+    app.out.print(f"database at revision {current_revision(engine)} (latest)")
+
+
+@cli.command()
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".jvmail-demo"),
+    show_default=True,
+    help="Scratch folder for the example hub and its database.",
+)
+@pass_app
+def demo(app: App, directory: Path) -> None:
+    """Run the example hub end to end on the embedded default (SQLite, no services).
+
+    Copies the example hub into DIR, generates its subscriber CSVs, syncs it into
+    DIR/jvmail.db and shows the registry. Run it again: the second sync changes nothing.
+
+    \b
+    Example:
+      jvmail demo --dir /tmp/jv
+    """
+    hub_dir = directory / "hub"
+    scaffold(hub_dir, source=example_hub_dir())
+    counts = write_demo_subscribers(hub_dir)
+    app.out.print(
+        f"[bold]1. Example hub[/] in {hub_dir}: {len(counts)} subscriber CSVs "
+        f"({sum(counts.values()):,} rows) generated."
+    )
+    if app.database_url is None:
+        app.database_url = f"sqlite:///{(directory / 'jvmail.db').resolve()}"
+    hub = load_config(hub_dir)
+    app.out.print(f"[bold]2. Sync[/] into {app.database_url}")
+    report = _run_sync(app, hub, dry_run=False, strict=False, progress=True)
+    print_sync_report(app.out, report, dry_run=False)
+    app.out.print("[bold]3. Registry[/]")
+    with app.session() as session:
+        print_table(
+            app.out,
+            "Partners",
+            partner_rows(session),
+            ["id", "name", "provider", "lists", "promotions", "subscribers"],
+        )
+        print_table(
+            app.out,
+            "Lists",
+            list_rows(session),
+            ["id", "partner", "niches", "subscribers", "max_sends_per_week"],
+        )
+        print_table(
+            app.out,
+            "Promotions",
+            promotion_rows(session),
+            ["id", "partner", "subject", "window_start", "window_end"],
+        )
+    app.out.print(
+        f"\n[bold]Done.[/] Config: {hub_dir}   Database: {app.database_url}\n"
+        f"Try: jvmail --db {app.database_url} partners --json"
+    )
+
+
+def _debug_requested(args: list[str]) -> bool:
+    # Decided before click parses, so even a parse-time failure can show its traceback.
+    return "--debug" in args or os.environ.get("JVMAIL_DEBUG") == "1"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: run the CLI and turn errors into one line plus a fix."""
+    args = sys.argv[1:] if argv is None else argv
+    err = Console(stderr=True, highlight=False)
+    try:
+        cli.main(args=args, prog_name="jvmail", standalone_mode=False)
+    except click.exceptions.Abort:
+        err.print("aborted")
+        sys.exit(1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except JvmailError as exc:
+        if _debug_requested(args):
+            raise
+        print_error(err, exc)
+        sys.exit(exc.exit_code)
+    except SQLAlchemyError as exc:
+        if _debug_requested(args):
+            raise
+        wrapped = DatabaseError(
+            f"database error: {exc.__class__.__name__}: {str(exc).splitlines()[0]}",
+            "check JVMAIL_DATABASE_URL and that the database is reachable; --debug shows more",
+        )
+        print_error(err, wrapped)
+        sys.exit(1)

@@ -1,0 +1,129 @@
+"""Rich rendering for people: tables, the sync diff, import progress and errors.
+
+Commands print through these so every table looks alike; `--json` bypasses them entirely.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from jvmail.errors import ConfigError, JvmailError
+from jvmail.registry import SyncReport
+
+__all__ = ["ImportBar", "print_error", "print_json", "print_sync_report", "print_table"]
+
+_ACTION_STYLE = {"added": "green", "changed": "yellow", "archived": "red", "restored": "cyan"}
+
+
+def print_json(console: Console, data: Any) -> None:
+    console.print_json(json.dumps(data, default=str, sort_keys=True))
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else ""
+    if isinstance(value, list | tuple):
+        return ", ".join(str(v) for v in value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def print_table(
+    console: Console, title: str, rows: Sequence[dict[str, Any]], columns: Iterable[str]
+) -> None:
+    cols = list(columns)
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for position, col in enumerate(cols):
+        sample = rows[0].get(col) if rows else None
+        numeric = isinstance(sample, int | float) and not isinstance(sample, bool)
+        table.add_column(
+            col.replace("_", " "),
+            justify="right" if numeric else "left",
+            no_wrap=position == 0,  # ids are what people copy; never break them
+        )
+    for row in rows:
+        table.add_row(*(_cell(row.get(col, "")) for col in cols))
+    console.print(table)
+
+
+def print_sync_report(console: Console, report: SyncReport, *, dry_run: bool) -> None:
+    verb = "would change" if dry_run else "changed"
+    if report.changes:
+        table = Table(title=f"Registry ({verb})", title_justify="left", header_style="bold")
+        for col in ("kind", "id", "action", "fields"):
+            table.add_column(col)
+        for ch in report.changes:
+            style = _ACTION_STYLE.get(ch.action, "")
+            table.add_row(ch.kind, ch.slug, f"[{style}]{ch.action}[/]", ", ".join(ch.fields))
+        console.print(table)
+    if report.imports:
+        table = Table(title=f"Subscribers ({verb})", title_justify="left", header_style="bold")
+        for col in ("list", "rows", "added", "changed", "archived", "duplicates", "bad rows"):
+            table.add_column(col, justify="left" if col == "list" else "right")
+        for r in report.imports:
+            cells = (r.rows, r.added, r.changed, r.archived, r.duplicates, r.bad_count)
+            table.add_row(r.list_slug, *(f"{n:,}" for n in cells))
+        console.print(table)
+    for r in report.imports:
+        for bad in r.bad[:10]:
+            console.print(f"[yellow]skipped[/] {bad}")
+        if r.bad_count > 10:
+            console.print(f"[yellow]... and {r.bad_count - 10} more bad rows in {r.list_slug}[/]")
+    if report.is_noop:
+        console.print("[green]Nothing changed:[/] the database already matches the config.")
+
+
+class ImportBar:
+    """A rich progress bar per subscriber file, driven by bytes read."""
+
+    def __init__(self, console: Console) -> None:
+        self._progress = Progress(
+            TextColumn("importing [bold]{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
+        self._task: TaskID | None = None
+
+    def __enter__(self) -> ImportBar:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._progress.stop()
+
+    def start(self, list_slug: str, total_bytes: int) -> Callable[[int], None]:
+        if self._task is not None:
+            self._progress.remove_task(self._task)
+        task = self._progress.add_task(list_slug, total=total_bytes)
+        self._task = task
+
+        def advance(done: int) -> None:
+            self._progress.update(task, completed=done)
+
+        return advance
+
+
+def print_error(console: Console, error: JvmailError) -> None:
+    if isinstance(error, ConfigError):
+        for problem in error.problems:
+            console.print(f"[red]error:[/] {problem}", highlight=False, soft_wrap=True)
+    console.print(f"[red]error:[/] {error.message}", highlight=False, soft_wrap=True)
+    if error.fix:
+        console.print(f"[bold]fix:[/] {error.fix}", highlight=False, soft_wrap=True)

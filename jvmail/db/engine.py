@@ -1,0 +1,67 @@
+"""Engines and sessions for SQLite (the embedded default) and PostgreSQL.
+
+SQLite runs in WAL mode with foreign keys on, and pysqlite's own transaction handling is replaced
+by an explicit ``BEGIN`` so that a transaction covers every statement, DDL included: a sync that
+is killed half-way leaves the database exactly as it was.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy.engine import URL
+from sqlalchemy.orm import Session, sessionmaker
+
+__all__ = ["DEFAULT_DATABASE_URL", "is_sqlite", "make_engine", "make_sessionmaker", "normalize_url"]
+
+DEFAULT_DATABASE_URL = "sqlite:///jvmail.db"
+
+_BUSY_TIMEOUT_MS = 10_000
+
+
+def normalize_url(url: str) -> URL:
+    """Parse a database URL; plain ``postgresql://`` URLs get the psycopg 3 driver."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgres", "postgresql"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine for ``url``. A SQLite file's folder is created if needed."""
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(parsed, pool_pre_ping=True, **kwargs)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(parsed, connect_args={"isolation_level": None}, **kwargs)
+    event.listen(engine, "connect", _sqlite_on_connect)
+    event.listen(engine, "begin", _sqlite_on_begin)
+    return engine
+
+
+def _sqlite_on_connect(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+    cursor.close()
+
+
+def _sqlite_on_begin(connection: Any) -> None:
+    # `sqlite_begin="BEGIN IMMEDIATE"` takes the write lock up front (waiting busy_timeout),
+    # for transactions that will write after reading, such as migrations.
+    connection.exec_driver_sql(connection.get_execution_options().get("sqlite_begin", "BEGIN"))
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    """Sessions that keep loaded objects usable after commit (they are short-lived)."""
+    return sessionmaker(engine, expire_on_commit=False)

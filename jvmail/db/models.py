@@ -1,0 +1,318 @@
+"""Typed SQLAlchemy 2.0 models: the registry, the plan, the outbox, tracking and the ledger.
+
+Status columns are enums stored as strings (no native PostgreSQL enum types, so a new status is a
+plain migration). Rows that leave the config are archived (``archived_at``), never deleted, so
+mailings, deliveries and ledger entries that point at them keep their meaning.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from typing import Annotated, Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+__all__ = [
+    "Base",
+    "Delivery",
+    "DeliveryStatus",
+    "EventType",
+    "LedgerEntry",
+    "LedgerKind",
+    "Mailing",
+    "MailingList",
+    "MailingStatus",
+    "Partner",
+    "Promotion",
+    "Subscriber",
+    "SubscriberStatus",
+    "Suppression",
+    "SuppressionReason",
+    "TrackingEvent",
+]
+
+# Constraint names are fixed so migrations can refer to them on every database.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+IntPk = Annotated[int, mapped_column(Integer, primary_key=True)]
+BigPk = Annotated[
+    int, mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+]
+Slug = Annotated[str, mapped_column(String(64), unique=True)]
+Stamp = Annotated[dt.datetime, mapped_column(DateTime(timezone=True), server_default=func.now())]
+MaybeStamp = Annotated[dt.datetime | None, mapped_column(DateTime(timezone=True))]
+JsonList = Annotated[list[Any], mapped_column(JSON, default=list)]
+JsonDict = Annotated[dict[str, Any], mapped_column(JSON, default=dict)]
+
+
+def _enum(kind: type[enum.Enum]) -> Enum:
+    return Enum(
+        kind,
+        native_enum=False,
+        length=16,
+        values_callable=lambda members: [m.value for m in members],
+        validate_strings=True,
+    )
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class SubscriberStatus(enum.StrEnum):
+    SUBSCRIBED = "subscribed"
+    UNSUBSCRIBED = "unsubscribed"
+    BOUNCED = "bounced"
+    COMPLAINED = "complained"
+
+
+class SuppressionReason(enum.StrEnum):
+    UNSUBSCRIBED = "unsubscribed"
+    BOUNCED = "bounced"
+    COMPLAINED = "complained"
+    MANUAL = "manual"
+
+
+class MailingStatus(enum.StrEnum):
+    PLANNED = "planned"
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    PAUSED = "paused"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+class DeliveryStatus(enum.StrEnum):
+    PENDING = "pending"
+    CLAIMED = "claimed"
+    ACCEPTED = "accepted"
+    UNKNOWN = "unknown"
+    SUPPRESSED = "suppressed"
+    FAILED = "failed"
+    DEAD = "dead"
+
+
+class EventType(enum.StrEnum):
+    QUEUED = "queued"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    DEFERRED = "deferred"
+    BOUNCED = "bounced"
+    REJECTED = "rejected"
+    COMPLAINED = "complained"
+    UNSUBSCRIBED = "unsubscribed"
+    OPENED = "opened"
+    CLICKED = "clicked"
+    CONVERTED = "converted"
+    UNKNOWN = "unknown"
+
+
+class LedgerKind(enum.StrEnum):
+    EXPECTED = "expected"
+    PENDING = "pending"
+    FINAL = "final"
+    CORRECTION = "correction"
+
+
+class Partner(Base):
+    """A business in the hub. ``provider`` holds its account settings: env-var names, no secrets."""
+
+    __tablename__ = "partner"
+
+    id: Mapped[IntPk]
+    slug: Mapped[Slug]
+    name: Mapped[str] = mapped_column(String(500))
+    contact_email: Mapped[str] = mapped_column(String(320))
+    postal_address: Mapped[str] = mapped_column(String(300))
+    timezone: Mapped[str] = mapped_column(String(64))
+    categories: Mapped[JsonList]
+    wants_to_meet: Mapped[JsonList]
+    provider_kind: Mapped[str] = mapped_column(String(16))
+    provider: Mapped[JsonDict]
+    created_at: Mapped[Stamp]
+    updated_at: Mapped[Stamp]
+    archived_at: Mapped[MaybeStamp]
+
+    lists: Mapped[list[MailingList]] = relationship(back_populates="partner")
+    promotions: Mapped[list[Promotion]] = relationship(back_populates="partner")
+
+
+class MailingList(Base):
+    """A list a partner owns; only that partner ever mails it."""
+
+    __tablename__ = "mailing_list"
+
+    id: Mapped[IntPk]
+    slug: Mapped[Slug]
+    partner_id: Mapped[int] = mapped_column(ForeignKey("partner.id"), index=True)
+    name: Mapped[str] = mapped_column(String(500))
+    subscribers_path: Mapped[str] = mapped_column(String(1000))
+    niches: Mapped[JsonList]
+    max_sends_per_week: Mapped[int]
+    send_days: Mapped[JsonList]
+    send_hour: Mapped[int]
+    blackout_dates: Mapped[JsonList]
+    click_rate: Mapped[float]
+    digest: Mapped[bool]
+    created_at: Mapped[Stamp]
+    updated_at: Mapped[Stamp]
+    archived_at: Mapped[MaybeStamp]
+
+    partner: Mapped[Partner] = relationship(back_populates="lists")
+
+
+class Subscriber(Base):
+    """One address on one list. ``email`` is normalized (lowercased domain, NFC)."""
+
+    __tablename__ = "subscriber"
+    __table_args__ = (UniqueConstraint("list_id", "email"),)
+
+    id: Mapped[BigPk]
+    list_id: Mapped[int] = mapped_column(ForeignKey("mailing_list.id"))
+    email: Mapped[str] = mapped_column(String(320))
+    first_name: Mapped[str] = mapped_column(String(200), default="")
+    attributes: Mapped[JsonDict]
+    status: Mapped[SubscriberStatus] = mapped_column(
+        _enum(SubscriberStatus), default=SubscriberStatus.SUBSCRIBED
+    )
+    source: Mapped[str] = mapped_column(String(32), default="import")
+    created_at: Mapped[Stamp]
+    updated_at: Mapped[Stamp]
+    status_changed_at: Mapped[MaybeStamp]
+    archived_at: Mapped[MaybeStamp]
+
+
+class Suppression(Base):
+    """An address the list owner must never mail again, across all of its lists."""
+
+    __tablename__ = "suppression"
+    __table_args__ = (UniqueConstraint("partner_id", "email"),)
+
+    id: Mapped[IntPk]
+    partner_id: Mapped[int] = mapped_column(ForeignKey("partner.id"))
+    email: Mapped[str] = mapped_column(String(320))
+    reason: Mapped[SuppressionReason] = mapped_column(_enum(SuppressionReason))
+    source: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[Stamp]
+
+
+class Promotion(Base):
+    """An offer its owner wants other partners to mail to their lists."""
+
+    __tablename__ = "promotion"
+
+    id: Mapped[IntPk]
+    slug: Mapped[Slug]
+    partner_id: Mapped[int] = mapped_column(ForeignKey("partner.id"), index=True)
+    subject: Mapped[str] = mapped_column(String(200))
+    preheader: Mapped[str] = mapped_column(String(200), default="")
+    html: Mapped[str] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(Text)
+    landing_urls: Mapped[JsonList]
+    window_start: Mapped[dt.date]
+    window_end: Mapped[dt.date]
+    niches: Mapped[JsonList]
+    mailings_wanted: Mapped[int]
+    exclude_partners: Mapped[JsonList]
+    created_at: Mapped[Stamp]
+    updated_at: Mapped[Stamp]
+    archived_at: Mapped[MaybeStamp]
+
+    partner: Mapped[Partner] = relationship(back_populates="promotions")
+
+
+class Mailing(Base):
+    """A planned send: ``sender`` mails ``promotion`` to its own ``mailing_list``."""
+
+    __tablename__ = "mailing"
+
+    id: Mapped[IntPk]
+    promotion_id: Mapped[int] = mapped_column(ForeignKey("promotion.id"), index=True)
+    sender_id: Mapped[int] = mapped_column(ForeignKey("partner.id"), index=True)
+    list_id: Mapped[int] = mapped_column(ForeignKey("mailing_list.id"), index=True)
+    scheduled_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    status: Mapped[MailingStatus] = mapped_column(
+        _enum(MailingStatus), default=MailingStatus.PLANNED
+    )
+    expected_value: Mapped[float] = mapped_column(default=0.0)
+    created_at: Mapped[Stamp]
+    updated_at: Mapped[Stamp]
+
+
+class Delivery(Base):
+    """One message of one mailing to one subscriber: the unit of exactly-once sending."""
+
+    __tablename__ = "delivery"
+    __table_args__ = (
+        UniqueConstraint("mailing_id", "subscriber_id"),
+        Index("ix_delivery_mailing_status", "mailing_id", "status"),
+    )
+
+    id: Mapped[BigPk]
+    mailing_id: Mapped[int] = mapped_column(ForeignKey("mailing.id"))
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscriber.id"))
+    status: Mapped[DeliveryStatus] = mapped_column(
+        _enum(DeliveryStatus), default=DeliveryStatus.PENDING
+    )
+    attempts: Mapped[int] = mapped_column(default=0)
+    fence: Mapped[int] = mapped_column(default=0)
+    lease_until: Mapped[MaybeStamp]
+    provider_message_id: Mapped[str | None] = mapped_column(String(255))
+    error: Mapped[str | None] = mapped_column(String(1000))
+    updated_at: Mapped[Stamp]
+
+
+class TrackingEvent(Base):
+    """Something that happened to a delivery, normalized, with the provider's raw payload."""
+
+    __tablename__ = "tracking_event"
+    __table_args__ = (UniqueConstraint("provider", "provider_event_id", "recipient_hash", "type"),)
+
+    id: Mapped[BigPk]
+    delivery_id: Mapped[int | None] = mapped_column(ForeignKey("delivery.id"), index=True)
+    mailing_id: Mapped[int | None] = mapped_column(ForeignKey("mailing.id"), index=True)
+    type: Mapped[EventType] = mapped_column(_enum(EventType))
+    provider: Mapped[str] = mapped_column(String(16))
+    provider_event_id: Mapped[str] = mapped_column(String(255))
+    recipient_hash: Mapped[str] = mapped_column(String(64), default="")
+    human: Mapped[bool] = mapped_column(default=True)
+    occurred_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    received_at: Mapped[Stamp]
+    raw: Mapped[JsonDict]
+
+
+class LedgerEntry(Base):
+    """Value ``giver`` delivered to ``receiver`` through one mailing. Never updated or deleted."""
+
+    __tablename__ = "ledger_entry"
+
+    id: Mapped[BigPk]
+    mailing_id: Mapped[int | None] = mapped_column(ForeignKey("mailing.id"), index=True)
+    giver_id: Mapped[int] = mapped_column(ForeignKey("partner.id"), index=True)
+    receiver_id: Mapped[int] = mapped_column(ForeignKey("partner.id"), index=True)
+    kind: Mapped[LedgerKind] = mapped_column(_enum(LedgerKind))
+    value: Mapped[float]
+    note: Mapped[str] = mapped_column(String(500), default="")
+    created_at: Mapped[Stamp]

@@ -1,0 +1,141 @@
+"""The CLI end to end: exit codes, one-line errors, --json, --help, and an interrupted sync."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+from sqlalchemy import func, select
+
+from jvmail.cli import cli, main
+from jvmail.db import make_engine, make_sessionmaker, upgrade
+from jvmail.db.models import Partner, Subscriber
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _count(db_url: str, model: type[Partner] | type[Subscriber]) -> int:
+    engine = make_engine(db_url)
+    upgrade(engine)
+    with make_sessionmaker(engine)() as session:
+        count = session.scalar(select(func.count()).select_from(model)) or 0
+    engine.dispose()
+    return count
+
+
+def test_init_sync_and_list(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'j.db'}"
+    hub = tmp_path / "hub"
+    assert run(capsys, "init", str(hub))[0] == 0
+    code, out, _ = run(capsys, "--db", db, "sync", str(hub), "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert report["changed"] is True
+    assert report["subscribers"][0]["added"] == 2
+    code, out, _ = run(capsys, "--db", db, "sync", str(hub), "--json")
+    assert json.loads(out)["changed"] is False
+    code, out, _ = run(capsys, "--db", db, "partners", "--json")
+    [partner] = json.loads(out)
+    assert (partner["id"], partner["subscribers"], partner["lists"]) == ("your-business", 2, 1)
+    code, out, _ = run(capsys, "--db", db, "lists")
+    assert code == 0
+    assert "your-newsletter" in out
+
+
+def test_bad_config_exits_2_and_writes_nothing(
+    capsys: pytest.CaptureFixture[str], starter_hub: Path, db_url: str
+) -> None:
+    partner = starter_hub / "partners" / "your-business.toml"
+    partner.write_text(
+        partner.read_text().replace("send_hour = 9", "send_hour = 9\nsend_hours = 3")
+    )
+    code, _, err = run(capsys, "--db", db_url, "sync", str(starter_hub))
+    assert code == 2
+    lines = partner.read_text().splitlines()
+    line = next(n for n, text in enumerate(lines, 1) if text.startswith("send_hours = 3"))
+    assert f"your-business.toml:{line}: lists[0].send_hours: unknown key" in err
+    assert "did you mean `send_hour`?" in err
+    assert "Traceback" not in err
+    assert _count(db_url, Partner) == 0
+
+
+def test_dry_run_writes_nothing(
+    capsys: pytest.CaptureFixture[str], starter_hub: Path, db_url: str
+) -> None:
+    code, out, _ = run(capsys, "--db", db_url, "sync", str(starter_hub), "--dry-run")
+    assert code == 0
+    assert "would change" in out
+    assert "nothing was written" in out
+    assert _count(db_url, Partner) == 0
+
+
+def test_strict_sync_fails_and_writes_nothing(
+    capsys: pytest.CaptureFixture[str], starter_hub: Path, db_url: str
+) -> None:
+    (starter_hub / "subscribers" / "your-newsletter.csv").write_text("email\nok@example.com\nbad\n")
+    code, _, err = run(capsys, "--db", db_url, "sync", str(starter_hub), "--strict")
+    assert code == 2
+    assert "your-newsletter.csv:3: invalid address 'bad'" in err
+    assert _count(db_url, Partner) == 0
+
+
+def test_unreachable_database_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "--db", "postgresql://nobody@127.0.0.1:1/none", "partners")
+    assert code == 1
+    assert "cannot migrate the database" in err
+    assert "fix:" in err
+    assert "Traceback" not in err
+
+
+def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    found: list[tuple[str, ...]] = []
+    for name, command in sorted(group.commands.items()):
+        if isinstance(command, click.Group):
+            found += _commands(command, (*prefix, name))
+        else:
+            found.append((*prefix, name))
+    return found
+
+
+@pytest.mark.parametrize("command", _commands(cli), ids=" ".join)
+def test_every_command_has_help_with_an_example(
+    capsys: pytest.CaptureFixture[str], command: tuple[str, ...]
+) -> None:
+    code, out, _ = run(capsys, *command, "--help")
+    assert code == 0
+    assert "Example" in out
+
+
+def test_killed_sync_leaves_the_database_as_before(starter_hub: Path, db_url: str) -> None:
+    env = {**os.environ, "COLUMNS": "200"}
+    base = [sys.executable, "-m", "jvmail", "--db", db_url, "sync", str(starter_hub), "--json"]
+    first = subprocess.run(base, check=False, env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    csv = starter_hub / "subscribers" / "your-newsletter.csv"
+    csv.write_text("email\n" + "".join(f"user{n}@example.com\n" for n in range(5000)))
+    partner = starter_hub / "partners" / "your-business.toml"
+    partner.write_text(partner.read_text().replace('"Your Business"', '"Renamed"'))
+    fault = {**env, "JVMAIL_FAULT": "sync:before-commit"}
+    killed = subprocess.run(base, check=False, env=fault, capture_output=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL
+    assert _count(db_url, Subscriber) == 2
+    engine = make_engine(db_url)
+    with make_sessionmaker(engine)() as session:
+        assert session.scalar(select(Partner.name)) == "Your Business"
+    engine.dispose()
+    again = subprocess.run(base, check=False, env=env, capture_output=True, text=True, timeout=120)
+    assert json.loads(again.stdout)["subscribers"][0]["added"] == 5000

@@ -46,6 +46,8 @@ class ImportResult:
         return not (self.added or self.changed or self.archived)
 
 
+_ANY_ROW = "SELECT 1 FROM subscriber WHERE list_id = :list_id LIMIT 1"
+
 _STATUS_FROM_SUPPRESSION = """
     CASE s.reason WHEN 'bounced' THEN 'bounced' WHEN 'complained' THEN 'complained'
     WHEN 'unsubscribed' THEN 'unsubscribed' WHEN 'manual' THEN 'unsubscribed'
@@ -59,6 +61,7 @@ SELECT :list_id, i.email, i.first_name, i.attributes, {_STATUS_FROM_SUPPRESSION}
 FROM _import i
 LEFT JOIN suppression s ON s.partner_id = :owner_id AND s.email = i.email
 WHERE NOT EXISTS (SELECT 1 FROM subscriber x WHERE x.list_id = :list_id AND x.email = i.email)
+ORDER BY i.email
 """
 
 _UPDATE_CHANGED = """
@@ -103,10 +106,12 @@ def import_subscribers(
         "owner_id": owner_id,
         "now": now or dt.datetime.now(dt.UTC),
     }
+    had_rows = conn.execute(text(_ANY_ROW), params).first() is not None
     result.added = conn.execute(_sql(_INSERT_NEW), params).rowcount
-    update = _UPDATE_CHANGED.format(attributes_differ=stage.attributes_differ)
-    result.changed = conn.execute(_sql(update), params).rowcount
-    result.archived = conn.execute(_sql(_ARCHIVE_MISSING), params).rowcount
+    if had_rows:  # a first import has nothing to change or archive: skip two full joins
+        update = _UPDATE_CHANGED.format(attributes_differ=stage.attributes_differ)
+        result.changed = conn.execute(_sql(update), params).rowcount
+        result.archived = conn.execute(_sql(_ARCHIVE_MISSING), params).rowcount
     stage.drop()
     return result
 

@@ -297,7 +297,7 @@ def demo(app: App, directory: Path) -> None:
       jvmail demo --dir /tmp/jv
     """
     hub_dir = directory / "hub"
-    scaffold(hub_dir, source=example_hub_dir())
+    scaffold(hub_dir, source=example_hub_dir(), overwrite=True)
     counts = write_demo_subscribers(hub_dir)
     app.out.print(
         f"[bold]1. Example hub[/] in {hub_dir}: {len(counts)} subscriber CSVs "
@@ -311,27 +311,17 @@ def demo(app: App, directory: Path) -> None:
     print_sync_report(app.out, report, dry_run=False)
     app.out.print("[bold]3. Registry[/]")
     with app.session() as session:
-        print_table(
-            app.out,
-            "Partners",
-            partner_rows(session),
-            ["id", "name", "provider", "lists", "promotions", "subscribers"],
-        )
-        print_table(
-            app.out,
-            "Lists",
-            list_rows(session),
-            ["id", "partner", "niches", "subscribers", "max_sends_per_week"],
-        )
-        print_table(
-            app.out,
-            "Promotions",
-            promotion_rows(session),
-            ["id", "partner", "subject", "window_start", "window_end"],
-        )
+        partners_ = partner_rows(session)
+        lists = list_rows(session)
+    print_table(
+        app.out, "Partners", partners_, ["id", "provider", "lists", "promotions", "subscribers"]
+    )
+    print_table(app.out, "Lists", lists, ["id", "partner", "subscribers", "max_sends_per_week"])
+    db = f"--db {app.database_url}"
     app.out.print(
-        f"\n[bold]Done.[/] Config: {hub_dir}   Database: {app.database_url}\n"
-        f"Try: jvmail --db {app.database_url} partners --json"
+        f"\n[bold]Done.[/] Config: {hub_dir}\nDatabase: {app.database_url}\n"
+        f"See more: jvmail {db} promotions   |   jvmail {db} partners --json",
+        soft_wrap=True,
     )
 
 

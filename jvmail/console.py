@@ -25,6 +25,8 @@ from jvmail.registry import SyncReport
 
 __all__ = ["ImportBar", "print_error", "print_json", "print_sync_report", "print_table"]
 
+_HEADERS = {"max_sends_per_week": "per week", "mailings_wanted": "wanted"}
+_BAD_ROWS_SHOWN = 5
 _ACTION_STYLE = {"added": "green", "changed": "yellow", "archived": "red", "restored": "cyan"}
 
 
@@ -51,9 +53,14 @@ def print_table(
         sample = rows[0].get(col) if rows else None
         numeric = isinstance(sample, int | float) and not isinstance(sample, bool)
         table.add_column(
-            col.replace("_", " "),
+            _HEADERS.get(col, col.replace("_", " ")),
             justify="right" if numeric else "left",
-            no_wrap=position == 0,  # ids are what people copy; never break them
+            no_wrap=True,  # one line per row; long text is cut with an ellipsis
+            overflow="ellipsis",
+            # The first column holds ids, which people copy: never cut them.
+            min_width=None
+            if position
+            else max((len(_cell(r.get(col, ""))) for r in rows), default=0),
         )
     for row in rows:
         table.add_row(*(_cell(row.get(col, "")) for col in cols))
@@ -78,11 +85,12 @@ def print_sync_report(console: Console, report: SyncReport, *, dry_run: bool) ->
             cells = (r.rows, r.added, r.changed, r.archived, r.duplicates, r.bad_count)
             table.add_row(r.list_slug, *(f"{n:,}" for n in cells))
         console.print(table)
-    for r in report.imports:
-        for bad in r.bad[:10]:
-            console.print(f"[yellow]skipped[/] {bad}")
-        if r.bad_count > 10:
-            console.print(f"[yellow]... and {r.bad_count - 10} more bad rows in {r.list_slug}[/]")
+    bad_rows = [bad for r in report.imports for bad in r.bad]
+    for bad in bad_rows[:_BAD_ROWS_SHOWN]:
+        console.print(f"[yellow]skipped[/] {bad}", soft_wrap=True)
+    hidden = sum(r.bad_count for r in report.imports) - min(len(bad_rows), _BAD_ROWS_SHOWN)
+    if hidden > 0:
+        console.print(f"[yellow]... and {hidden:,} more bad rows[/] (all of them: --json)")
     if report.is_noop:
         console.print("[green]Nothing changed:[/] the database already matches the config.")
 

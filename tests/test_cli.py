@@ -139,3 +139,17 @@ def test_killed_sync_leaves_the_database_as_before(starter_hub: Path, db_url: st
     engine.dispose()
     again = subprocess.run(base, check=False, env=env, capture_output=True, text=True, timeout=120)
     assert json.loads(again.stdout)["subscribers"][0]["added"] == 5000
+
+
+def test_demo_runs_twice_and_the_second_sync_changes_nothing(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, out, _ = run(capsys, "demo", "--dir", str(tmp_path / "demo"))
+    assert code == 0
+    assert "Nothing changed" not in out
+    db_url = f"sqlite:///{(tmp_path / 'demo' / 'jvmail.db').resolve()}"
+    assert _count(db_url, Partner) >= 10
+    code, out, _ = run(capsys, "demo", "--dir", str(tmp_path / "demo"))
+    assert code == 0
+    assert "Nothing changed" in out
+    assert f"Database: {db_url}" in out

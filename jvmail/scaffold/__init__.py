@@ -30,10 +30,10 @@ def example_hub_dir() -> Path:
     return _HERE.parents[1] / "config" / "example"
 
 
-def scaffold(target: Path, *, source: Path | None = None) -> list[Path]:
+def scaffold(target: Path, *, source: Path | None = None, overwrite: bool = False) -> list[Path]:
     """Copy the starter config (or ``source``, a whole config dir) into ``target``.
 
-    Existing files are never overwritten. Returns the files written.
+    Existing files are kept unless ``overwrite``. Returns the files written.
     """
     written: list[Path] = []
     if source is None:
@@ -43,7 +43,7 @@ def scaffold(target: Path, *, source: Path | None = None) -> list[Path]:
             (p, target / p.relative_to(source)) for p in sorted(source.rglob("*")) if p.is_file()
         ]
     for src, dst in files:
-        if dst.exists():
+        if dst.exists() and not overwrite:
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dst)

@@ -31,7 +31,7 @@ from jvmail.console import (
 )
 from jvmail.db import DEFAULT_DATABASE_URL, make_engine, make_sessionmaker, upgrade
 from jvmail.db.migrate import current_revision
-from jvmail.errors import DatabaseError, JvmailError
+from jvmail.errors import DatabaseError, JvmailError, UsageError
 from jvmail.registry import SyncReport, sync_hub
 from jvmail.registry.views import list_rows, partner_rows, promotion_rows
 from jvmail.scaffold import example_hub_dir, scaffold, write_demo_subscribers
@@ -194,6 +194,17 @@ def _report_json(report: SyncReport, dry_run: bool) -> dict[str, Any]:
     }
 
 
+def _check_partner(session: Session, partner: str | None) -> None:
+    if partner is None:
+        return
+    known = [row["id"] for row in partner_rows(session, include_archived=True)]
+    if partner not in known:
+        raise UsageError(
+            f"no partner {partner!r} in the registry",
+            f"use one of: {', '.join(known)}" if known else "run `jvmail sync CONFIG_DIR` first",
+        )
+
+
 def _show(app: App, title: str, rows: list[dict[str, Any]], cols: list[str], as_json: bool) -> None:
     if as_json:
         print_json(app.out, rows)
@@ -233,6 +244,7 @@ def lists_(app: App, partner: str | None, include_archived: bool, as_json: bool)
       jvmail lists --partner pixel-and-pine
     """
     with app.session() as session:
+        _check_partner(session, partner)
         rows = list_rows(session, partner, include_archived)
     cols = ["id", "partner", "name", "niches", "subscribers", "max_sends_per_week", "send_days"]
     _show(app, "Lists", rows, cols, as_json)
@@ -251,6 +263,7 @@ def promotions(app: App, partner: str | None, include_archived: bool, as_json: b
       jvmail promotions --partner pixel-and-pine --json
     """
     with app.session() as session:
+        _check_partner(session, partner)
         rows = promotion_rows(session, partner, include_archived)
     cols = ["id", "partner", "subject", "window_start", "window_end", "mailings_wanted"]
     _show(app, "Promotions", rows, cols, as_json)

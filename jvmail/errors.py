@@ -5,6 +5,7 @@ The tree::
     JvmailError                 anything jvmail reports as a clear message, never a traceback
     ├── ConfigError             the config directory is invalid; carries every problem found
     ├── SubscriberImportError   a subscriber CSV cannot be imported (unreadable, or strict mode)
+    ├── UsageError              a command-line argument names something that does not exist
     ├── DatabaseError           the database cannot be reached or migrated
     └── BrokerError             the message broker cannot be reached
 
@@ -24,6 +25,7 @@ __all__ = [
     "DatabaseError",
     "JvmailError",
     "SubscriberImportError",
+    "UsageError",
 ]
 
 
@@ -75,6 +77,12 @@ class ConfigError(JvmailError):
 
 class SubscriberImportError(JvmailError):
     """A subscriber CSV could not be imported; the sync that asked for it wrote nothing."""
+
+    exit_code = 2
+
+
+class UsageError(JvmailError):
+    """A command-line argument is well-formed but names nothing known (e.g. a partner id)."""
 
     exit_code = 2
 

@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from jvmail.cli import cli, main
 from jvmail.db import make_engine, make_sessionmaker, upgrade
 from jvmail.db.models import Partner, Subscriber
+from jvmail.errors import ConfigError
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -153,3 +154,22 @@ def test_demo_runs_twice_and_the_second_sync_changes_nothing(
     assert code == 0
     assert "Nothing changed" in out
     assert f"Database: {db_url}" in out
+
+
+def test_unknown_partner_filter_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], starter_hub: Path, tmp_path: Path
+) -> None:
+    db = f"sqlite:///{tmp_path / 'j.db'}"
+    assert run(capsys, "--db", db, "sync", str(starter_hub))[0] == 0
+    code, out, err = run(capsys, "--db", db, "lists", "--partner", "nobody")
+    assert (code, out) == (2, "")
+    assert "no partner 'nobody' in the registry" in err
+    assert "use one of: your-business" in err
+
+
+def test_debug_shows_the_traceback(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        main(["--debug", "sync", str(tmp_path / "missing")])
+    code, _, err = run(capsys, "sync", str(tmp_path / "missing"))
+    assert code == 2
+    assert "config directory not found" in err

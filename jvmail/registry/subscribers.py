@@ -64,6 +64,12 @@ WHERE NOT EXISTS (SELECT 1 FROM subscriber x WHERE x.list_id = :list_id AND x.em
 ORDER BY i.email
 """
 
+_SUPPRESSED_ON_ARRIVAL = f"""
+UPDATE subscriber SET status = {_STATUS_FROM_SUPPRESSION}, status_changed_at = :now
+FROM suppression s
+WHERE subscriber.list_id = :list_id AND s.partner_id = :owner_id AND s.email = subscriber.email
+"""
+
 _UPDATE_CHANGED = """
 UPDATE subscriber SET first_name = i.first_name, attributes = i.attributes,
                       archived_at = NULL, updated_at = :now
@@ -98,15 +104,22 @@ def import_subscribers(
         SubscriberImportError: the file cannot be read, or ``strict`` and a row is bad.
     """
     result = ImportResult(list_slug)
-    stage = _PostgresStage(conn) if conn.dialect.name == "postgresql" else _SqliteStage(conn)
-    rows = _good_rows(read_subscribers(path, label, on_bytes), result, strict)
-    result.rows, result.duplicates = stage.load(rows)
     params: dict[str, Any] = {
         "list_id": list_id,
         "owner_id": owner_id,
         "now": now or dt.datetime.now(dt.UTC),
     }
+    rows = _good_rows(read_subscribers(path, label, on_bytes), result, strict)
     had_rows = conn.execute(text(_ANY_ROW), params).first() is not None
+    if not had_rows and conn.dialect.name == "sqlite":
+        # A first import into an empty list has nothing to merge with: skip the stage and let
+        # the (list_id, email) key collapse duplicates. Saves ~20% of a large first import.
+        result.rows, result.added = _load_direct_sqlite(conn, rows, params)
+        result.duplicates = result.rows - result.added
+        conn.execute(_sql(_SUPPRESSED_ON_ARRIVAL), params)
+        return result
+    stage = _PostgresStage(conn) if conn.dialect.name == "postgresql" else _SqliteStage(conn)
+    result.rows, result.duplicates = stage.load(rows)
     result.added = conn.execute(_sql(_INSERT_NEW), params).rowcount
     if had_rows:  # a first import has nothing to change or archive: skip two full joins
         update = _UPDATE_CHANGED.format(attributes_differ=stage.attributes_differ)
@@ -114,6 +127,29 @@ def import_subscribers(
         result.archived = conn.execute(_sql(_ARCHIVE_MISSING), params).rowcount
     stage.drop()
     return result
+
+
+def _load_direct_sqlite(
+    conn: Connection, rows: Iterable[CsvRow], params: dict[str, Any]
+) -> tuple[int, int]:
+    """Insert ``rows`` straight into an empty list; returns (rows offered, rows inserted)."""
+    stamp = DateTime(timezone=True).dialect_impl(conn.dialect).bind_processor(conn.dialect)
+    assert stamp is not None
+    # Numbered parameters pick fields out of the row tuples as they are (?1 is the line);
+    # list id and timestamp are the same for every row and come from us, not from the file.
+    sql = (
+        "INSERT OR IGNORE INTO subscriber (list_id, email, first_name, attributes, status,"
+        f" source, created_at, updated_at) VALUES ({int(params['list_id'])}, ?2, ?3, ?4,"
+        f" 'subscribed', 'import', '{stamp(params['now'])}', '{stamp(params['now'])}')"
+    )
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    offered = inserted = 0
+    for batch in _batches(rows):
+        cursor.executemany(sql, batch)
+        offered += len(batch)
+        inserted += cursor.rowcount
+    cursor.close()
+    return offered, inserted
 
 
 def _sql(statement: str) -> TextClause:

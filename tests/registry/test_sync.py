@@ -142,3 +142,38 @@ def test_bad_rows_are_skipped_or_fail_strict(session: Session, starter_hub: Path
     report = _sync(session, starter_hub)
     assert (report.imports[0].added, report.imports[0].bad_count) == (1, 1)
     assert report.imports[0].bad[0].line == 3
+
+
+def test_first_import_of_a_new_list_honours_the_owners_suppressions(
+    session: Session, starter_hub: Path
+) -> None:
+    _sync(session, starter_hub)
+    owner = session.scalars(select(Partner)).one()
+    session.add(
+        Suppression(
+            partner_id=owner.id, email="grace@example.org", reason=SuppressionReason.COMPLAINED
+        )
+    )
+    session.commit()
+    partner_file = starter_hub / "partners" / "your-business.toml"
+    partner_file.write_text(
+        partner_file.read_text().replace(
+            "[[promotions]]",
+            '[[lists]]\nid = "second-list"\nname = "Second"\nsubscribers = "second.csv"\n'
+            'niches = ["web-design"]\n\n[[promotions]]',
+        )
+    )
+    (starter_hub / "second.csv").write_text("email\nGrace@example.org\nnew@example.com\n")
+    report = _sync(session, starter_hub)
+    assert [(r.list_slug, r.added) for r in report.imports] == [
+        ("your-newsletter", 0),
+        ("second-list", 2),
+    ]
+    second = session.scalars(select(MailingList).where(MailingList.slug == "second-list")).one()
+    rows = session.execute(
+        select(Subscriber.email, Subscriber.status).where(Subscriber.list_id == second.id)
+    )
+    assert dict(rows.all()) == {
+        "grace@example.org": SubscriberStatus.COMPLAINED,
+        "new@example.com": SubscriberStatus.SUBSCRIBED,
+    }

@@ -7,8 +7,8 @@ file is collected, so one run reports them all. Nothing here writes.
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,6 @@ class Hub:
     root: Path
     settings: HubSettings
     partners: tuple[PartnerConfig, ...]
-    sources: Mapping[str, Path] = field(default_factory=dict)
 
     def path(self, relative: str) -> Path:
         """A path from the config, resolved against the config directory."""
@@ -136,7 +135,6 @@ def load_config(root: Path) -> Hub:
         root=root,
         settings=settings,
         partners=tuple(p for p, _ in partners),
-        sources={p.id: parsed.path for p, parsed in partners},
     )
 
 

@@ -173,3 +173,19 @@ def test_debug_shows_the_traceback(capsys: pytest.CaptureFixture[str], tmp_path:
     code, _, err = run(capsys, "sync", str(tmp_path / "missing"))
     assert code == 2
     assert "config directory not found" in err
+
+
+def test_concurrent_syncs_wait_for_each_other(starter_hub: Path, db_url: str) -> None:
+    env = {**os.environ, "COLUMNS": "200"}
+    command = [sys.executable, "-m", "jvmail", "--db", db_url, "sync", str(starter_hub), "--json"]
+    procs = [
+        subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(3)
+    ]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outputs
+    changed = sorted(json.loads(out)["changed"] for out, _ in outputs)
+    assert changed == [False, False, True]  # exactly one of them added the rows
+    assert _count(db_url, Partner) == 1

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from jvmail.config import Hub, ListConfig, PartnerConfig, PromotionConfig
@@ -71,6 +71,7 @@ def sync_hub(
     Raises:
         SubscriberImportError: a CSV could not be read, or a row is bad and ``strict`` is set.
     """
+    _lock_registry(session)
     now = now or dt.datetime.now(dt.UTC)
     report = SyncReport()
     partners = _sync_kind(session, Partner, _partner_rows(hub), report, now)
@@ -94,6 +95,26 @@ def sync_hub(
             )
             report.imports.append(result)
     return report
+
+
+# Any constant works; it only has to be the same in every jvmail process.
+_SYNC_LOCK_KEY = 0x6A76_7379
+
+
+def _lock_registry(session: Session) -> None:
+    """Serialize syncs: a second one waits for the first to commit, then sees its rows.
+
+    PostgreSQL takes a transaction-scoped advisory lock; SQLite begins with the write lock
+    (`BEGIN IMMEDIATE`, waiting up to the busy timeout). It must run before the session's first
+    statement to get the SQLite lock up front; a caller already in a transaction gets the write
+    lock at the first write instead.
+    """
+    fresh = not session.in_transaction()
+    conn = session.connection(
+        execution_options={"sqlite_begin": "BEGIN IMMEDIATE"} if fresh else None
+    )
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SYNC_LOCK_KEY})
 
 
 def _label(hub: Hub, path: Path) -> str:

@@ -11,6 +11,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from jvmail.console import (
 from jvmail.db import DEFAULT_DATABASE_URL, make_engine, make_sessionmaker, upgrade
 from jvmail.db.migrate import current_revision
 from jvmail.errors import DatabaseError, JvmailError, UsageError
+from jvmail.ledger import View, summarize
 from jvmail.registry import SyncReport, sync_hub
 from jvmail.registry.views import list_rows, partner_rows, promotion_rows
 from jvmail.scaffold import example_hub_dir, scaffold, write_demo_subscribers
@@ -267,6 +269,64 @@ def promotions(app: App, partner: str | None, include_archived: bool, as_json: b
         rows = promotion_rows(session, partner, include_archived)
     cols = ["id", "partner", "subject", "window_start", "window_end", "mailings_wanted"]
     _show(app, "Promotions", rows, cols, as_json)
+
+
+@cli.command()
+@_PARTNER
+@click.option(
+    "--view",
+    type=click.Choice([v.value for v in View]),
+    default=View.MEASURED.value,
+    show_default=True,
+    help="measured: what tracking measured; projected: plus planned mailings' expected value.",
+)
+@_JSON
+@pass_app
+def ledger(app: App, partner: str | None, view: str, as_json: bool) -> None:
+    """Balances per partner, derived from the append-only ledger, and who owes whom after netting.
+
+    Net = value given - value received: positive means the hub owes the partner. Netting is
+    multilateral: A mailing for B, B for C and C for A owes nobody anything.
+
+    \b
+    Examples:
+      jvmail ledger
+      jvmail ledger --partner pixel-and-pine --view projected --json
+    """
+    with app.session() as session:
+        _check_partner(session, partner)
+        summary = summarize(session, View(view))
+    rows = [asdict(b) | {"reliability": _ratio(b.kept, b.due)} for b in summary.partners]
+    transfers = [asdict(t) for t in summary.transfers]
+    pairs = [{"partner": a, "with": b, "net": v} for (a, b), v in sorted(summary.pairs.items())]
+    if partner:
+        rows = [r for r in rows if r["partner"] == partner]
+        transfers = [t for t in transfers if partner in (t["debtor"], t["creditor"])]
+        pairs = [_from_side(p, partner) for p in pairs if partner in (p["partner"], p["with"])]
+    if as_json:
+        print_json(app.out, {"view": view, "partners": rows, "pairs": pairs, "owes": transfers})
+        return
+    if not rows:
+        app.out.print("The ledger is empty: nothing has been planned or measured yet.")
+        return
+    print_table(
+        app.out, f"Balances ({view})", rows, ["partner", "given", "received", "net", "reliability"]
+    )
+    if partner:
+        print_table(app.out, "With each partner", pairs, ["partner", "with", "net"])
+    if transfers:
+        print_table(app.out, "After netting", transfers, ["debtor", "creditor", "value"])
+
+
+def _ratio(kept: int, due: int) -> str:
+    return f"{kept}/{due}" if due else "-"
+
+
+def _from_side(pair: dict[str, Any], partner: str) -> dict[str, Any]:
+    """Show a pair balance from ``partner``'s side: net > 0 means the other owes it."""
+    if pair["partner"] == partner:
+        return pair
+    return {"partner": partner, "with": pair["partner"], "net": -pair["net"]}
 
 
 @cli.group()

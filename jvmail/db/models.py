@@ -130,9 +130,12 @@ class EventType(enum.StrEnum):
 
 
 class LedgerKind(enum.StrEnum):
+    """Stages of a mailing's value (see jvmail.ledger.postings), plus corrections."""
+
     EXPECTED = "expected"
     PENDING = "pending"
     FINAL = "final"
+    MISSED = "missed"
     CORRECTION = "correction"
 
 

@@ -153,7 +153,7 @@ def upgrade() -> None:
     sa.Column('mailing_id', sa.Integer(), nullable=True),
     sa.Column('giver_id', sa.Integer(), nullable=False),
     sa.Column('receiver_id', sa.Integer(), nullable=False),
-    sa.Column('kind', sa.Enum('expected', 'pending', 'final', 'correction', name='ledgerkind', native_enum=False, length=16), nullable=False),
+    sa.Column('kind', sa.Enum('expected', 'pending', 'final', 'missed', 'correction', name='ledgerkind', native_enum=False, length=16), nullable=False),
     sa.Column('value', sa.Double(), nullable=False),
     sa.Column('note', sa.String(length=500), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('(CURRENT_TIMESTAMP)'), nullable=False),

@@ -1,0 +1,108 @@
+"""The ledger in the database: append entries, read them back, summarize balances.
+
+Entries are only ever inserted; every figure here is derived from them by
+:mod:`jvmail.ledger.postings`, so `jvmail ledger` can always be checked against the raw lines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, aliased
+
+from jvmail.db.models import LedgerEntry, LedgerKind, Mailing, Partner, Promotion
+from jvmail.ledger.postings import (
+    Entry,
+    Transfer,
+    View,
+    counted,
+    effective_values,
+    net_positions,
+    pair_balances,
+    reliability,
+    settlements,
+)
+
+__all__ = ["PartnerBalance", "Summary", "load_entries", "post", "summarize"]
+
+
+def post(
+    session: Session,
+    *,
+    mailing: Mailing,
+    giver: Partner,
+    kind: LedgerKind,
+    value: float,
+    note: str = "",
+) -> LedgerEntry:
+    """Append one entry for ``mailing``, whose promotion's owner is the receiver."""
+    entry = LedgerEntry(
+        mailing_id=mailing.id,
+        giver_id=giver.id,
+        receiver_id=_owner_id(session, mailing),
+        kind=kind,
+        value=value,
+        note=note,
+    )
+    session.add(entry)
+    session.flush()
+    return entry
+
+
+def _owner_id(session: Session, mailing: Mailing) -> int:
+    owner = session.scalar(select(Promotion.partner_id).where(Promotion.id == mailing.promotion_id))
+    assert owner is not None, "a mailing always has a promotion"
+    return owner
+
+
+def load_entries(session: Session) -> list[Entry]:
+    """Every ledger line, with partner ids (slugs), in insertion order."""
+    giver, receiver = aliased(Partner), aliased(Partner)
+    query = (
+        select(LedgerEntry, giver.slug, receiver.slug)
+        .join(giver, LedgerEntry.giver_id == giver.id)
+        .join(receiver, LedgerEntry.receiver_id == receiver.id)
+        .order_by(LedgerEntry.id)
+    )
+    return [
+        Entry(row.id, row.mailing_id or 0, g, r, row.kind, row.value)
+        for row, g, r in session.execute(query)
+    ]
+
+
+@dataclass(frozen=True)
+class PartnerBalance:
+    partner: str
+    given: float
+    received: float
+    net: float  # given - received: positive means the hub owes this partner
+    kept: int  # commitments kept
+    due: int  # commitments due
+
+
+@dataclass(frozen=True)
+class Summary:
+    view: View
+    partners: list[PartnerBalance]
+    pairs: dict[tuple[str, str], float]
+    transfers: list[Transfer]
+
+
+def summarize(session: Session, view: View = View.MEASURED) -> Summary:
+    """Balances of every partner that ever traded, pair balances and the netted transfers."""
+    values = effective_values(load_entries(session))
+    given: dict[str, float] = {}
+    received: dict[str, float] = {}
+    for mv in counted(values, view):
+        given[mv.giver] = given.get(mv.giver, 0.0) + mv.value
+        received[mv.receiver] = received.get(mv.receiver, 0.0) + mv.value
+    net = net_positions(values, view)
+    kept = reliability(values)
+    partners = [
+        PartnerBalance(
+            p, given.get(p, 0.0), received.get(p, 0.0), net.get(p, 0.0), *kept.get(p, (0, 0))
+        )
+        for p in sorted(set(net) | set(kept))
+    ]
+    return Summary(view, partners, pair_balances(values, view), settlements(net))

@@ -110,6 +110,7 @@ class HubSettings(_Strict):
     timezone: Timezone = "UTC"
     value_metric: ValueMetric = ValueMetric.CLICKS
     report_day: Weekday = "mon"
+    credit_window_days: Annotated[int, Field(ge=1, le=90)] = 14
     database_url: str | None = None
     redis_url: str | None = None
 

@@ -1,6 +1,13 @@
 """The ledger: append-only entries of value given and received, and the balances derived."""
 
-from jvmail.ledger.book import PartnerBalance, Summary, load_entries, post, summarize
+from jvmail.ledger.book import (
+    PartnerBalance,
+    Summary,
+    finalize_due,
+    load_entries,
+    post,
+    summarize,
+)
 from jvmail.ledger.postings import Entry, Transfer, View, settlements
 
 __all__ = [
@@ -9,6 +16,7 @@ __all__ = [
     "Summary",
     "Transfer",
     "View",
+    "finalize_due",
     "load_entries",
     "post",
     "settlements",

@@ -6,6 +6,7 @@ Entries are only ever inserted; every figure here is derived from them by
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -24,7 +25,7 @@ from jvmail.ledger.postings import (
     settlements,
 )
 
-__all__ = ["PartnerBalance", "Summary", "load_entries", "post", "summarize"]
+__all__ = ["PartnerBalance", "Summary", "finalize_due", "load_entries", "post", "summarize"]
 
 
 def post(
@@ -54,6 +55,53 @@ def _owner_id(session: Session, mailing: Mailing) -> int:
     owner = session.scalar(select(Promotion.partner_id).where(Promotion.id == mailing.promotion_id))
     assert owner is not None, "a mailing always has a promotion"
     return owner
+
+
+def finalize_due(session: Session, now: dt.datetime, window_days: int) -> int:
+    """Post a ``final`` entry for each measured mailing older than the credit window.
+
+    The final value is the mailing's current measured value (its latest ``pending`` entry; any
+    corrections stay separate entries and keep applying). Returns how many were finalized;
+    running it again posts nothing new.
+    """
+    cutoff = now - dt.timedelta(days=window_days)
+    values = effective_values(load_entries(session))
+    due = [mv for mv in values.values() if mv.stage is LedgerKind.PENDING]
+    if not due:
+        return 0
+    rows = session.execute(
+        select(Mailing.id, Mailing.scheduled_at).where(Mailing.id.in_([mv.mailing for mv in due]))
+    )
+    sent = {mailing_id: _aware(at) for mailing_id, at in rows}
+    pending = _latest_pending(session)
+    posted = 0
+    for mv in due:
+        if sent[mv.mailing] <= cutoff:
+            session.add(
+                LedgerEntry(
+                    mailing_id=mv.mailing,
+                    giver_id=pending[mv.mailing].giver_id,
+                    receiver_id=pending[mv.mailing].receiver_id,
+                    kind=LedgerKind.FINAL,
+                    value=pending[mv.mailing].value,
+                    note=f"credit window of {window_days} days closed",
+                )
+            )
+            posted += 1
+    session.flush()
+    return posted
+
+
+def _latest_pending(session: Session) -> dict[int, LedgerEntry]:
+    query = (
+        select(LedgerEntry).where(LedgerEntry.kind == LedgerKind.PENDING).order_by(LedgerEntry.id)
+    )
+    return {e.mailing_id: e for e in session.scalars(query) if e.mailing_id is not None}
+
+
+def _aware(at: dt.datetime) -> dt.datetime:
+    # SQLite hands timestamps back without a zone; they are stored in UTC.
+    return at if at.tzinfo else at.replace(tzinfo=dt.UTC)
 
 
 def load_entries(session: Session) -> list[Entry]:

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from jvmail.cli import main
 from jvmail.db.models import LedgerEntry, LedgerKind, Mailing, MailingList, Partner, Promotion
-from jvmail.ledger import Transfer, View, post, summarize
+from jvmail.ledger import Transfer, View, finalize_due, post, summarize
 
 K = LedgerKind
 
@@ -124,3 +124,18 @@ def test_cli_ledger_json_matches_the_entries(
     # Bilaterally b owes a 17 and a owes c 24; netted through the hub, a owes b 7 and that is all.
     assert {(p["with"], p["net"]) for p in mine["pairs"]} == {("b", 17.0), ("c", -24.0)}
     assert mine["owes"] == data["owes"]
+
+
+def test_finalize_after_the_credit_window_changes_no_balance(triangle: Session) -> None:
+    before = summarize(triangle, View.MEASURED)
+    too_early = dt.datetime(2026, 12, 10, tzinfo=dt.UTC)
+    assert finalize_due(triangle, too_early, window_days=14) == 0
+    later = dt.datetime(2026, 12, 20, tzinfo=dt.UTC)
+    assert finalize_due(triangle, later, window_days=14) == 2  # a->b and c->a; b->c was final
+    triangle.commit()
+    assert finalize_due(triangle, later, window_days=14) == 0
+    finals = triangle.scalars(
+        select(LedgerEntry.value).where(LedgerEntry.kind == K.FINAL).order_by(LedgerEntry.id)
+    ).all()
+    assert finals == [23.0, 24.0, 24.0]
+    assert summarize(triangle, View.MEASURED) == before

@@ -1,0 +1,169 @@
+"""The exact model, solved by HiGHS: for small hubs, and as the reference for larger methods.
+
+Decision y[l, x, d] = 1 when list l's owner mails promotion x on day d. Maximize
+    sum v_lx y  -  balance_weight * sum_p |b_p|  -  excess_weight * sum_p max(0, |b_p| - tau_p)
+with b_p = carried_p + given_p - received_p and tau_p = tolerance * p's weekly trading volume.
+|b_p| and the excess are linearized with t_p >= +-b_p and e_p >= t_p - tau_p. Solved on one
+thread with a fixed seed, so the same problem gives the same plan.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from dataclasses import dataclass
+
+import highspy
+
+from jvmail.scheduler.problem import Assignment, ListSpec, Plan, Problem, PromotionSpec
+from jvmail.scheduler.value import expected_value
+
+__all__ = ["Arc", "arcs", "solve_exact"]
+
+_INF = highspy.kHighsInf
+
+
+@dataclass(frozen=True)
+class Arc:
+    """An eligible (list, promotion) pair, with the days both allow and its expected value."""
+
+    lst: ListSpec
+    promo: PromotionSpec
+    days: tuple[dt.date, ...]
+    value: float
+
+
+def arcs(problem: Problem) -> list[Arc]:
+    """Every (list, promotion) pair that no hard rule forbids outright, in a fixed order."""
+    found: list[Arc] = []
+    for lst in sorted(problem.lists, key=lambda x: x.id):
+        for promo in sorted(problem.promotions, key=lambda x: x.id):
+            if lst.owner == promo.owner or lst.owner in promo.exclude:
+                continue
+            days = tuple(d for d in sorted(lst.days) if promo.start <= d <= promo.end)
+            value = expected_value(lst, promo, problem.niche_groups)
+            if days and value > 0 and promo.wanted > 0:
+                found.append(Arc(lst, promo, days, value))
+    return found
+
+
+class _Model:
+    def __init__(self) -> None:
+        self.h = highspy.Highs()  # type: ignore[no-untyped-call]
+        self.h.setOptionValue("output_flag", False)
+        self.h.setOptionValue("threads", 1)
+        self.h.setOptionValue("random_seed", 0)
+        self.h.setOptionValue("mip_rel_gap", 1e-6)
+        self.columns = 0
+
+    def column(self, cost: float, upper: float, integer: bool) -> int:
+        self.h.addVar(0.0, upper)
+        self.h.changeColCost(self.columns, cost)
+        if integer:
+            self.h.changeColIntegrality(self.columns, highspy.HighsVarType.kInteger)
+        self.columns += 1
+        return self.columns - 1
+
+    def row(self, lower: float, upper: float, terms: dict[int, float]) -> None:
+        if terms:
+            idx = sorted(terms)
+            self.h.addRow(lower, upper, len(idx), idx, [terms[i] for i in idx])
+
+
+def solve_exact(problem: Problem, time_limit_s: float = 60.0) -> Plan:
+    """The optimal plan (within HiGHS's 1e-6 relative gap) of ``problem``."""
+    model = _Model()
+    model.h.setOptionValue("time_limit", time_limit_s)
+    candidates = arcs(problem)
+    y: dict[tuple[int, dt.date], int] = {}
+    for i, arc in enumerate(candidates):
+        for day in arc.days:
+            y[(i, day)] = model.column(arc.value, 1.0, integer=True)
+    _capacity_rows(model, problem, candidates, y)
+    _balance_rows(model, problem, candidates, y)
+    model.h.changeObjectiveSense(highspy.ObjSense.kMaximize)
+    model.h.run()
+    values = model.h.getSolution().col_value
+    chosen = [
+        Assignment(day, candidates[i].lst.id, candidates[i].promo.id, candidates[i].value)
+        for (i, day), col in y.items()
+        if values[col] > 0.5
+    ]
+    return Plan(tuple(sorted(chosen)))
+
+
+def _capacity_rows(
+    model: _Model, problem: Problem, candidates: list[Arc], y: dict[tuple[int, dt.date], int]
+) -> None:
+    per_list_day: dict[tuple[str, dt.date], dict[int, float]] = defaultdict(dict)
+    per_list_day_niche: dict[tuple[str, dt.date, str], dict[int, float]] = defaultdict(dict)
+    per_list: dict[str, dict[int, float]] = defaultdict(dict)
+    per_arc: dict[int, dict[int, float]] = defaultdict(dict)
+    per_promo: dict[str, dict[int, float]] = defaultdict(dict)
+    per_pair: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
+    for (i, day), col in y.items():
+        arc = candidates[i]
+        per_list_day[(arc.lst.id, day)][col] = 1.0
+        for niche in arc.promo.niches:
+            per_list_day_niche[(arc.lst.id, day, niche)][col] = 1.0
+        per_list[arc.lst.id][col] = 1.0
+        per_arc[i][col] = 1.0
+        per_promo[arc.promo.id][col] = 1.0
+        per_pair[(arc.lst.owner, arc.promo.owner)][col] = 1.0
+    lists = {lst.id: lst for lst in problem.lists}
+    promos = {p.id: p for p in problem.promotions}
+    for (lid, _), terms in sorted(per_list_day.items()):
+        model.row(-_INF, lists[lid].daily_slots, terms)
+    for _, terms in sorted(per_list_day_niche.items()):
+        if len(terms) > 1:  # never two promotions of one niche on one list the same day
+            model.row(-_INF, 1.0, terms)
+    for lid, terms in sorted(per_list.items()):
+        model.row(-_INF, lists[lid].weekly_cap, terms)
+    for _, terms in sorted(per_arc.items()):
+        model.row(-_INF, 1.0, terms)
+    for pid, terms in sorted(per_promo.items()):
+        model.row(-_INF, promos[pid].wanted, terms)
+    for _, terms in sorted(per_pair.items()):
+        model.row(-_INF, problem.settings.pair_cap, terms)
+
+
+def _balance_rows(
+    model: _Model, problem: Problem, candidates: list[Arc], y: dict[tuple[int, dt.date], int]
+) -> None:
+    s = problem.settings
+    flow: dict[str, dict[int, float]] = defaultdict(dict)  # partner -> col -> +given / -received
+    for (i, _), col in y.items():
+        arc = candidates[i]
+        flow[arc.lst.owner][col] = arc.value
+        flow[arc.promo.owner][col] = -arc.value
+    volume = _volumes(candidates)
+    partners = sorted(set(flow) | set(problem.balances))
+    for p in partners:
+        carried = problem.balances.get(p, 0.0)
+        t = model.column(-s.balance_weight, _INF, integer=False)
+        e = model.column(-s.excess_weight, _INF, integer=False)
+        net = flow.get(p, {})
+        # t >= carried + net  and  t >= -(carried + net)
+        model.row(carried, _INF, {t: 1.0, **{c: -v for c, v in net.items()}})
+        model.row(-carried, _INF, {t: 1.0, **net})
+        # e >= t - tau
+        model.row(-s.tolerance * volume.get(p, 0.0), _INF, {e: 1.0, t: -1.0})
+
+
+def _volumes(candidates: list[Arc]) -> dict[str, float]:
+    """What each partner could trade in a week: the larger of what its lists could give and
+    what its promotions could receive, each at their best eligible values."""
+    best_on_list: dict[str, float] = defaultdict(float)
+    best_for_promo: dict[str, float] = defaultdict(float)
+    for arc in candidates:
+        best_on_list[arc.lst.id] = max(best_on_list[arc.lst.id], arc.value)
+        best_for_promo[arc.promo.id] = max(best_for_promo[arc.promo.id], arc.value)
+    give: dict[str, float] = defaultdict(float)
+    take: dict[str, float] = defaultdict(float)
+    seen_lists: dict[str, ListSpec] = {arc.lst.id: arc.lst for arc in candidates}
+    seen_promos: dict[str, PromotionSpec] = {arc.promo.id: arc.promo for arc in candidates}
+    for lid, lst in seen_lists.items():
+        give[lst.owner] += lst.weekly_cap * best_on_list[lid]
+    for pid, promo in seen_promos.items():
+        take[promo.owner] += promo.wanted * best_for_promo[pid]
+    return {p: max(give[p], take[p]) for p in set(give) | set(take)}

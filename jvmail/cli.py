@@ -34,9 +34,12 @@ from jvmail.db import DEFAULT_DATABASE_URL, make_engine, make_sessionmaker, upgr
 from jvmail.db.migrate import current_revision
 from jvmail.errors import DatabaseError, JvmailError, UsageError
 from jvmail.ledger import View, summarize
+from jvmail.planner import build_problem, parse_week, save_plan
 from jvmail.registry import SyncReport, sync_hub
 from jvmail.registry.views import list_rows, partner_rows, promotion_rows
 from jvmail.scaffold import example_hub_dir, scaffold, write_demo_subscribers
+from jvmail.scheduler import Plan, Problem, Settings, plan_figures, solve
+from jvmail.scheduler.milp import arcs
 
 __all__ = ["cli", "main"]
 
@@ -327,6 +330,136 @@ def _from_side(pair: dict[str, Any], partner: str) -> dict[str, Any]:
     if pair["partner"] == partner:
         return pair
     return {"partner": partner, "with": pair["partner"], "net": -pair["net"]}
+
+
+@cli.command()
+@click.option("--week", metavar="YYYY-Www", help="ISO week to plan, e.g. 2026-W49.")
+@click.option("--dry-run", is_flag=True, help="Show the plan; save nothing.")
+@click.option(
+    "--problem",
+    "problem_file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Solve a problem JSON file instead of the database's hub (nothing is saved).",
+)
+@click.option(
+    "--export-problem",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the week's problem as JSON (for bug reports and benchmarks).",
+)
+@_JSON
+@pass_app
+def plan(
+    app: App,
+    *,
+    week: str | None,
+    dry_run: bool,
+    problem_file: Path | None,
+    export_problem: Path | None,
+    as_json: bool,
+) -> None:
+    """Plan a week of mailings: who mails whose promotion, on which list and day.
+
+    The plan maximizes expected value while keeping each partner's net balance small (old debt
+    is carried from the ledger). Each planned mailing gets an `expected` ledger entry.
+
+    \b
+    Examples:
+      jvmail plan --week 2026-W49 --dry-run
+      jvmail plan --week 2026-W49 --export-problem week49.json
+      jvmail plan --problem week49.json --json
+    """
+    if problem_file is not None:
+        problem = _read_problem(problem_file)
+        _report_plan(app, problem, solve(problem), as_json=as_json, saved=False)
+        return
+    if week is None:
+        raise UsageError("which week?", "give --week YYYY-Www (or --problem FILE)")
+    with app.session() as session:
+        problem = build_problem(session, parse_week(week))
+        if export_problem is not None:
+            export_problem.write_text(problem.to_json(), encoding="utf-8")
+        chosen = solve(problem)
+        if not dry_run:
+            save_plan(session, problem, chosen)
+            session.commit()
+    _report_plan(app, problem, chosen, as_json=as_json, saved=not dry_run)
+
+
+def _read_problem(path: Path) -> Problem:
+    try:
+        return Problem.from_json(path.read_text(encoding="utf-8"))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UsageError(
+            f"{path}: not a valid problem file ({exc.__class__.__name__}: {exc})",
+            "export one with `jvmail plan --week W --export-problem FILE`",
+        ) from exc
+
+
+def _report_plan(app: App, problem: Problem, chosen: Plan, *, as_json: bool, saved: bool) -> None:
+    value_only = Problem(
+        problem.week_start,
+        problem.lists,
+        problem.promotions,
+        niche_groups=problem.niche_groups,
+        settings=Settings(pair_cap=problem.settings.pair_cap, balance_weight=0, excess_weight=0),
+    )
+    v_max = sum(a.value for a in solve(value_only).assignments)
+    figures = plan_figures(problem, chosen, value_max=v_max)
+    short = _shortfalls(problem, chosen)
+    if as_json:
+        data = asdict(figures) | {
+            "week_start": problem.week_start.isoformat(),
+            "saved": saved,
+            "mailings": [asdict(a) for a in chosen.assignments],
+            "shortfalls": short,
+        }
+        print_json(app.out, data)
+        return
+    rows = [asdict(a) | {"day": a.day.strftime("%a %d %b")} for a in chosen.assignments]
+    print_table(
+        app.out,
+        f"Mailings, week of {problem.week_start}",
+        rows,
+        ["day", "list", "promotion", "value"],
+    )
+    weeks = [asdict(w) for w in figures.partners]
+    print_table(app.out, "Balances", weeks, ["partner", "before", "given", "received", "after"])
+    ratio = f"{figures.value / v_max:.0%}" if v_max else "-"
+    app.out.print(
+        f"value {figures.value:,.1f} ({ratio} of the best ignoring balance) | "
+        f"sum |balance| / value {figures.sum_abs_balance_over_value:.2f} | "
+        f"balanced within 20%: {figures.balanced_share:.0%} | "
+        f"violations {figures.violations}",
+        soft_wrap=True,
+    )
+    if short:
+        print_table(
+            app.out,
+            "Promotions short of what they wanted",
+            short,
+            ["promotion", "got", "wanted", "why"],
+        )
+    app.out.print(
+        "Saved as planned mailings." if saved else "[bold]--dry-run:[/] nothing was saved."
+    )
+
+
+def _shortfalls(problem: Problem, chosen: Plan) -> list[dict[str, Any]]:
+    eligible = {arc.promo.id for arc in arcs(problem)}
+    got: dict[str, int] = {}
+    for a in chosen.assignments:
+        got[a.promotion] = got.get(a.promotion, 0) + 1
+    rows = []
+    for promo in sorted(problem.promotions, key=lambda p: p.id):
+        n = got.get(promo.id, 0)
+        if n < promo.wanted:
+            why = (
+                "capacity, pair cap or balance"
+                if promo.id in eligible
+                else "no eligible list this week (niche, window, send days or exclusions)"
+            )
+            rows.append({"promotion": promo.id, "got": n, "wanted": promo.wanted, "why": why})
+    return rows
 
 
 @cli.group()

@@ -1,12 +1,16 @@
 """The reciprocity scheduler: a pure function from a week's problem to a plan. No I/O here."""
 
+from jvmail.scheduler.figures import Figures, PartnerWeek, plan_figures
+from jvmail.scheduler.milp import solve_exact
 from jvmail.scheduler.problem import Assignment, ListSpec, Plan, Problem, PromotionSpec, Settings
 from jvmail.scheduler.value import expected_value, niche_match
 from jvmail.scheduler.verify import Violation, verify
 
 __all__ = [
     "Assignment",
+    "Figures",
     "ListSpec",
+    "PartnerWeek",
     "Plan",
     "Problem",
     "PromotionSpec",
@@ -14,5 +18,12 @@ __all__ = [
     "Violation",
     "expected_value",
     "niche_match",
+    "plan_figures",
+    "solve",
     "verify",
 ]
+
+
+def solve(problem: Problem) -> Plan:
+    """The week's plan for ``problem``: the same input always gives the same plan."""
+    return solve_exact(problem)

@@ -1,0 +1,73 @@
+"""Planning a week of the example hub from the database, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from jvmail.config import load_config
+from jvmail.db.models import LedgerEntry, LedgerKind, Mailing
+from jvmail.errors import UsageError
+from jvmail.planner import parse_week
+from jvmail.registry import sync_hub
+from tests.test_cli import run
+
+
+@pytest.fixture
+def synced(session: Session, example_hub: Path) -> Session:
+    sync_hub(session, load_config(example_hub))
+    session.commit()
+    return session
+
+
+def test_plan_saves_mailings_with_expected_entries(
+    synced: Session, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(capsys, "--db", db_url, "plan", "--week", "2026-W49", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["violations"] == 0
+    assert data["saved"] is True
+    assert len(data["mailings"]) >= 10
+    assert 0 < data["value"] <= data["value_max"] + 1e-6
+    mailings = synced.scalar(select(func.count()).select_from(Mailing))
+    expected = synced.scalar(select(func.count()).where(LedgerEntry.kind == LedgerKind.EXPECTED))
+    assert mailings == expected == len(data["mailings"])
+    code, out, _ = run(capsys, "--db", db_url, "ledger", "--view", "projected", "--json")
+    nets = {row["partner"]: row["net"] for row in json.loads(out)["partners"]}
+    after = {w["partner"]: w["after"] for w in data["partners"]}
+    assert nets == pytest.approx({p: v for p, v in after.items() if p in nets})
+    code, _, err = run(capsys, "--db", db_url, "plan", "--week", "2026-W49")
+    assert code == 2
+    assert "already has" in err
+
+
+def test_dry_run_and_exported_problems_reproduce_the_plan(
+    synced: Session, db_url: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    problem_file = tmp_path / "w49.json"
+    args = ["--db", db_url, "plan", "--week", "2026-W49", "--dry-run", "--json"]
+    code, first, _ = run(capsys, *args, "--export-problem", str(problem_file))
+    assert code == 0
+    assert synced.scalar(select(func.count()).select_from(Mailing)) == 0
+    code, again, _ = run(capsys, "plan", "--problem", str(problem_file), "--json")
+    assert code == 0
+    assert json.loads(again)["mailings"] == json.loads(first)["mailings"]
+
+
+def test_bad_week_and_bad_problem_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="not an ISO week") as caught:
+        parse_week("2026-48")
+    assert "YYYY-Www" in caught.value.fix
+    with pytest.raises(UsageError):
+        parse_week("2026-W54")
+    assert parse_week("2026-W49").isoformat() == "2026-11-30"
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"version": 1, "week_start": "2026-11-30"}')
+    code, _, err = run(capsys, "plan", "--problem", str(bad))
+    assert code == 2
+    assert "not a valid problem file" in err

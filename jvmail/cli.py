@@ -34,7 +34,7 @@ from jvmail.db import DEFAULT_DATABASE_URL, make_engine, make_sessionmaker, upgr
 from jvmail.db.migrate import current_revision
 from jvmail.errors import DatabaseError, JvmailError, UsageError
 from jvmail.ledger import View, summarize
-from jvmail.planner import build_problem, parse_week, save_plan
+from jvmail.planner import build_problem, mailings_in_week, parse_week, save_plan
 from jvmail.registry import SyncReport, sync_hub
 from jvmail.registry.views import list_rows, partner_rows, promotion_rows
 from jvmail.scaffold import example_hub_dir, scaffold, write_demo_subscribers
@@ -46,6 +46,8 @@ __all__ = ["cli", "main"]
 # Test hook: `JVMAIL_FAULT=sync:before-commit` kills the process (SIGKILL) with the sync's
 # transaction still open, to prove an interrupted sync leaves the database as it was.
 _FAULT_ENV = "JVMAIL_FAULT"
+# The example hub's promotions are dated around this week.
+DEMO_WEEK = "2026-W49"
 
 
 class App:
@@ -395,7 +397,9 @@ def _read_problem(path: Path) -> Problem:
         ) from exc
 
 
-def _report_plan(app: App, problem: Problem, chosen: Plan, *, as_json: bool, saved: bool) -> None:
+def _report_plan(
+    app: App, problem: Problem, chosen: Plan, *, as_json: bool, saved: bool, footer: str = ""
+) -> None:
     value_only = Problem(
         problem.week_start,
         problem.lists,
@@ -439,9 +443,8 @@ def _report_plan(app: App, problem: Problem, chosen: Plan, *, as_json: bool, sav
             short,
             ["promotion", "got", "wanted", "why"],
         )
-    app.out.print(
-        "Saved as planned mailings." if saved else "[bold]--dry-run:[/] nothing was saved."
-    )
+    default = "Saved as planned mailings." if saved else "[bold]--dry-run:[/] nothing was saved."
+    app.out.print(footer or default)
 
 
 def _shortfalls(problem: Problem, chosen: Plan) -> list[dict[str, Any]]:
@@ -523,10 +526,23 @@ def demo(app: App, directory: Path) -> None:
         app.out, "Partners", partners_, ["id", "provider", "lists", "promotions", "subscribers"]
     )
     print_table(app.out, "Lists", lists, ["id", "partner", "subscribers", "max_sends_per_week"])
+    week = parse_week(DEMO_WEEK)
+    app.out.print(f"[bold]4. Plan[/] the week {DEMO_WEEK} (starting {week})")
+    with app.session() as session:
+        problem = build_problem(session, week)
+        chosen = solve(problem)
+        fresh = mailings_in_week(session, week) == 0
+        if fresh:
+            save_plan(session, problem, chosen)
+            session.commit()
+    footer = (
+        "" if fresh else "This week was planned by an earlier demo run: shown, not saved again."
+    )
+    _report_plan(app, problem, chosen, as_json=False, saved=fresh, footer=footer)
     db = f"--db {app.database_url}"
     app.out.print(
         f"\n[bold]Done.[/] Config: {hub_dir}\nDatabase: {app.database_url}\n"
-        f"See more: jvmail {db} promotions   |   jvmail {db} partners --json",
+        f"See more: jvmail {db} ledger --view projected   |   jvmail {db} promotions",
         soft_wrap=True,
     )
 

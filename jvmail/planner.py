@@ -31,7 +31,7 @@ from jvmail.ledger.book import load_entries
 from jvmail.ledger.postings import effective_values, net_positions
 from jvmail.scheduler import ListSpec, Plan, Problem, PromotionSpec, Settings
 
-__all__ = ["PlannedWeek", "build_problem", "parse_week", "save_plan"]
+__all__ = ["PlannedWeek", "build_problem", "mailings_in_week", "parse_week", "save_plan"]
 
 _WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _ISO_WEEK = re.compile(r"^(\d{4})-W(\d{2})$")
@@ -115,6 +115,20 @@ def build_problem(
     )
 
 
+def mailings_in_week(session: Session, week_start: dt.date) -> int:
+    """How many mailings (not cancelled) are scheduled in the week starting ``week_start``."""
+    # A day of slack either side: mailings are stored in UTC, weeks are local to each partner.
+    start = dt.datetime.combine(week_start, dt.time(), dt.UTC) - dt.timedelta(days=1)
+    end = start + dt.timedelta(days=9)
+    count = session.scalar(
+        select(func.count())
+        .select_from(Mailing)
+        .where(Mailing.scheduled_at >= start, Mailing.scheduled_at < end)
+        .where(Mailing.status != MailingStatus.CANCELLED)
+    )
+    return int(count or 0)
+
+
 @dataclass(frozen=True)
 class PlannedWeek:
     mailings: list[Mailing]
@@ -126,15 +140,7 @@ def save_plan(session: Session, problem: Problem, plan: Plan) -> PlannedWeek:
     Raises:
         UsageError: the week already has mailings (planning a week again is not supported yet).
     """
-    # A day of slack either side: mailings are stored in UTC, weeks are local to each partner.
-    start = dt.datetime.combine(problem.week_start, dt.time(), dt.UTC) - dt.timedelta(days=1)
-    end = start + dt.timedelta(days=9)
-    existing = session.scalar(
-        select(func.count())
-        .select_from(Mailing)
-        .where(Mailing.scheduled_at >= start, Mailing.scheduled_at < end)
-        .where(Mailing.status != MailingStatus.CANCELLED)
-    )
+    existing = mailings_in_week(session, problem.week_start)
     if existing:
         raise UsageError(
             f"the week of {problem.week_start} already has {existing} mailings",

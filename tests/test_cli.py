@@ -148,11 +148,14 @@ def test_demo_runs_twice_and_the_second_sync_changes_nothing(
     code, out, _ = run(capsys, "demo", "--dir", str(tmp_path / "demo"))
     assert code == 0
     assert "Nothing changed" not in out
+    assert "violations 0" in out
+    assert "Saved as planned mailings." in out
     db_url = f"sqlite:///{(tmp_path / 'demo' / 'jvmail.db').resolve()}"
     assert _count(db_url, Partner) >= 10
     code, out, _ = run(capsys, "demo", "--dir", str(tmp_path / "demo"))
     assert code == 0
     assert "Nothing changed" in out
+    assert "planned by an earlier demo run" in out
     assert f"Database: {db_url}" in out
 
 

@@ -39,7 +39,7 @@ from jvmail.registry import SyncReport, sync_hub
 from jvmail.registry.views import list_rows, partner_rows, promotion_rows
 from jvmail.scaffold import example_hub_dir, scaffold, write_demo_subscribers
 from jvmail.scheduler import Plan, Problem, Settings, plan_figures, solve
-from jvmail.scheduler.milp import arcs
+from jvmail.scheduler.milp import arcs, lp_bound
 
 __all__ = ["cli", "main"]
 
@@ -408,7 +408,7 @@ def _report_plan(
         settings=Settings(pair_cap=problem.settings.pair_cap, balance_weight=0, excess_weight=0),
     )
     v_max = sum(a.value for a in solve(value_only).assignments)
-    figures = plan_figures(problem, chosen, value_max=v_max)
+    figures = plan_figures(problem, chosen, value_max=v_max, bound=lp_bound(problem))
     short = _shortfalls(problem, chosen)
     if as_json:
         data = asdict(figures) | {
@@ -431,6 +431,7 @@ def _report_plan(
     ratio = f"{figures.value / v_max:.0%}" if v_max else "-"
     app.out.print(
         f"value {figures.value:,.1f} ({ratio} of the best ignoring balance) | "
+        f"gap to LP bound {figures.gap or 0:.1%} of V_max | "
         f"sum |balance| / value {figures.sum_abs_balance_over_value:.2f} | "
         f"balanced within 20%: {figures.balanced_share:.0%} | "
         f"violations {figures.violations}",

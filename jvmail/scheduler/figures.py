@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
+from jvmail.scheduler.milp import objective
 from jvmail.scheduler.problem import Plan, Problem
 from jvmail.scheduler.verify import verify
 
@@ -26,6 +27,9 @@ class PartnerWeek:
 class Figures:
     value: float  # V: total expected value of the plan
     value_max: float | None  # V_max: best value ignoring balance, when computed
+    objective: float  # value minus the balance penalties, as the model scores it
+    bound: float | None  # the LP relaxation's objective, when computed
+    gap: float | None  # (bound - objective) / V_max
     sum_abs_balance_over_value: float
     max_abs_balance_over_value: float
     balanced_share: float  # active partners whose week is balanced within 20%
@@ -44,7 +48,9 @@ def gini(values: list[float]) -> float:
     return (2 * weighted) / (len(xs) * total) - (len(xs) + 1) / len(xs)
 
 
-def plan_figures(problem: Problem, plan: Plan, value_max: float | None = None) -> Figures:
+def plan_figures(
+    problem: Problem, plan: Plan, value_max: float | None = None, bound: float | None = None
+) -> Figures:
     lists = {lst.id: lst for lst in problem.lists}
     promos = {p.id: p for p in problem.promotions}
     given: dict[str, float] = defaultdict(float)
@@ -75,9 +81,14 @@ def plan_figures(problem: Problem, plan: Plan, value_max: float | None = None) -
         w for w in active if abs(w.given - w.received) <= BALANCED_WITHIN * max(w.given, w.received)
     ]
     abs_after = [abs(w.after) for w in weeks]
+    score = objective(problem, plan)
+    gap = (bound - score) / value_max if bound is not None and value_max else None
     return Figures(
         value=value,
         value_max=value_max,
+        objective=score,
+        bound=bound,
+        gap=gap,
         sum_abs_balance_over_value=sum(abs_after) / value if value else 0.0,
         max_abs_balance_over_value=max(abs_after, default=0.0) / value if value else 0.0,
         balanced_share=len(balanced) / len(active) if active else 1.0,

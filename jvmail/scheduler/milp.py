@@ -18,7 +18,7 @@ import highspy
 from jvmail.scheduler.problem import Assignment, ListSpec, Plan, Problem, PromotionSpec
 from jvmail.scheduler.value import expected_value
 
-__all__ = ["Arc", "arcs", "solve_exact"]
+__all__ = ["Arc", "arcs", "lp_bound", "objective", "solve_exact"]
 
 _INF = highspy.kHighsInf
 
@@ -72,16 +72,8 @@ class _Model:
 
 def solve_exact(problem: Problem, time_limit_s: float = 60.0) -> Plan:
     """The optimal plan (within HiGHS's 1e-6 relative gap) of ``problem``."""
-    model = _Model()
+    model, candidates, y = _build(problem, integer=True)
     model.h.setOptionValue("time_limit", time_limit_s)
-    candidates = arcs(problem)
-    y: dict[tuple[int, dt.date], int] = {}
-    for i, arc in enumerate(candidates):
-        for day in arc.days:
-            y[(i, day)] = model.column(arc.value, 1.0, integer=True)
-    _capacity_rows(model, problem, candidates, y)
-    _balance_rows(model, problem, candidates, y)
-    model.h.changeObjectiveSense(highspy.ObjSense.kMaximize)
     model.h.run()
     values = model.h.getSolution().col_value
     chosen = [
@@ -90,6 +82,46 @@ def solve_exact(problem: Problem, time_limit_s: float = 60.0) -> Plan:
         if values[col] > 0.5
     ]
     return Plan(tuple(sorted(chosen)))
+
+
+def lp_bound(problem: Problem) -> float:
+    """The LP relaxation's objective: no plan can score above it."""
+    model, _, _ = _build(problem, integer=False)
+    model.h.run()
+    return float(model.h.getInfo().objective_function_value)
+
+
+def objective(problem: Problem, plan: Plan) -> float:
+    """The objective the model maximizes, evaluated for ``plan`` (comparable with lp_bound)."""
+    s = problem.settings
+    lists = {lst.id: lst for lst in problem.lists}
+    promos = {p.id: p for p in problem.promotions}
+    net: dict[str, float] = defaultdict(float, problem.balances)
+    for a in plan.assignments:
+        net[lists[a.list].owner] += a.value
+        net[promos[a.promotion].owner] -= a.value
+    volume = _volumes(arcs(problem))
+    penalty = sum(
+        s.balance_weight * abs(b)
+        + s.excess_weight * max(0.0, abs(b) - s.tolerance * volume.get(p, 0.0))
+        for p, b in net.items()
+    )
+    return sum(a.value for a in plan.assignments) - penalty
+
+
+def _build(
+    problem: Problem, *, integer: bool
+) -> tuple[_Model, list[Arc], dict[tuple[int, dt.date], int]]:
+    model = _Model()
+    candidates = arcs(problem)
+    y: dict[tuple[int, dt.date], int] = {}
+    for i, arc in enumerate(candidates):
+        for day in arc.days:
+            y[(i, day)] = model.column(arc.value, 1.0, integer=integer)
+    _capacity_rows(model, problem, candidates, y)
+    _balance_rows(model, problem, candidates, y)
+    model.h.changeObjectiveSense(highspy.ObjSense.kMaximize)
+    return model, candidates, y
 
 
 def _capacity_rows(

@@ -7,8 +7,8 @@ import datetime as dt
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jvmail.scheduler import ListSpec, Problem, PromotionSpec, Settings, verify
-from jvmail.scheduler.milp import solve_exact
+from jvmail.scheduler import ListSpec, Plan, Problem, PromotionSpec, Settings, verify
+from jvmail.scheduler.milp import lp_bound, objective, solve_exact
 
 MON = dt.date(2026, 11, 30)
 WEEK = tuple(MON + dt.timedelta(days=n) for n in range(7))
@@ -148,6 +148,9 @@ def test_plans_on_random_hubs_break_no_rule_and_are_deterministic(spec: tuple) -
     plan = solve_exact(problem)
     assert verify(problem, plan) == []
     assert solve_exact(Problem.from_json(problem.to_json())) == plan
+    score, bound = objective(problem, plan), lp_bound(problem)
+    assert score <= bound + 1e-6 * max(1.0, abs(bound))
+    assert score >= objective(problem, Plan(())) - 1e-6
     # Value alone (no balance terms) packs every capacity it can: the rules are tested full.
     greedy = Problem(
         problem.week_start,

@@ -11,11 +11,13 @@ import datetime as dt
 import re
 import zoneinfo
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from jvmail.db.models import (
+    HubRecord,
     LedgerKind,
     Mailing,
     MailingList,
@@ -84,6 +86,7 @@ def build_problem(
                 and d.isoformat() not in lst.blackout_dates
             ),
             send_hour=lst.send_hour,
+            overlap=dict(lst.overlap),
         )
         for lst in session.scalars(
             select(MailingList).where(MailingList.archived_at.is_(None)).order_by(MailingList.slug)
@@ -106,13 +109,22 @@ def build_problem(
         if p.partner.archived_at is None and p.window_start <= week[-1] and p.window_end >= week[0]
     ]
     balances = net_positions(effective_values(load_entries(session)), View.MEASURED)
+    configured = _configured(session)
+    groups = configured.pop("niche_groups", {})
     return Problem(
         week_start=week_start,
         lists=tuple(lists),
         promotions=tuple(promotions),
         balances={k: round(v, 6) for k, v in sorted(balances.items())},
-        settings=settings or Settings(),
+        niche_groups=dict(sorted(groups.items())),
+        settings=settings or Settings(**configured),
     )
+
+
+def _configured(session: Session) -> dict[str, Any]:
+    """The hub's `[scheduler]` settings as synced (defaults before the first sync)."""
+    record = session.get(HubRecord, 1)
+    return dict(record.scheduler) if record is not None else {}
 
 
 def mailings_in_week(session: Session, week_start: dt.date) -> int:

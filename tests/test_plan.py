@@ -12,8 +12,9 @@ from sqlalchemy.orm import Session
 from jvmail.config import load_config
 from jvmail.db.models import LedgerEntry, LedgerKind, Mailing
 from jvmail.errors import UsageError
-from jvmail.planner import parse_week
+from jvmail.planner import build_problem, parse_week
 from jvmail.registry import sync_hub
+from jvmail.scheduler import solve, verify
 from tests.test_cli import run
 
 
@@ -71,3 +72,29 @@ def test_bad_week_and_bad_problem_file(capsys: pytest.CaptureFixture[str], tmp_p
     code, _, err = run(capsys, "plan", "--problem", str(bad))
     assert code == 2
     assert "not a valid problem file" in err
+
+
+def test_scheduler_settings_and_overlap_reach_the_problem(
+    session: Session, example_hub: Path
+) -> None:
+    config = example_hub / "jvmail.toml"
+    config.write_text(
+        config.read_text()
+        + '\n[scheduler]\npair_cap = 1\nniche_groups = { webflow = "web-design" }\n'
+    )
+    partner = example_hub / "partners" / "pixel-and-pine.toml"
+    partner.write_text(
+        partner.read_text().replace(
+            "click_rate = 0.031", 'click_rate = 0.031\noverlap = { "squarely-studio" = 0.4 }'
+        )
+    )
+    report = sync_hub(session, load_config(example_hub))
+    session.commit()
+    assert ("hub", "settings", "added") in {(c.kind, c.slug, c.action) for c in report.changes}
+    problem = build_problem(session, parse_week("2026-W49"))
+    assert problem.settings.pair_cap == 1
+    assert problem.niche_groups == {"webflow": "web-design"}
+    [notes] = [lst for lst in problem.lists if lst.id == "pixel-notes"]
+    assert notes.overlap == {"squarely-studio": 0.4}
+    plan = solve(problem)
+    assert verify(problem, plan) == []

@@ -24,6 +24,7 @@ from jvmail.config.models import (
     PartnerConfig,
     PostmarkAccount,
     PromotionConfig,
+    SchedulerSettings,
     SendGridAccount,
     SesAccount,
     SmtpAccount,
@@ -55,6 +56,7 @@ class Hub:
 
     root: Path
     settings: HubSettings
+    scheduler: SchedulerSettings
     partners: tuple[PartnerConfig, ...]
 
     def path(self, relative: str) -> Path:
@@ -126,19 +128,20 @@ def load_config(root: Path) -> Hub:
     """
     root = root.resolve()
     collect = _Collector(root)
-    settings = _load_hub(root, collect)
+    hub_file = _load_hub(root, collect)
     partners = list(_load_partners(root, collect))
     _check_across_files(root, partners, collect)
-    if collect.problems or settings is None:
+    if collect.problems or hub_file is None:
         raise ConfigError(collect.problems)
     return Hub(
         root=root,
-        settings=settings,
+        settings=hub_file.hub,
+        scheduler=hub_file.scheduler,
         partners=tuple(p for p, _ in partners),
     )
 
 
-def _load_hub(root: Path, collect: _Collector) -> HubSettings | None:
+def _load_hub(root: Path, collect: _Collector) -> HubFile | None:
     path = root / HUB_FILE
     if not root.is_dir():
         collect.add(str(root), None, "", "config directory not found", "run `jvmail init DIR`")
@@ -150,9 +153,9 @@ def _load_hub(root: Path, collect: _Collector) -> HubSettings | None:
     if parsed is None:
         return None
     try:
-        return HubFile.model_validate(parsed.data).hub
+        return HubFile.model_validate(parsed.data)
     except ValidationError as exc:
-        models = (HubFile, HubSettings)
+        models = (HubFile, HubSettings, SchedulerSettings)
         collect.problems.extend(problems_from_validation(exc, parsed.label, parsed.index, models))
         return None
 
@@ -202,6 +205,15 @@ def _check_across_files(
         for i, lst in enumerate(partner.lists):
             claim("list", lst.id, parsed, ("lists", i, "id"))
             must_exist(lst.subscribers, parsed, ("lists", i, "subscribers"))
+            for other in sorted(lst.overlap):
+                loc: tuple[str | int, ...] = ("lists", i, "overlap", other)
+                if other == partner.id or other not in partner_ids:
+                    fix = "name another partner of the hub; overlap is the share of this list "
+                    fix += "also subscribed to that partner's audience"
+                    line = parsed.index.line_of(loc)
+                    collect.add(
+                        parsed.label, line, dotted(loc), f"not another partner: {other!r}", fix
+                    )
         for i, promo in enumerate(partner.promotions):
             claim("promotion", promo.id, parsed, ("promotions", i, "id"))
             for part in ("html_template", "text_template"):

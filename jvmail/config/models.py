@@ -39,6 +39,7 @@ __all__ = [
     "PostmarkAccount",
     "PromotionConfig",
     "ProviderAccount",
+    "SchedulerSettings",
     "SendGridAccount",
     "SesAccount",
     "SmtpAccount",
@@ -115,10 +116,22 @@ class HubSettings(_Strict):
     redis_url: str | None = None
 
 
+class SchedulerSettings(_Strict):
+    """The optional `[scheduler]` table of `jvmail.toml`: how the weekly plan trades value for
+    balance."""
+
+    pair_cap: Annotated[int, Field(ge=1, le=14)] = 2
+    balance_weight: Annotated[float, Field(gt=0.5, le=10)] = 1.0
+    excess_weight: Annotated[float, Field(ge=0, le=100)] = 2.0
+    tolerance: Annotated[float, Field(ge=0, le=1)] = 0.15
+    niche_groups: dict[Slug, Slug] = {}
+
+
 class HubFile(_Strict):
     """The whole of `jvmail.toml`."""
 
     hub: HubSettings
+    scheduler: SchedulerSettings = SchedulerSettings()
 
 
 class _Account(_Strict):
@@ -194,6 +207,7 @@ class ListConfig(_Strict):
     blackout_dates: list[dt.date] = []
     click_rate: Annotated[float, Field(gt=0, le=1)] = 0.02
     digest: bool = False
+    overlap: dict[Slug, Annotated[float, Field(ge=0, lt=1)]] = {}
 
 
 class PromotionConfig(_Strict):

@@ -32,6 +32,7 @@ __all__ = [
     "Delivery",
     "DeliveryStatus",
     "EventType",
+    "HubRecord",
     "LedgerEntry",
     "LedgerKind",
     "Mailing",
@@ -139,6 +140,22 @@ class LedgerKind(enum.StrEnum):
     CORRECTION = "correction"
 
 
+class HubRecord(Base):
+    """The hub's own settings, synced from `jvmail.toml` (one row)."""
+
+    __tablename__ = "hub"
+
+    id: Mapped[IntPk]
+    name: Mapped[str] = mapped_column(String(500))
+    base_url: Mapped[str] = mapped_column(String(500))
+    timezone: Mapped[str] = mapped_column(String(64))
+    value_metric: Mapped[str] = mapped_column(String(16))
+    report_day: Mapped[str] = mapped_column(String(3))
+    credit_window_days: Mapped[int]
+    scheduler: Mapped[JsonDict]
+    updated_at: Mapped[Stamp]
+
+
 class Partner(Base):
     """A business in the hub. ``provider`` holds its account settings: env-var names, no secrets."""
 
@@ -179,6 +196,8 @@ class MailingList(Base):
     blackout_dates: Mapped[JsonList]
     click_rate: Mapped[float]
     digest: Mapped[bool]
+    # partner slug -> share of this list's audience also on that partner's lists
+    overlap: Mapped[dict[str, float]] = mapped_column(JSON, default=dict, server_default="{}")
     created_at: Mapped[Stamp]
     updated_at: Mapped[Stamp]
     archived_at: Mapped[MaybeStamp]

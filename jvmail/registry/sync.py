@@ -17,7 +17,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from jvmail.config import Hub, ListConfig, PartnerConfig, PromotionConfig
-from jvmail.db.models import MailingList, Partner, Promotion
+from jvmail.db.models import HubRecord, MailingList, Partner, Promotion
 from jvmail.registry.subscribers import ImportResult, import_subscribers
 
 __all__ = ["Change", "ImportProgress", "SyncReport", "sync_hub"]
@@ -27,7 +27,7 @@ __all__ = ["Change", "ImportProgress", "SyncReport", "sync_hub"]
 class Change:
     """One registry row that a sync added, changed, archived or restored."""
 
-    kind: str  # partner | list | promotion
+    kind: str  # hub | partner | list | promotion
     slug: str
     action: str  # added | changed | archived | restored
     fields: tuple[str, ...] = ()
@@ -74,6 +74,7 @@ def sync_hub(
     _lock_registry(session)
     now = now or dt.datetime.now(dt.UTC)
     report = SyncReport()
+    _sync_hub_record(session, hub, report, now)
     partners = _sync_kind(session, Partner, _partner_rows(hub), report, now)
     lists = _sync_kind(session, MailingList, _list_rows(hub, partners), report, now)
     _sync_kind(session, Promotion, _promotion_rows(hub, partners), report, now)
@@ -170,6 +171,29 @@ def _update(
         )
 
 
+def _sync_hub_record(session: Session, hub: Hub, report: SyncReport, now: dt.datetime) -> None:
+    values: dict[str, Any] = {
+        "name": hub.settings.name,
+        "base_url": hub.settings.base_url,
+        "timezone": hub.settings.timezone,
+        "value_metric": hub.settings.value_metric.value,
+        "report_day": hub.settings.report_day,
+        "credit_window_days": hub.settings.credit_window_days,
+        "scheduler": hub.scheduler.model_dump(mode="json"),
+    }
+    row = session.get(HubRecord, 1)
+    if row is None:
+        session.add(HubRecord(id=1, updated_at=now, **values))
+        report.changes.append(Change("hub", "settings", "added"))
+        return
+    changed = tuple(sorted(k for k, v in values.items() if getattr(row, k) != v))
+    for key in changed:
+        setattr(row, key, values[key])
+    if changed:
+        row.updated_at = now
+        report.changes.append(Change("hub", "settings", "changed", changed))
+
+
 def _partner_rows(hub: Hub) -> Iterable[tuple[str, dict[str, Any]]]:
     for p in hub.partners:
         yield p.id, _partner_values(p)
@@ -206,6 +230,7 @@ def _list_values(lst: ListConfig, owner: Partner) -> dict[str, Any]:
         "blackout_dates": sorted(d.isoformat() for d in lst.blackout_dates),
         "click_rate": lst.click_rate,
         "digest": lst.digest,
+        "overlap": dict(sorted(lst.overlap.items())),
     }
 
 

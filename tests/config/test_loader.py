@@ -144,3 +144,19 @@ def test_template_paths_must_exist(starter_hub: Path) -> None:
 def test_missing_directory(tmp_path: Path) -> None:
     [problem] = _problems(tmp_path / "nowhere")
     assert problem.message == "config directory not found"
+
+
+def test_overlap_must_name_another_partner(starter_hub: Path) -> None:
+    _edit(_partner(starter_hub), "send_hour = 9", "send_hour = 9\noverlap = { nobody = 0.3 }")
+    [problem] = _problems(starter_hub)
+    assert problem.key == "lists[0].overlap.nobody"
+    assert problem.message == "not another partner: 'nobody'"
+
+
+def test_scheduler_settings_are_validated(starter_hub: Path) -> None:
+    (starter_hub / "jvmail.toml").write_text(
+        (starter_hub / "jvmail.toml").read_text() + "\n[scheduler]\nbalance_weight = 0.3\n"
+    )
+    [problem] = _problems(starter_hub)
+    assert problem.key == "scheduler.balance_weight"
+    assert problem.line == len((starter_hub / "jvmail.toml").read_text().splitlines())

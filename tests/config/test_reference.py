@@ -10,12 +10,14 @@ import pytest
 from pydantic import BaseModel
 
 from jvmail.config.loader import _PARTNER_MODELS
-from jvmail.config.models import HubFile, HubSettings
+from jvmail.config.models import HubFile, HubSettings, SchedulerSettings
 
 REFERENCE = Path(__file__).parents[2] / "config" / "jvmail.example.toml"
 
 
-@pytest.mark.parametrize("model", [HubSettings, *_PARTNER_MODELS], ids=lambda m: m.__name__)
+@pytest.mark.parametrize(
+    "model", [HubSettings, SchedulerSettings, *_PARTNER_MODELS], ids=lambda m: m.__name__
+)
 def test_every_key_is_documented(model: type[BaseModel]) -> None:
     text = REFERENCE.read_text()
     found = re.findall(r"^#? ?(?:\[\[?([a-z_]+)\]\]?|([a-z_]+) = )", text, re.M)
@@ -24,5 +26,6 @@ def test_every_key_is_documented(model: type[BaseModel]) -> None:
     assert missing == []
 
 
-def test_the_hub_table_is_valid() -> None:
-    HubFile.model_validate(tomllib.loads(REFERENCE.read_text()))
+def test_the_live_tables_are_valid() -> None:
+    hub = HubFile.model_validate(tomllib.loads(REFERENCE.read_text()))
+    assert hub.scheduler.niche_groups["webflow"] == "web-design"

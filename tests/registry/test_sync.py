@@ -42,6 +42,7 @@ def _statuses(session: Session) -> dict[str, tuple[SubscriberStatus, bool]]:
 def test_first_sync_adds_and_second_changes_nothing(session: Session, starter_hub: Path) -> None:
     first = _sync(session, starter_hub)
     assert _actions(first) == {
+        ("hub", "settings", "added"),
         ("partner", "your-business", "added"),
         ("list", "your-newsletter", "added"),
         ("promotion", "free-site-review", "added"),

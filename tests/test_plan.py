@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,8 @@ from jvmail.db.models import LedgerEntry, LedgerKind, Mailing
 from jvmail.errors import UsageError
 from jvmail.planner import build_problem, parse_week
 from jvmail.registry import sync_hub
-from jvmail.scheduler import solve, verify
+from jvmail.scheduler import Problem, solve, verify
+from jvmail.scheduler.synth import synthetic_problem
 from tests.test_cli import run
 
 
@@ -98,3 +101,22 @@ def test_scheduler_settings_and_overlap_reach_the_problem(
     assert notes.overlap == {"squarely-studio": 0.4}
     plan = solve(problem)
     assert verify(problem, plan) == []
+
+
+def test_json_output_is_clean_even_when_the_solver_prints(tmp_path: Path) -> None:
+    problem = synthetic_problem(4, seed=3)
+    path = tmp_path / "p.json"
+    path.write_text(problem.to_json())
+    command = [sys.executable, "-m", "jvmail", "plan", "--problem", str(path), "--json"]
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["violations"] == 0
+
+
+def test_synthetic_hubs_are_deterministic() -> None:
+    first = synthetic_problem(30, seed=7)
+    assert first.to_json() == synthetic_problem(30, seed=7).to_json()
+    assert first.to_json() != synthetic_problem(30, seed=8).to_json()
+    assert 30 <= len(first.lists) <= 90
+    assert all(500 <= lst.size <= 500_000 for lst in first.lists)
+    assert Problem.from_json(first.to_json()) == first

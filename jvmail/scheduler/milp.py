@@ -10,7 +10,11 @@ thread with a fixed seed, so the same problem gives the same plan.
 from __future__ import annotations
 
 import datetime as dt
+import os
+import sys
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import highspy
@@ -47,9 +51,24 @@ def arcs(problem: Problem) -> list[Arc]:
     return found
 
 
+@contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """HiGHS prints a banner on fd 1 when constructed, before any option can silence it; send
+    it to stderr so `--json` output on stdout stays parseable."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 class _Model:
     def __init__(self) -> None:
-        self.h = highspy.Highs()  # type: ignore[no-untyped-call]
+        with _stdout_to_stderr():
+            self.h = highspy.Highs()  # type: ignore[no-untyped-call]
         self.h.setOptionValue("output_flag", False)
         self.h.setOptionValue("threads", 1)
         self.h.setOptionValue("random_seed", 0)

@@ -19,12 +19,14 @@ from dataclasses import dataclass
 
 import highspy
 
+from jvmail.scheduler.days import place
 from jvmail.scheduler.problem import Assignment, ListSpec, Plan, Problem, PromotionSpec
 from jvmail.scheduler.value import expected_value
 
 __all__ = ["Arc", "arcs", "lp_bound", "objective", "solve_exact"]
 
 _INF = highspy.kHighsInf
+_MAX_NODES = 500
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,22 @@ class Arc:
     promo: PromotionSpec
     days: tuple[dt.date, ...]
     value: float
+
+    @property
+    def list_id(self) -> str:
+        return self.lst.id
+
+    @property
+    def promo_id(self) -> str:
+        return self.promo.id
+
+    @property
+    def niches(self) -> tuple[str, ...]:
+        return self.promo.niches
+
+    @property
+    def slots(self) -> int:
+        return self.lst.daily_slots
 
 
 def arcs(problem: Problem) -> list[Arc]:
@@ -72,7 +90,9 @@ class _Model:
         self.h.setOptionValue("output_flag", False)
         self.h.setOptionValue("threads", 1)
         self.h.setOptionValue("random_seed", 0)
-        self.h.setOptionValue("mip_rel_gap", 1e-6)
+        self.h.setOptionValue("mip_rel_gap", 1e-4)
+        # A node budget, not a clock, ends long searches: with one thread it is deterministic.
+        self.h.setOptionValue("mip_max_nodes", _MAX_NODES)
         self.columns = 0
 
     def column(self, cost: float, upper: float, integer: bool) -> int:
@@ -90,22 +110,23 @@ class _Model:
 
 
 def solve_exact(problem: Problem, time_limit_s: float = 60.0) -> Plan:
-    """The optimal plan (within HiGHS's 1e-6 relative gap) of ``problem``."""
-    model, candidates, y = _build(problem, integer=True)
+    """The optimal plan (within HiGHS's 1e-6 relative gap) of ``problem``.
+
+    The model chooses (list, promotion) pairs; :func:`~jvmail.scheduler.days.place` then gives
+    each a day. ``time_limit_s`` is a safety net: a plan cut short by it may differ between runs.
+    """
+    model, candidates = _build(problem, integer=True)
     model.h.setOptionValue("time_limit", time_limit_s)
     model.h.run()
     values = model.h.getSolution().col_value
-    chosen = [
-        Assignment(day, candidates[i].lst.id, candidates[i].promo.id, candidates[i].value)
-        for (i, day), col in y.items()
-        if values[col] > 0.5
-    ]
-    return Plan(tuple(sorted(chosen)))
+    chosen = [arc for i, arc in enumerate(candidates) if values[i] > 0.5]
+    placed, _ = place(chosen)
+    return Plan(tuple(sorted(Assignment(day, a.lst.id, a.promo.id, a.value) for a, day in placed)))
 
 
 def lp_bound(problem: Problem) -> float:
     """The LP relaxation's objective: no plan can score above it."""
-    model, _, _ = _build(problem, integer=False)
+    model, _ = _build(problem, integer=False)
     model.h.run()
     return float(model.h.getInfo().objective_function_value)
 
@@ -128,65 +149,62 @@ def objective(problem: Problem, plan: Plan) -> float:
     return sum(a.value for a in plan.assignments) - penalty
 
 
-def _build(
-    problem: Problem, *, integer: bool
-) -> tuple[_Model, list[Arc], dict[tuple[int, dt.date], int]]:
+def _build(problem: Problem, *, integer: bool) -> tuple[_Model, list[Arc]]:
+    """Column i is arc i's y (so solution values index like ``arcs``); then the balance
+    columns."""
     model = _Model()
     candidates = arcs(problem)
-    y: dict[tuple[int, dt.date], int] = {}
-    for i, arc in enumerate(candidates):
-        for day in arc.days:
-            y[(i, day)] = model.column(arc.value, 1.0, integer=integer)
-    _capacity_rows(model, problem, candidates, y)
-    _balance_rows(model, problem, candidates, y)
+    for arc in candidates:
+        model.column(arc.value, 1.0, integer=integer)
+    _capacity_rows(model, problem, candidates)
+    _balance_rows(model, problem, candidates)
     model.h.changeObjectiveSense(highspy.ObjSense.kMaximize)
-    return model, candidates, y
+    return model, candidates
 
 
-def _capacity_rows(
-    model: _Model, problem: Problem, candidates: list[Arc], y: dict[tuple[int, dt.date], int]
-) -> None:
-    per_list_day: dict[tuple[str, dt.date], dict[int, float]] = defaultdict(dict)
-    per_list_day_niche: dict[tuple[str, dt.date, str], dict[int, float]] = defaultdict(dict)
+def _capacity_rows(model: _Model, problem: Problem, candidates: list[Arc]) -> None:
     per_list: dict[str, dict[int, float]] = defaultdict(dict)
-    per_arc: dict[int, dict[int, float]] = defaultdict(dict)
     per_promo: dict[str, dict[int, float]] = defaultdict(dict)
     per_pair: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
-    for (i, day), col in y.items():
-        arc = candidates[i]
-        per_list_day[(arc.lst.id, day)][col] = 1.0
-        for niche in arc.promo.niches:
-            per_list_day_niche[(arc.lst.id, day, niche)][col] = 1.0
-        per_list[arc.lst.id][col] = 1.0
-        per_arc[i][col] = 1.0
-        per_promo[arc.promo.id][col] = 1.0
-        per_pair[(arc.lst.owner, arc.promo.owner)][col] = 1.0
+    for i, arc in enumerate(candidates):
+        per_list[arc.lst.id][i] = 1.0
+        per_promo[arc.promo.id][i] = 1.0
+        per_pair[(arc.lst.owner, arc.promo.owner)][i] = 1.0
     lists = {lst.id: lst for lst in problem.lists}
     promos = {p.id: p for p in problem.promotions}
-    for (lid, _), terms in sorted(per_list_day.items()):
-        model.row(-_INF, lists[lid].daily_slots, terms)
-    for _, terms in sorted(per_list_day_niche.items()):
-        if len(terms) > 1:  # never two promotions of one niche on one list the same day
-            model.row(-_INF, 1.0, terms)
     for lid, terms in sorted(per_list.items()):
         model.row(-_INF, lists[lid].weekly_cap, terms)
-    for _, terms in sorted(per_arc.items()):
-        model.row(-_INF, 1.0, terms)
+        _interval_rows(model, lists[lid], [(i, candidates[i]) for i in sorted(terms)])
     for pid, terms in sorted(per_promo.items()):
         model.row(-_INF, promos[pid].wanted, terms)
     for _, terms in sorted(per_pair.items()):
         model.row(-_INF, problem.settings.pair_cap, terms)
 
 
-def _balance_rows(
-    model: _Model, problem: Problem, candidates: list[Arc], y: dict[tuple[int, dt.date], int]
-) -> None:
+def _interval_rows(model: _Model, lst: ListSpec, on_list: list[tuple[int, Arc]]) -> None:
+    """Pairs whose days all fall in a run of the list's days fit in that run's slots (Hall's
+    condition; sufficient for one-slot lists). On a digest the same holds, one slot a day, for
+    the pairs sharing each niche."""
+    order = {day: n for n, day in enumerate(sorted(lst.days))}
+    groups: list[tuple[int, list[tuple[int, Arc]]]] = [(lst.daily_slots, on_list)]
+    if lst.daily_slots > 1:
+        niches = sorted({n for _, arc in on_list for n in arc.promo.niches})
+        groups += [(1, [(i, a) for i, a in on_list if niche in a.promo.niches]) for niche in niches]
+    for slots, members in groups:
+        spans = [(order[a.days[0]], order[a.days[-1]], i) for i, a in members]
+        for first in sorted({s for s, _, _ in spans}):
+            for last in sorted({e for _, e, _ in spans if e >= first}):
+                inside = {i: 1.0 for s, e, i in spans if s >= first and e <= last}
+                if len(inside) > slots * (last - first + 1):
+                    model.row(-_INF, slots * (last - first + 1), inside)
+
+
+def _balance_rows(model: _Model, problem: Problem, candidates: list[Arc]) -> None:
     s = problem.settings
     flow: dict[str, dict[int, float]] = defaultdict(dict)  # partner -> col -> +given / -received
-    for (i, _), col in y.items():
-        arc = candidates[i]
-        flow[arc.lst.owner][col] = arc.value
-        flow[arc.promo.owner][col] = -arc.value
+    for i, arc in enumerate(candidates):
+        flow[arc.lst.owner][i] = arc.value
+        flow[arc.promo.owner][i] = -arc.value
     volume = _volumes(candidates)
     partners = sorted(set(flow) | set(problem.balances))
     for p in partners:

@@ -12,9 +12,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from jvmail.config import load_config
-from jvmail.db.models import LedgerEntry, LedgerKind, Mailing
+from jvmail.db.models import HubRecord, LedgerEntry, LedgerKind, Mailing, MailingList, Partner
 from jvmail.errors import UsageError
-from jvmail.planner import build_problem, parse_week
+from jvmail.ledger import post
+from jvmail.planner import build_problem, parse_week, save_plan
 from jvmail.registry import sync_hub
 from jvmail.scheduler import Problem, solve, verify
 from jvmail.scheduler.synth import synthetic_problem
@@ -120,3 +121,50 @@ def test_synthetic_hubs_are_deterministic() -> None:
     assert 30 <= len(first.lists) <= 90
     assert all(500 <= lst.size <= 500_000 for lst in first.lists)
     assert Problem.from_json(first.to_json()) == first
+
+
+def _rates(problem: Problem) -> dict[str, float]:
+    return {lst.id: lst.click_rate for lst in problem.lists}
+
+
+def test_the_value_metric_sets_each_lists_prior_rate(synced: Session) -> None:
+    week = parse_week("2026-W49")
+    clicks = _rates(build_problem(synced, week))
+    assert clicks["pixel-notes"] == 0.031  # the list's click_rate from config
+    hub = synced.get(HubRecord, 1)
+    assert hub is not None
+    hub.value_metric = "delivered"
+    assert set(_rates(build_problem(synced, week)).values()) == {1.0}
+    hub.value_metric = "conversions"
+    hub.scheduler = {**hub.scheduler, "conversion_rate": 0.05}
+    conversions = _rates(build_problem(synced, week))
+    assert conversions == pytest.approx({k: v * 0.05 for k, v in clicks.items()})
+
+
+def _measure(session: Session, mailing: Mailing, kind: LedgerKind, value: float) -> None:
+    sender = session.get(Partner, mailing.sender_id)
+    assert sender is not None
+    post(session, mailing=mailing, giver=sender, kind=kind, value=value)
+
+
+def test_list_rates_learn_from_measured_mailings_only(synced: Session) -> None:
+    w49, w50 = parse_week("2026-W49"), parse_week("2026-W50")
+    problem = build_problem(synced, w49)
+    priors = _rates(problem)
+    save_plan(synced, problem, solve(problem))
+    first_on_list: dict[str, Mailing] = {}
+    for m in synced.scalars(select(Mailing).order_by(Mailing.id)):
+        lst = synced.get(MailingList, m.list_id)
+        assert lst is not None
+        first_on_list.setdefault(lst.slug, m)
+    (clicked, m1), (missed, m2), (unmeasured, _) = list(first_on_list.items())[:3]
+    assert m1.planned_rate == priors[clicked]
+    _measure(synced, m1, LedgerKind.PENDING, 2 * m1.expected_value)
+    _measure(synced, m2, LedgerKind.MISSED, 0.0)
+    rates = _rates(build_problem(synced, w50))
+    # One mailing that brought twice what was expected moves the rate half way: x1.5.
+    assert rates[clicked] == pytest.approx(1.5 * priors[clicked])
+    # A missed mailing was never sent, an unmeasured one says nothing yet.
+    assert (rates[missed], rates[unmeasured]) == (priors[missed], priors[unmeasured])
+    # Planning the week those mailings were in again does not use them: no look-ahead.
+    assert _rates(build_problem(synced, w49)) == priors

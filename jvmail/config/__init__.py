@@ -7,6 +7,7 @@ from jvmail.config.models import (
     PartnerConfig,
     PromotionConfig,
     ProviderAccount,
+    SchedulerSettings,
     ValueMetric,
 )
 
@@ -19,6 +20,7 @@ __all__ = [
     "PartnerConfig",
     "PromotionConfig",
     "ProviderAccount",
+    "SchedulerSettings",
     "ValueMetric",
     "load_config",
 ]

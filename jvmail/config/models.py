@@ -125,6 +125,8 @@ class SchedulerSettings(_Strict):
     excess_weight: Annotated[float, Field(ge=0, le=100)] = 2.0
     tolerance: Annotated[float, Field(ge=0, le=1)] = 0.15
     niche_groups: dict[Slug, Slug] = {}
+    # Planner inputs, not solver weights: they shape the rates and balances the solver sees.
+    conversion_rate: Annotated[float, Field(gt=0, le=1)] = 0.02
 
 
 class HubFile(_Strict):

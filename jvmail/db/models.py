@@ -279,6 +279,10 @@ class Mailing(Base):
         _enum(MailingStatus), default=MailingStatus.PLANNED
     )
     expected_value: Mapped[float] = mapped_column(default=0.0)
+    # The list's per-recipient rate (in the hub's value metric) the plan assumed; expected_value
+    # / planned_rate is the mailing's exposure, against which its measured value is compared.
+    # NULL for mailings planned before it was recorded.
+    planned_rate: Mapped[float | None]
     created_at: Mapped[Stamp]
     updated_at: Mapped[Stamp]
 

@@ -32,7 +32,13 @@ from jvmail.db.models import (
 from jvmail.errors import UsageError
 from jvmail.ledger import View, post
 from jvmail.ledger.book import load_entries
-from jvmail.ledger.history import MEASURED_STAGES, Measured, rate_from_history
+from jvmail.ledger.history import (
+    MEASURED_STAGES,
+    Measured,
+    age_weight,
+    decayed,
+    rate_from_history,
+)
 from jvmail.ledger.postings import MailingValue, effective_values, net_positions
 from jvmail.scheduler import ListSpec, Plan, Problem, PromotionSpec, Settings
 
@@ -68,26 +74,29 @@ def build_problem(
     metric: the prior from config (clicks: the list's ``click_rate``; delivered: 1.0;
     conversions: ``click_rate`` x ``[scheduler] conversion_rate``), shrunk towards what the
     list's mailings scheduled before ``week_start`` measured (stages pending and final; see
-    :mod:`jvmail.ledger.history`). Carried balances are the measured ledger's. ``settings``
-    replaces the hub's solver settings when given.
+    :mod:`jvmail.ledger.history`). Carried balances are the measured ledger's, each mailing's
+    value weighted by ``(1 - [scheduler] debt_decay) ** weeks`` from its scheduled time to
+    ``week_start``. ``settings`` replaces the hub's solver settings when given.
     """
     hub = _hub_config(session)
     week = [week_start + dt.timedelta(days=n) for n in range(7)]
     values = effective_values(load_entries(session))
-    history = _history(session, values, before=_utc_midnight(week_start))
+    start = _utc_midnight(week_start)
+    history = _history(session, values, before=start)
+    weights = _decay_weights(session, start, hub.scheduler.debt_decay)
     solver = hub.scheduler.model_dump(exclude=_PLANNER_KEYS)
     return Problem(
         week_start=week_start,
         lists=tuple(_list_specs(session, week, hub, history)),
         promotions=tuple(_promotion_specs(session, week)),
-        balances=_balances(values),
+        balances=_balances(decayed(values, weights)),
         niche_groups=dict(sorted(hub.scheduler.niche_groups.items())),
         settings=settings or Settings(**solver),
     )
 
 
 # [scheduler] keys the planner uses itself; the rest are the solver's Settings.
-_PLANNER_KEYS = {"niche_groups", "conversion_rate"}
+_PLANNER_KEYS = {"niche_groups", "conversion_rate", "debt_decay"}
 
 _PRIORS: dict[ValueMetric, Callable[[float, float], float]] = {
     ValueMetric.CLICKS: lambda click_rate, _conversion: click_rate,
@@ -156,6 +165,14 @@ def _history(
     return dict(found)
 
 
+def _decay_weights(session: Session, week_start: dt.datetime, decay: float) -> dict[int, float]:
+    """Per mailing id: how much of its value still counts in the carried balances."""
+    if decay <= 0:
+        return {}
+    rows = session.execute(select(Mailing.id, Mailing.scheduled_at))
+    return {m: age_weight(_aware(at), week_start, decay) for m, at in rows}
+
+
 def _list_rate(prior: float, sent: list[_Sent]) -> float:
     history = [Measured(s.expected / (s.planned_rate or prior), s.measured) for s in sent]
     return round(rate_from_history(prior, history), 10)
@@ -213,7 +230,7 @@ def _promotion_specs(session: Session, week: list[dt.date]) -> Iterator[Promotio
 
 
 def _balances(values: Mapping[int, MailingValue]) -> dict[str, float]:
-    """Carried net per partner (given - received), from what the ledger has measured."""
+    """Carried net per partner (given - received) from the measured ``values``."""
     net = net_positions(values, View.MEASURED)
     return {k: round(v, 6) for k, v in sorted(net.items())}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from sqlalchemy.orm import Session
 from jvmail.config import load_config
 from jvmail.db.models import HubRecord, LedgerEntry, LedgerKind, Mailing, MailingList, Partner
 from jvmail.errors import UsageError
-from jvmail.ledger import post
+from jvmail.ledger import View, post, summarize
 from jvmail.planner import build_problem, parse_week, save_plan
 from jvmail.registry import sync_hub
 from jvmail.scheduler import Problem, solve, verify
@@ -168,3 +169,32 @@ def test_list_rates_learn_from_measured_mailings_only(synced: Session) -> None:
     assert (rates[missed], rates[unmeasured]) == (priors[missed], priors[unmeasured])
     # Planning the week those mailings were in again does not use them: no look-ahead.
     assert _rates(build_problem(synced, w49)) == priors
+
+
+def test_debt_decay_weighs_old_balances_less_and_leaves_the_ledger_alone(
+    synced: Session,
+) -> None:
+    w49, w51 = parse_week("2026-W49"), parse_week("2026-W51")
+    problem = build_problem(synced, w49)
+    save_plan(synced, problem, solve(problem))
+    mailing = synced.scalars(select(Mailing).order_by(Mailing.id)).first()
+    assert mailing is not None
+    _measure(synced, mailing, LedgerKind.FINAL, 10.0)
+    sender = _partner_slug(synced, mailing.sender_id)
+    assert build_problem(synced, w51).balances[sender] == 10.0  # no decay by default
+    hub = synced.get(HubRecord, 1)
+    assert hub is not None
+    hub.scheduler = {**hub.scheduler, "debt_decay": 0.5}
+    at = mailing.scheduled_at.replace(tzinfo=dt.UTC)
+    weeks = (dt.datetime(2026, 12, 14, tzinfo=dt.UTC) - at) / dt.timedelta(weeks=1)
+    decayed = build_problem(synced, w51).balances
+    assert decayed[sender] == pytest.approx(10.0 * 0.5**weeks, abs=1e-6)
+    assert sum(decayed.values()) == pytest.approx(0.0, abs=1e-6)
+    ledger = {b.partner: b.net for b in summarize(synced, View.MEASURED).partners}
+    assert ledger[sender] == 10.0  # `jvmail ledger` shows the raw balance
+
+
+def _partner_slug(session: Session, partner_id: int) -> str:
+    row = session.get(Partner, partner_id)
+    assert row is not None
+    return row.slug

@@ -127,6 +127,7 @@ class SchedulerSettings(_Strict):
     niche_groups: dict[Slug, Slug] = {}
     # Planner inputs, not solver weights: they shape the rates and balances the solver sees.
     conversion_rate: Annotated[float, Field(gt=0, le=1)] = 0.02
+    debt_decay: Annotated[float, Field(ge=0, le=1)] = 0.0
 
 
 class HubFile(_Strict):

@@ -160,3 +160,11 @@ def test_scheduler_settings_are_validated(starter_hub: Path) -> None:
     [problem] = _problems(starter_hub)
     assert problem.key == "scheduler.balance_weight"
     assert problem.line == len((starter_hub / "jvmail.toml").read_text().splitlines())
+
+
+@pytest.mark.parametrize("setting", ["debt_decay = 1.5", "conversion_rate = 0"])
+def test_planner_settings_are_validated(starter_hub: Path, setting: str) -> None:
+    config = starter_hub / "jvmail.toml"
+    config.write_text(config.read_text() + f"\n[scheduler]\n{setting}\n")
+    [problem] = _problems(starter_hub)
+    assert problem.key == f"scheduler.{setting.split(maxsplit=1)[0]}"

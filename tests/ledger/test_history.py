@@ -1,10 +1,14 @@
-"""The ledger's history as the planner reads it: list rates shrunk towards a prior."""
+"""The ledger's history as the planner reads it: list rates shrunk to a prior, aged balances."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 
-from jvmail.ledger.history import Measured, rate_from_history
+from jvmail.db.models import LedgerKind
+from jvmail.ledger.history import Measured, age_weight, decayed, rate_from_history
+from jvmail.ledger.postings import MailingValue
 
 PRIOR = 0.02
 
@@ -32,3 +36,22 @@ def test_plans_made_at_adjusted_rates_do_not_pull_the_estimate_back() -> None:
     first = rate_from_history(PRIOR, [Measured(1000, 40.0)])
     second = rate_from_history(PRIOR, [Measured(1000, 40.0), Measured(30.0 / first, 40.0)])
     assert PRIOR < first < second < 0.04
+
+
+def test_age_weight_shrinks_per_week_of_age() -> None:
+    week = dt.datetime(2026, 12, 7, tzinfo=dt.UTC)
+    two_weeks = week - dt.timedelta(weeks=2)
+    assert age_weight(two_weeks, week, 0.1) == pytest.approx(0.81)
+    assert age_weight(week - dt.timedelta(days=3, hours=12), week, 0.19) == pytest.approx(0.9)
+    assert age_weight(two_weeks, week, 0.0) == 1.0
+    assert age_weight(week + dt.timedelta(days=1), week, 0.5) == 1.0  # not older: full weight
+
+
+def test_decayed_weights_values_and_leaves_the_rest() -> None:
+    values = {
+        1: MailingValue(1, "a", "b", LedgerKind.FINAL, 10.0),
+        2: MailingValue(2, "b", "a", LedgerKind.FINAL, 4.0),
+    }
+    out = decayed(values, {1: 0.5})
+    assert (out[1].value, out[2].value) == (5.0, 4.0)
+    assert values[1].value == 10.0

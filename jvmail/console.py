@@ -49,24 +49,39 @@ def _cell(value: Any) -> str:
 def print_table(
     console: Console, title: str, rows: Sequence[dict[str, Any]], columns: Iterable[str]
 ) -> None:
+    """One line per row; long text is cut with an ellipsis, except in the first column, which
+    holds the ids people copy: on a narrow terminal the other columns give way first."""
     cols = list(columns)
+    headers = [_HEADERS.get(col, col.replace("_", " ")) for col in cols]
+    cells = [[_cell(row.get(col, "")) for col in cols] for row in rows]
+    natural = [max([len(h), *(len(c[i]) for c in cells)]) for i, h in enumerate(headers)]
+    # Each column has a space either side and one border line; plus the closing border.
+    room = console.width - 3 * len(cols) - 1 - natural[0]
+    widths = [natural[0], *_fit(natural[1:], room)]
     table = Table(title=title, title_justify="left", header_style="bold")
-    for position, col in enumerate(cols):
+    for position, (col, header) in enumerate(zip(cols, headers, strict=True)):
         sample = rows[0].get(col) if rows else None
         numeric = isinstance(sample, int | float) and not isinstance(sample, bool)
         table.add_column(
-            _HEADERS.get(col, col.replace("_", " ")),
+            header,
             justify="right" if numeric else "left",
-            no_wrap=True,  # one line per row; long text is cut with an ellipsis
+            no_wrap=True,
             overflow="ellipsis",
-            # The first column holds ids, which people copy: never cut them.
-            min_width=None
-            if position
-            else max((len(_cell(r.get(col, ""))) for r in rows), default=0),
+            min_width=None if position else widths[0],
+            max_width=widths[position] if position else None,
         )
-    for row in rows:
-        table.add_row(*(_cell(row.get(col, "")) for col in cols))
+    for row in cells:
+        table.add_row(*row)
     console.print(table)
+
+
+def _fit(widths: list[int], room: int) -> list[int]:
+    """``widths`` cut down, widest first, until they sum to at most ``room`` (each at least 1)."""
+    fitted = list(widths)
+    while fitted and sum(fitted) > room and max(fitted) > 1:
+        widest = fitted.index(max(fitted))
+        fitted[widest] -= 1
+    return fitted
 
 
 def print_sync_report(console: Console, report: SyncReport, *, dry_run: bool) -> None:

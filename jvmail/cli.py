@@ -6,6 +6,7 @@ line and a fix (exit 1, or 2 for bad input); `--debug` shows the traceback inste
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import signal
 import sys
@@ -32,9 +33,19 @@ from jvmail.console import (
 )
 from jvmail.db import DEFAULT_DATABASE_URL, make_engine, make_sessionmaker, upgrade
 from jvmail.db.migrate import current_revision
+from jvmail.db.models import MailingStatus
 from jvmail.errors import DatabaseError, JvmailError, UsageError
 from jvmail.ledger import View, summarize
-from jvmail.planner import build_problem, mailings_in_week, parse_week, save_plan
+from jvmail.mailings import FIND_IDS, MailingRow, awaiting_approval, week_mailings
+from jvmail.mailings import approve as approve_mailings
+from jvmail.mailings import decline as decline_mailings
+from jvmail.planner import (
+    PlannedWeek,
+    build_problem,
+    mailings_in_week,
+    parse_week,
+    save_plan,
+)
 from jvmail.registry import SyncReport, sync_hub
 from jvmail.registry.views import list_rows, partner_rows, promotion_rows
 from jvmail.scaffold import example_hub_dir, scaffold, write_demo_subscribers
@@ -381,10 +392,22 @@ def plan(
         if export_problem is not None:
             export_problem.write_text(problem.to_json(), encoding="utf-8")
         chosen = solve(problem)
+        footer = ""
         if not dry_run:
-            save_plan(session, problem, chosen)
+            footer = _saved_footer(save_plan(session, problem, chosen), problem.week_start)
             session.commit()
-    _report_plan(app, problem, chosen, as_json=as_json, saved=not dry_run)
+    _report_plan(app, problem, chosen, as_json=as_json, saved=not dry_run, footer=footer)
+
+
+def _saved_footer(saved: PlannedWeek, week_start: dt.date) -> str:
+    waiting = saved.awaiting_approval
+    if not waiting:
+        return "Saved as planned mailings."
+    return (
+        f"Saved as planned mailings; awaiting their sender's approval: {waiting} "
+        f"(`jvmail mailings --week {week_start:%G-W%V} --status awaiting_approval`, "
+        "then `jvmail approve`)."
+    )
 
 
 def _read_problem(path: Path) -> Problem:
@@ -445,7 +468,7 @@ def _report_plan(
             ["promotion", "got", "wanted", "why"],
         )
     default = "Saved as planned mailings." if saved else "[bold]--dry-run:[/] nothing was saved."
-    app.out.print(footer or default)
+    app.out.print(footer or default, soft_wrap=True)
 
 
 def _shortfalls(problem: Problem, chosen: Plan) -> list[dict[str, Any]]:
@@ -464,6 +487,149 @@ def _shortfalls(problem: Problem, chosen: Plan) -> list[dict[str, Any]]:
             )
             rows.append({"promotion": promo.id, "got": n, "wanted": promo.wanted, "why": why})
     return rows
+
+
+_MAILING_COLS = [
+    "id",
+    "send_time",
+    "sender",
+    "list",
+    "promotion",
+    "owner",
+    "status",
+    "expected_value",
+]
+
+
+def _mailing_json(row: MailingRow) -> dict[str, Any]:
+    return asdict(row) | {"day": row.day.isoformat(), "status": row.status.value}
+
+
+def _show_mailings(app: App, title: str, rows: list[MailingRow], as_json: bool) -> None:
+    if as_json:
+        print_json(app.out, [_mailing_json(r) for r in rows])
+    else:
+        print_table(app.out, title, [asdict(r) for r in rows], _MAILING_COLS)
+
+
+@cli.command("mailings")
+@click.option("--week", metavar="YYYY-Www", help="ISO week, e.g. 2026-W49.")
+@click.option("--partner", metavar="ID", help="Only mailings this partner sends or receives.")
+@click.option(
+    "--status",
+    type=click.Choice([s.value for s in MailingStatus]),
+    help="Only mailings with this status.",
+)
+@_JSON
+@pass_app
+def mailings_(
+    app: App, week: str | None, partner: str | None, status: str | None, as_json: bool
+) -> None:
+    """List a week's saved mailings: when, who sends what to which list, status, expected value.
+
+    Send times are local to the sender. Use the ids with `jvmail approve` / `jvmail decline`.
+
+    \b
+    Examples:
+      jvmail mailings --week 2026-W49
+      jvmail mailings --week 2026-W49 --status awaiting_approval --partner lumen-photo
+    """
+    if week is None:
+        raise UsageError("which week?", "give --week YYYY-Www, e.g. --week 2026-W49")
+    week_start = parse_week(week)
+    with app.session() as session:
+        _check_partner(session, partner)
+        rows = week_mailings(
+            session, week_start, partner=partner, status=MailingStatus(status) if status else None
+        )
+    if not rows and not as_json:
+        app.out.print(f"No mailings in the week of {week_start} match.")
+        return
+    _show_mailings(app, f"Mailings, week of {week_start}", rows, as_json)
+
+
+@cli.command()
+@click.argument("mailing_ids", nargs=-1, type=int, metavar="MAILING_ID...")
+@click.option(
+    "--all", "every", is_flag=True, help="Every mailing awaiting approval (narrow it below)."
+)
+@click.option("--partner", metavar="ID", help="With --all: only mailings on this partner's lists.")
+@click.option("--week", metavar="YYYY-Www", help="With --all: only this week's mailings.")
+@_JSON
+@pass_app
+def approve(
+    app: App,
+    *,
+    mailing_ids: tuple[int, ...],
+    every: bool,
+    partner: str | None,
+    week: str | None,
+    as_json: bool,
+) -> None:
+    """Approve mailings awaiting approval, so they are sent as planned.
+
+    Partners with `approve_mailings = true` review each mailing planned onto their lists.
+    Approving anything not awaiting approval is an error and changes nothing.
+
+    \b
+    Examples:
+      jvmail approve 12 13
+      jvmail approve --all --partner lumen-photo --week 2026-W49
+    """
+    with app.session() as session:
+        ids = _approval_ids(session, mailing_ids, every=every, partner=partner, week=week)
+        if not ids:
+            app.out.print("No mailings await approval there; nothing changed.")
+            return
+        rows = approve_mailings(session, ids, now=dt.datetime.now(dt.UTC))
+        session.commit()
+    _show_mailings(app, f"Approved {len(rows)} mailings", rows, as_json)
+
+
+def _approval_ids(
+    session: Session,
+    given: tuple[int, ...],
+    *,
+    every: bool,
+    partner: str | None,
+    week: str | None,
+) -> list[int]:
+    """The ids to approve: those given, or with --all those awaiting approval that match."""
+    if given and every:
+        raise UsageError("give MAILING_ID... or --all, not both", "drop the ids or drop --all")
+    if not every and (partner or week):
+        raise UsageError(
+            "--partner and --week narrow --all", "add --all, or give the mailing ids instead"
+        )
+    if not every:
+        if not given:
+            raise UsageError("which mailings?", f"give MAILING_ID... or --all; {FIND_IDS}")
+        return list(given)
+    _check_partner(session, partner)
+    week_start = parse_week(week) if week else None
+    return awaiting_approval(session, sender=partner, week_start=week_start)
+
+
+@cli.command()
+@click.argument("mailing_ids", nargs=-1, required=True, type=int, metavar="MAILING_ID...")
+@click.option("--reason", default="", metavar="TEXT", help="Why, kept with the mailing.")
+@_JSON
+@pass_app
+def decline(app: App, mailing_ids: tuple[int, ...], reason: str, as_json: bool) -> None:
+    """Decline mailings awaiting approval: they are not sent and their expected value is dropped.
+
+    The ledger is append-only, so each declined mailing gets a `correction` entry cancelling
+    its `expected` one; projected balances drop it, and it is not a missed commitment.
+    Declining anything not awaiting approval is an error and changes nothing.
+
+    \b
+    Example:
+      jvmail decline 14 --reason "we ran a similar offer last week"
+    """
+    with app.session() as session:
+        rows = decline_mailings(session, mailing_ids, now=dt.datetime.now(dt.UTC), reason=reason)
+        session.commit()
+    _show_mailings(app, f"Declined {len(rows)} mailings", rows, as_json)
 
 
 @cli.group()
@@ -533,12 +699,10 @@ def demo(app: App, directory: Path) -> None:
         problem = build_problem(session, week)
         chosen = solve(problem)
         fresh = mailings_in_week(session, week) == 0
+        footer = "This week was planned by an earlier demo run: shown, not saved again."
         if fresh:
-            save_plan(session, problem, chosen)
+            footer = _saved_footer(save_plan(session, problem, chosen), week)
             session.commit()
-    footer = (
-        "" if fresh else "This week was planned by an earlier demo run: shown, not saved again."
-    )
     _report_plan(app, problem, chosen, as_json=False, saved=fresh, footer=footer)
     db = f"--db {app.database_url}"
     app.out.print(

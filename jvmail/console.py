@@ -25,7 +25,11 @@ from jvmail.registry import SyncReport
 
 __all__ = ["ImportBar", "print_error", "print_json", "print_sync_report", "print_table"]
 
-_HEADERS = {"max_sends_per_week": "per week", "mailings_wanted": "wanted"}
+_HEADERS = {
+    "max_sends_per_week": "per week",
+    "mailings_wanted": "wanted",
+    "expected_value": "expected",
+}
 _BAD_ROWS_SHOWN = 5
 _ACTION_STYLE = {"added": "green", "changed": "yellow", "archived": "red", "restored": "cyan"}
 

@@ -253,9 +253,17 @@ def mailings_in_week(session: Session, week_start: dt.date) -> int:
 class PlannedWeek:
     mailings: list[Mailing]
 
+    @property
+    def awaiting_approval(self) -> int:
+        """How many of the saved mailings wait for their sender's approval."""
+        return sum(m.status is MailingStatus.AWAITING_APPROVAL for m in self.mailings)
+
 
 def save_plan(session: Session, problem: Problem, plan: Plan) -> PlannedWeek:
-    """Store each assignment as a planned Mailing with an ``expected`` ledger entry.
+    """Store each assignment as a Mailing with an ``expected`` ledger entry.
+
+    The mailing is ``planned``, or ``awaiting_approval`` when its sender (the list's owner)
+    approves each mailing (``approve_mailings = true``).
 
     Raises:
         UsageError: the week already has mailings (planning a week again is not supported yet).
@@ -282,7 +290,9 @@ def save_plan(session: Session, problem: Problem, plan: Plan) -> PlannedWeek:
             sender_id=sender.id,
             list_id=lst.id,
             scheduled_at=local.astimezone(dt.UTC),
-            status=MailingStatus.PLANNED,
+            status=MailingStatus.AWAITING_APPROVAL
+            if sender.approve_mailings
+            else MailingStatus.PLANNED,
             expected_value=a.value,
             planned_rate=rates[a.list],
         )

@@ -149,7 +149,7 @@ def test_demo_runs_twice_and_the_second_sync_changes_nothing(
     assert code == 0
     assert "Nothing changed" not in out
     assert "violations 0" in out
-    assert "Saved as planned mailings." in out
+    assert "Saved as planned mailings; awaiting their sender's approval: 1 " in out
     db_url = f"sqlite:///{(tmp_path / 'demo' / 'jvmail.db').resolve()}"
     assert _count(db_url, Partner) >= 10
     code, out, _ = run(capsys, "demo", "--dir", str(tmp_path / "demo"))

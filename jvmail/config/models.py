@@ -264,5 +264,6 @@ class PartnerConfig(_Strict):
     categories: Annotated[SlugList, Field(min_length=1)]
     wants_to_meet: SlugList = []
     provider: ProviderAccount
+    approve_mailings: bool = False
     lists: list[ListConfig] = []
     promotions: list[PromotionConfig] = []

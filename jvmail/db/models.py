@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -67,11 +68,11 @@ JsonList = Annotated[list[Any], mapped_column(JSON, default=list)]
 JsonDict = Annotated[dict[str, Any], mapped_column(JSON, default=dict)]
 
 
-def _enum(kind: type[enum.Enum]) -> Enum:
+def _enum(kind: type[enum.Enum], length: int = 16) -> Enum:
     return Enum(
         kind,
         native_enum=False,
-        length=16,
+        length=length,
         values_callable=lambda members: [m.value for m in members],
         validate_strings=True,
     )
@@ -96,7 +97,16 @@ class SuppressionReason(enum.StrEnum):
 
 
 class MailingStatus(enum.StrEnum):
+    """Where a mailing is. The send pipeline picks up ``planned`` and ``approved`` ones.
+
+    A mailing on the list of a partner that approves each mailing starts ``awaiting_approval``
+    and becomes ``approved`` or ``declined`` (`jvmail approve` / `jvmail decline`).
+    """
+
     PLANNED = "planned"
+    AWAITING_APPROVAL = "awaiting_approval"
+    APPROVED = "approved"
+    DECLINED = "declined"
     QUEUED = "queued"
     SENDING = "sending"
     SENT = "sent"
@@ -171,6 +181,8 @@ class Partner(Base):
     wants_to_meet: Mapped[JsonList]
     provider_kind: Mapped[str] = mapped_column(String(16))
     provider: Mapped[JsonDict]
+    # Mailings planned onto its lists wait for its approval before they are sent.
+    approve_mailings: Mapped[bool] = mapped_column(default=False, server_default=false())
     created_at: Mapped[Stamp]
     updated_at: Mapped[Stamp]
     archived_at: Mapped[MaybeStamp]
@@ -276,13 +288,15 @@ class Mailing(Base):
     list_id: Mapped[int] = mapped_column(ForeignKey("mailing_list.id"), index=True)
     scheduled_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     status: Mapped[MailingStatus] = mapped_column(
-        _enum(MailingStatus), default=MailingStatus.PLANNED
+        _enum(MailingStatus, length=32), default=MailingStatus.PLANNED
     )
     expected_value: Mapped[float] = mapped_column(default=0.0)
     # The list's per-recipient rate (in the hub's value metric) the plan assumed; expected_value
     # / planned_rate is the mailing's exposure, against which its measured value is compared.
     # NULL for mailings planned before it was recorded.
     planned_rate: Mapped[float | None]
+    reviewed_at: Mapped[MaybeStamp]  # when the sender approved or declined it
+    review_note: Mapped[str] = mapped_column(String(500), default="", server_default="")
     created_at: Mapped[Stamp]
     updated_at: Mapped[Stamp]
 

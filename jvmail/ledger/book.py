@@ -7,6 +7,7 @@ Entries are only ever inserted; every figure here is derived from them by
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -104,8 +105,8 @@ def _aware(at: dt.datetime) -> dt.datetime:
     return at if at.tzinfo else at.replace(tzinfo=dt.UTC)
 
 
-def load_entries(session: Session) -> list[Entry]:
-    """Every ledger line, with partner ids (slugs), in insertion order."""
+def load_entries(session: Session, mailings: Collection[int] | None = None) -> list[Entry]:
+    """Every ledger line (or only those of ``mailings``), with partner slugs, in insertion order."""
     giver, receiver = aliased(Partner), aliased(Partner)
     query = (
         select(LedgerEntry, giver.slug, receiver.slug)
@@ -113,6 +114,8 @@ def load_entries(session: Session) -> list[Entry]:
         .join(receiver, LedgerEntry.receiver_id == receiver.id)
         .order_by(LedgerEntry.id)
     )
+    if mailings is not None:
+        query = query.where(LedgerEntry.mailing_id.in_(sorted(mailings)))
     return [
         Entry(row.id, row.mailing_id or 0, g, r, row.kind, row.value)
         for row, g, r in session.execute(query)

@@ -209,6 +209,7 @@ def _partner_values(p: PartnerConfig) -> dict[str, Any]:
         "wants_to_meet": list(p.wants_to_meet),
         "provider_kind": p.provider.kind,
         "provider": p.provider.model_dump(mode="json"),
+        "approve_mailings": p.approve_mailings,
     }
 
 

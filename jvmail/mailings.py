@@ -1,0 +1,199 @@
+"""Saved mailings after planning: list a week's, and approve or decline those awaiting approval.
+
+A partner with ``approve_mailings = true`` reviews each mailing planned onto its lists. Approving
+makes it ``approved``; the send pipeline sends ``planned`` and ``approved`` mailings. Declining
+makes it ``declined`` and appends a ``correction`` entry that cancels its ``expected`` value, so
+projected balances drop it; a declined mailing was never a commitment, so it is not missed and
+does not count against the sender's reliability. Approving or declining a mailing that is not
+awaiting approval is a :class:`~jvmail.errors.UsageError`, raised before anything changes.
+Nothing here commits.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import zoneinfo
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import ColumnElement, select
+from sqlalchemy.orm import Session, aliased
+
+from jvmail.db.models import LedgerKind, Mailing, MailingList, MailingStatus, Partner, Promotion
+from jvmail.errors import UsageError
+from jvmail.ledger import post
+from jvmail.ledger.book import load_entries
+from jvmail.ledger.postings import effective_values
+
+__all__ = [
+    "FIND_IDS",
+    "MAX_REASON",
+    "MailingRow",
+    "approve",
+    "awaiting_approval",
+    "decline",
+    "week_mailings",
+]
+
+MAX_REASON = 400  # characters of a decline reason kept on the mailing and in the ledger note
+FIND_IDS = "find ids with `jvmail mailings --week YYYY-Www --status awaiting_approval`"
+
+
+@dataclass(frozen=True)
+class MailingRow:
+    """One saved mailing as people see it. Times are local to the sender (the list's owner)."""
+
+    id: int
+    day: dt.date
+    send_time: str  # e.g. "Tue 01 Dec 09:00"
+    sender: str
+    list: str
+    promotion: str
+    owner: str  # the promotion's owner, who receives the value
+    status: MailingStatus
+    expected_value: float
+    review_note: str
+
+
+_Sender, _Owner = aliased(Partner), aliased(Partner)
+
+
+def _query_rows(session: Session, *criteria: ColumnElement[bool]) -> list[MailingRow]:
+    """The mailings meeting ``criteria``, by send time, with the names people know them by."""
+    query = (
+        select(Mailing, _Sender.slug, _Sender.timezone, MailingList.slug, Promotion.slug)
+        .add_columns(_Owner.slug)
+        .join(_Sender, Mailing.sender_id == _Sender.id)
+        .join(MailingList, Mailing.list_id == MailingList.id)
+        .join(Promotion, Mailing.promotion_id == Promotion.id)
+        .join(_Owner, Promotion.partner_id == _Owner.id)
+        .where(*criteria)
+        .order_by(Mailing.scheduled_at, MailingList.slug, Mailing.id)
+    )
+    rows = []
+    for m, sender, timezone, lst, promo, owner in session.execute(query):
+        local = _local(m.scheduled_at, timezone)
+        rows.append(
+            MailingRow(
+                id=m.id,
+                day=local.date(),
+                send_time=f"{local:%a %d %b %H:%M}",
+                sender=sender,
+                list=lst,
+                promotion=promo,
+                owner=owner,
+                status=m.status,
+                expected_value=m.expected_value,
+                review_note=m.review_note,
+            )
+        )
+    return rows
+
+
+def _local(at: dt.datetime, timezone: str) -> dt.datetime:
+    # SQLite hands timestamps back without a zone; they are stored in UTC.
+    aware = at if at.tzinfo else at.replace(tzinfo=dt.UTC)
+    return aware.astimezone(zoneinfo.ZoneInfo(timezone))
+
+
+def week_mailings(
+    session: Session,
+    week_start: dt.date,
+    *,
+    partner: str | None = None,
+    status: MailingStatus | None = None,
+) -> list[MailingRow]:
+    """Mailings whose local send day falls in the week starting ``week_start``, by send time.
+
+    ``partner`` keeps those it sends or whose promotion it owns; ``status`` keeps one status.
+    """
+    # A day of slack either side in UTC, then the exact week in each sender's own time zone.
+    start = dt.datetime.combine(week_start, dt.time(), dt.UTC) - dt.timedelta(days=1)
+    criteria = [Mailing.scheduled_at >= start, Mailing.scheduled_at < start + dt.timedelta(days=9)]
+    if status is not None:
+        criteria.append(Mailing.status == status)
+    if partner is not None:
+        criteria.append((_Sender.slug == partner) | (_Owner.slug == partner))
+    end = week_start + dt.timedelta(days=7)
+    return [r for r in _query_rows(session, *criteria) if week_start <= r.day < end]
+
+
+def awaiting_approval(
+    session: Session, *, sender: str | None = None, week_start: dt.date | None = None
+) -> list[int]:
+    """Ids of the mailings awaiting approval, optionally only ``sender``'s or one week's."""
+    if week_start is not None:
+        rows = week_mailings(session, week_start, status=MailingStatus.AWAITING_APPROVAL)
+        return [r.id for r in rows if sender is None or r.sender == sender]
+    criteria = [Mailing.status == MailingStatus.AWAITING_APPROVAL]
+    if sender is not None:
+        criteria.append(_Sender.slug == sender)
+    return [r.id for r in _query_rows(session, *criteria)]
+
+
+def approve(session: Session, ids: Iterable[int], now: dt.datetime) -> list[MailingRow]:
+    """Mark the mailings ``approved``.
+
+    Raises:
+        UsageError: an id is unknown or its mailing is not awaiting approval; nothing changed.
+    """
+    mailings = _awaiting(session, ids, verb="approve")
+    for m in mailings:
+        m.status = MailingStatus.APPROVED
+        m.reviewed_at = m.updated_at = now
+    session.flush()
+    return _rows_of(session, mailings)
+
+
+def decline(
+    session: Session, ids: Iterable[int], now: dt.datetime, reason: str = ""
+) -> list[MailingRow]:
+    """Mark the mailings ``declined`` and cancel each one's expected value with a correction.
+
+    Raises:
+        UsageError: an id is unknown or its mailing is not awaiting approval; nothing changed.
+    """
+    if len(reason) > MAX_REASON:
+        raise UsageError(
+            f"the reason is {len(reason)} characters long; at most {MAX_REASON} are kept",
+            "shorten --reason",
+        )
+    mailings = _awaiting(session, ids, verb="decline")
+    values = effective_values(load_entries(session, [m.id for m in mailings]))
+    note = f"declined by the sender: {reason}" if reason else "declined by the sender"
+    for m in mailings:
+        m.status = MailingStatus.DECLINED
+        m.reviewed_at = m.updated_at = now
+        m.review_note = reason
+        sender = session.get(Partner, m.sender_id)
+        assert sender is not None, "a mailing always has a sender"
+        current = values[m.id].value if m.id in values else 0.0
+        post(
+            session, mailing=m, giver=sender, kind=LedgerKind.CORRECTION, value=-current, note=note
+        )
+    session.flush()
+    return _rows_of(session, mailings)
+
+
+def _awaiting(session: Session, ids: Iterable[int], *, verb: str) -> list[Mailing]:
+    wanted = sorted(set(ids))
+    found = {m.id: m for m in session.scalars(select(Mailing).where(Mailing.id.in_(wanted)))}
+    missing = [i for i in wanted if i not in found]
+    if missing:
+        raise UsageError(f"no mailing with id {_ids(missing)}", FIND_IDS)
+    done = [found[i] for i in wanted if found[i].status is not MailingStatus.AWAITING_APPROVAL]
+    if done:
+        states = ", ".join(f"{m.id} is {m.status.value}" for m in done)
+        raise UsageError(
+            f"cannot {verb}: {states}, not awaiting approval; nothing was changed",
+            f"{verb} only mailings awaiting approval; {FIND_IDS}",
+        )
+    return [found[i] for i in wanted]
+
+
+def _ids(ids: Sequence[int]) -> str:
+    return ", ".join(str(i) for i in ids)
+
+
+def _rows_of(session: Session, mailings: list[Mailing]) -> list[MailingRow]:
+    return _query_rows(session, Mailing.id.in_([m.id for m in mailings]))

@@ -51,6 +51,7 @@ from jvmail.registry.views import list_rows, partner_rows, promotion_rows
 from jvmail.scaffold import example_hub_dir, scaffold, write_demo_subscribers
 from jvmail.scheduler import Plan, Problem, Settings, plan_figures, solve
 from jvmail.scheduler.milp import arcs, lp_bound
+from jvmail.scheduler.synth import synthetic_problem
 
 __all__ = ["cli", "main"]
 
@@ -383,7 +384,8 @@ def plan(
     """
     if problem_file is not None:
         problem = _read_problem(problem_file)
-        _report_plan(app, problem, solve(problem), as_json=as_json, saved=False)
+        footer = f"Solved {problem_file}: nothing was saved (a problem file is not a hub)."
+        _report_plan(app, problem, solve(problem), as_json=as_json, saved=False, footer=footer)
         return
     if week is None:
         raise UsageError("which week?", "give --week YYYY-Www (or --problem FILE)")
@@ -408,6 +410,40 @@ def _saved_footer(saved: PlannedWeek, week_start: dt.date) -> str:
         f"(`jvmail mailings --week {week_start:%G-W%V} --status awaiting_approval`, "
         "then `jvmail approve`)."
     )
+
+
+@cli.command("bench-problem")
+@click.option("--partners", type=int, required=True, metavar="N", help="Partners in the hub (2+).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same hub.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the problem JSON here instead of to stdout.",
+)
+@pass_app
+def bench_problem(app: App, partners: int, seed: int, out: Path | None) -> None:
+    """Write a synthetic hub's week as problem JSON, for benchmarks and bug reports.
+
+    The hub is deterministic: the same --partners and --seed always give the same file.
+    Realistic spreads: list sizes 500 to 500,000, click rates 0.3% to 10%, 1-3 lists and 1-5
+    promotions per partner, blackouts, digests and audience overlaps.
+
+    \b
+    Examples:
+      jvmail bench-problem --partners 100 --seed 1 --out hub100.json
+      jvmail plan --problem hub100.json
+    """
+    if partners < 2:
+        raise UsageError(
+            f"--partners {partners}: a hub needs at least 2 partners to swap mailings",
+            "give --partners 2 or more",
+        )
+    text = synthetic_problem(partners, seed=seed).to_json()
+    if out is None:
+        click.echo(text)
+        return
+    out.write_text(text + "\n", encoding="utf-8")
+    app.err.print(f"wrote {out} ({partners} partners, seed {seed})", soft_wrap=True)
 
 
 def _read_problem(path: Path) -> Problem:

@@ -198,3 +198,24 @@ def _partner_slug(session: Session, partner_id: int) -> str:
     row = session.get(Partner, partner_id)
     assert row is not None
     return row.slug
+
+
+def test_bench_problem_writes_the_synthetic_hub(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, out, err = run(capsys, "bench-problem", "--partners", "4", "--seed", "3")
+    assert code == 0, err
+    assert Problem.from_json(out) == synthetic_problem(4, seed=3)
+    path = tmp_path / "hub4.json"
+    code, out, err = run(
+        capsys, "bench-problem", "--partners", "4", "--seed", "3", "--out", str(path)
+    )
+    assert (code, out) == (0, "")
+    assert f"wrote {path}" in err
+    assert Problem.from_json(path.read_text()) == synthetic_problem(4, seed=3)
+    code, out, _ = run(capsys, "plan", "--problem", str(path), "--json")
+    assert code == 0
+    assert json.loads(out)["violations"] == 0
+    code, out, err = run(capsys, "bench-problem", "--partners", "1")
+    assert (code, out) == (2, "")
+    assert "at least 2 partners" in err

@@ -39,6 +39,7 @@ from jvmail.ledger import View, summarize
 from jvmail.mailings import FIND_IDS, MailingRow, awaiting_approval, week_mailings
 from jvmail.mailings import approve as approve_mailings
 from jvmail.mailings import decline as decline_mailings
+from jvmail.plan_report import plan_json, print_plan
 from jvmail.planner import (
     PlannedWeek,
     build_problem,
@@ -50,7 +51,8 @@ from jvmail.registry import SyncReport, sync_hub
 from jvmail.registry.views import list_rows, partner_rows, promotion_rows
 from jvmail.scaffold import example_hub_dir, scaffold, write_demo_subscribers
 from jvmail.scheduler import Plan, Problem, Settings, plan_figures, solve
-from jvmail.scheduler.milp import arcs, lp_bound
+from jvmail.scheduler.explain import shortfalls
+from jvmail.scheduler.milp import lp_bound
 from jvmail.scheduler.synth import synthetic_problem
 
 __all__ = ["cli", "main"]
@@ -350,6 +352,11 @@ def _from_side(pair: dict[str, Any], partner: str) -> dict[str, Any]:
 @click.option("--week", metavar="YYYY-Www", help="ISO week to plan, e.g. 2026-W49.")
 @click.option("--dry-run", is_flag=True, help="Show the plan; save nothing.")
 @click.option(
+    "--explain",
+    is_flag=True,
+    help="Show each mailing's sender, owner and send time, and why promotions fell short.",
+)
+@click.option(
     "--problem",
     "problem_file",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
@@ -367,6 +374,7 @@ def plan(
     *,
     week: str | None,
     dry_run: bool,
+    explain: bool,
     problem_file: Path | None,
     export_problem: Path | None,
     as_json: bool,
@@ -376,16 +384,23 @@ def plan(
     The plan maximizes expected value while keeping each partner's net balance small (old debt
     is carried from the ledger). Each planned mailing gets an `expected` ledger entry.
 
+    --explain adds each mailing's sender, the promotion's owner and the local send time, and a
+    table of why promotions got fewer mailings than they wanted (no-eligible-list, window,
+    lists-exhausted, capacity, pair-cap, balance); --json always includes those reasons.
+
     \b
     Examples:
-      jvmail plan --week 2026-W49 --dry-run
+      jvmail plan --week 2026-W49 --dry-run --explain
       jvmail plan --week 2026-W49 --export-problem week49.json
       jvmail plan --problem week49.json --json
     """
     if problem_file is not None:
         problem = _read_problem(problem_file)
         footer = f"Solved {problem_file}: nothing was saved (a problem file is not a hub)."
-        _report_plan(app, problem, solve(problem), as_json=as_json, saved=False, footer=footer)
+        chosen = solve(problem)
+        _report_plan(
+            app, problem, chosen, as_json=as_json, saved=False, explain=explain, footer=footer
+        )
         return
     if week is None:
         raise UsageError("which week?", "give --week YYYY-Www (or --problem FILE)")
@@ -398,7 +413,9 @@ def plan(
         if not dry_run:
             footer = _saved_footer(save_plan(session, problem, chosen), problem.week_start)
             session.commit()
-    _report_plan(app, problem, chosen, as_json=as_json, saved=not dry_run, footer=footer)
+    _report_plan(
+        app, problem, chosen, as_json=as_json, saved=not dry_run, explain=explain, footer=footer
+    )
 
 
 def _saved_footer(saved: PlannedWeek, week_start: dt.date) -> str:
@@ -457,7 +474,14 @@ def _read_problem(path: Path) -> Problem:
 
 
 def _report_plan(
-    app: App, problem: Problem, chosen: Plan, *, as_json: bool, saved: bool, footer: str = ""
+    app: App,
+    problem: Problem,
+    chosen: Plan,
+    *,
+    as_json: bool,
+    saved: bool,
+    explain: bool = False,
+    footer: str = "",
 ) -> None:
     value_only = Problem(
         problem.week_start,
@@ -468,61 +492,13 @@ def _report_plan(
     )
     v_max = sum(a.value for a in solve(value_only).assignments)
     figures = plan_figures(problem, chosen, value_max=v_max, bound=lp_bound(problem))
-    short = _shortfalls(problem, chosen)
+    short = shortfalls(problem, chosen)
     if as_json:
-        data = asdict(figures) | {
-            "week_start": problem.week_start.isoformat(),
-            "saved": saved,
-            "mailings": [asdict(a) for a in chosen.assignments],
-            "shortfalls": short,
-        }
-        print_json(app.out, data)
+        print_json(app.out, plan_json(problem, chosen, figures, short, saved=saved))
         return
-    rows = [asdict(a) | {"day": a.day.strftime("%a %d %b")} for a in chosen.assignments]
-    print_table(
-        app.out,
-        f"Mailings, week of {problem.week_start}",
-        rows,
-        ["day", "list", "promotion", "value"],
-    )
-    weeks = [asdict(w) for w in figures.partners]
-    print_table(app.out, "Balances", weeks, ["partner", "before", "given", "received", "after"])
-    ratio = f"{figures.value / v_max:.0%}" if v_max else "-"
-    app.out.print(
-        f"value {figures.value:,.1f} ({ratio} of the best ignoring balance) | "
-        f"gap to LP bound {figures.gap or 0:.1%} of V_max | "
-        f"sum |balance| / value {figures.sum_abs_balance_over_value:.2f} | "
-        f"balanced within 20%: {figures.balanced_share:.0%} | "
-        f"violations {figures.violations}",
-        soft_wrap=True,
-    )
-    if short:
-        print_table(
-            app.out,
-            "Promotions short of what they wanted",
-            short,
-            ["promotion", "got", "wanted", "why"],
-        )
+    print_plan(app.out, problem, chosen, figures, short, explain=explain)
     default = "Saved as planned mailings." if saved else "[bold]--dry-run:[/] nothing was saved."
     app.out.print(footer or default, soft_wrap=True)
-
-
-def _shortfalls(problem: Problem, chosen: Plan) -> list[dict[str, Any]]:
-    eligible = {arc.promo.id for arc in arcs(problem)}
-    got: dict[str, int] = {}
-    for a in chosen.assignments:
-        got[a.promotion] = got.get(a.promotion, 0) + 1
-    rows = []
-    for promo in sorted(problem.promotions, key=lambda p: p.id):
-        n = got.get(promo.id, 0)
-        if n < promo.wanted:
-            why = (
-                "capacity, pair cap or balance"
-                if promo.id in eligible
-                else "no eligible list this week (niche, window, send days or exclusions)"
-            )
-            rows.append({"promotion": promo.id, "got": n, "wanted": promo.wanted, "why": why})
-    return rows
 
 
 _MAILING_COLS = [
@@ -739,7 +715,7 @@ def demo(app: App, directory: Path) -> None:
         if fresh:
             footer = _saved_footer(save_plan(session, problem, chosen), week)
             session.commit()
-    _report_plan(app, problem, chosen, as_json=False, saved=fresh, footer=footer)
+    _report_plan(app, problem, chosen, as_json=False, saved=fresh, explain=True, footer=footer)
     db = f"--db {app.database_url}"
     app.out.print(
         f"\n[bold]Done.[/] Config: {hub_dir}\nDatabase: {app.database_url}\n"

@@ -31,6 +31,7 @@ _HEADERS = {
     "expected_value": "expected",
 }
 _BAD_ROWS_SHOWN = 5
+_WRAP_WIDTH = 30  # characters a wrapped column keeps however narrow the terminal
 _ACTION_STYLE = {"added": "green", "changed": "yellow", "archived": "red", "restored": "cyan"}
 
 
@@ -51,17 +52,20 @@ def _cell(value: Any) -> str:
 
 
 def print_table(
-    console: Console, title: str, rows: Sequence[dict[str, Any]], columns: Iterable[str]
+    console: Console,
+    title: str,
+    rows: Sequence[dict[str, Any]],
+    columns: Iterable[str],
+    wrap: Iterable[str] = (),
 ) -> None:
-    """One line per row; long text is cut with an ellipsis, except in the first column, which
-    holds the ids people copy: on a narrow terminal the other columns give way first."""
+    """One line per row: long text is cut with an ellipsis, except in the first column, which
+    holds the ids people copy (on a narrow terminal the other columns give way), and in the
+    ``wrap`` columns, whose sentences wrap onto more lines instead."""
     cols = list(columns)
+    wrapped = set(wrap)
     headers = [_HEADERS.get(col, col.replace("_", " ")) for col in cols]
     cells = [[_cell(row.get(col, "")) for col in cols] for row in rows]
-    natural = [max([len(h), *(len(c[i]) for c in cells)]) for i, h in enumerate(headers)]
-    # Each column has a space either side and one border line; plus the closing border.
-    room = console.width - 3 * len(cols) - 1 - natural[0]
-    widths = [natural[0], *_fit(natural[1:], room)]
+    widths = _widths(console.width, headers, cells, [col in wrapped for col in cols])
     table = Table(title=title, title_justify="left", header_style="bold")
     for position, (col, header) in enumerate(zip(cols, headers, strict=True)):
         sample = rows[0].get(col) if rows else None
@@ -69,14 +73,30 @@ def print_table(
         table.add_column(
             header,
             justify="right" if numeric else "left",
-            no_wrap=True,
-            overflow="ellipsis",
+            no_wrap=col not in wrapped,
+            overflow="fold" if col in wrapped else "ellipsis",
             min_width=None if position else widths[0],
-            max_width=widths[position] if position else None,
+            max_width=widths[position] if position and col not in wrapped else None,
         )
     for row in cells:
         table.add_row(*row)
     console.print(table)
+
+
+def _widths(
+    width: int, headers: list[str], cells: list[list[str]], wrapped: list[bool]
+) -> list[int]:
+    """Column widths that fit ``width``: the first column whole, a wrapped column at least a
+    readable width, and the other columns cut widest first to make room.
+
+    Each column takes a space either side and one border line, plus the closing border. Wrapped
+    columns get no limit here: rich gives them whatever is left.
+    """
+    natural = [max([len(h), *(len(row[i]) for row in cells)]) for i, h in enumerate(headers)]
+    reserved = sum(min(n, _WRAP_WIDTH) for n, w in zip(natural, wrapped, strict=True) if w)
+    room = width - 3 * len(headers) - 1 - natural[0] - reserved
+    rest = iter(_fit([n for n, w in zip(natural[1:], wrapped[1:], strict=True) if not w], room))
+    return [natural[0], *(0 if w else next(rest) for w in wrapped[1:])]
 
 
 def _fit(widths: list[int], room: int) -> list[int]:

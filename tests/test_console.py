@@ -19,3 +19,16 @@ def test_narrow_tables_keep_the_id_column_whole(ident: int | str) -> None:
     assert any(f" {ident} " in line for line in lines)
     assert max(len(line) for line in lines) <= 50
     assert "…" in out.getvalue()  # the other columns gave way
+
+
+def test_wrapped_columns_keep_every_word_and_the_table_fits() -> None:
+    out = io.StringIO()
+    sentence = "one more mailing would push its owner further into debt (-50.0 after the week)"
+    rows = [{"promotion": "desk-worker-reset", "got": 0, "reason": sentence}]
+    print_table(
+        Console(file=out, width=60), "Why", rows, ["promotion", "got", "reason"], ["reason"]
+    )
+    lines = out.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 60
+    words = " ".join(line.split("│")[3] for line in lines if line.count("│") == 4).split()
+    assert " ".join(words) == sentence

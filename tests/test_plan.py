@@ -19,6 +19,7 @@ from jvmail.ledger import View, post, summarize
 from jvmail.planner import build_problem, parse_week, save_plan
 from jvmail.registry import sync_hub
 from jvmail.scheduler import Problem, solve, verify
+from jvmail.scheduler.explain import shortfalls
 from jvmail.scheduler.synth import synthetic_problem
 from tests.test_cli import run
 
@@ -219,3 +220,42 @@ def test_bench_problem_writes_the_synthetic_hub(
     code, out, err = run(capsys, "bench-problem", "--partners", "1")
     assert (code, out) == (2, "")
     assert "at least 2 partners" in err
+
+
+def test_explain_shows_senders_send_times_and_why_promotions_fell_short(
+    synced: Session,
+    db_url: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COLUMNS", "250")
+    args = ["--db", db_url, "plan", "--week", "2026-W49", "--dry-run"]
+    code, out, err = run(capsys, *args, "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    problem = build_problem(synced, parse_week("2026-W49"))
+    expected = shortfalls(problem, solve(problem))
+    assert expected
+    assert [(s["promotion"], s["reason"]) for s in data["shortfalls"]] == [
+        (s.promotion, s.reason.value) for s in expected
+    ]
+    [lumen] = [m for m in data["mailings"] if m["list"] == "lumen-light"]
+    assert (lumen["sender"], lumen["send_time"]) == ("lumen-photo", "Thu 03 Dec 09:00")
+    assert lumen["local_time"] == "2026-12-03T09:00:00"
+    code, out, _ = run(capsys, *args, "--explain")
+    assert code == 0
+    [row] = [line for line in out.splitlines() if "│ lumen-light " in line]
+    cells = [cell.strip() for cell in row.split("│")[1:-1]]
+    assert cells[:5] == [
+        "Thu 03 Dec 09:00",
+        "lumen-photo",
+        "lumen-light",
+        lumen["promotion"],
+        lumen["owner"],
+    ]
+    assert "Balances per partner" in out
+    assert "Why promotions got fewer mailings" in out
+    assert f"{expected[0].reason.value}: {expected[0].why}" in out
+    code, out, _ = run(capsys, *args)
+    assert "Why promotions" not in out
+    assert f"{len(expected)} promotions got fewer mailings than they wanted (" in out

@@ -16,7 +16,7 @@ from typing import Any
 from rich.console import Console
 
 from jvmail.console import print_table
-from jvmail.scheduler import Assignment, Figures, ListSpec, Plan, Problem
+from jvmail.scheduler import Figures, Plan, Problem
 from jvmail.scheduler.explain import Shortfall
 
 __all__ = ["plan_json", "print_plan", "send_time"]
@@ -27,12 +27,6 @@ def send_time(day: dt.date, hour: int) -> str:
     return f"{dt.datetime.combine(day, dt.time(hour)):%a %d %b %H:%M}"
 
 
-def _hour(a: Assignment, lst: ListSpec) -> int:
-    """The local hour ``a`` goes out: its list's send hour, in the list owner's time zone (the
-    scheduler does not put the hour on the assignment itself yet)."""
-    return lst.send_hour
-
-
 def _mailing_rows(problem: Problem, plan: Plan) -> list[dict[str, Any]]:
     lists = {lst.id: lst for lst in problem.lists}
     owners = {p.id: p.owner for p in problem.promotions}
@@ -41,8 +35,8 @@ def _mailing_rows(problem: Problem, plan: Plan) -> list[dict[str, Any]]:
         | {
             "sender": lists[a.list].owner,
             "owner": owners[a.promotion],
-            "local_time": dt.datetime.combine(a.day, dt.time(_hour(a, lists[a.list]))),
-            "send_time": send_time(a.day, _hour(a, lists[a.list])),
+            "local_time": dt.datetime.combine(a.day, dt.time(a.hour)),
+            "send_time": send_time(a.day, a.hour),
         }
         for a in plan.assignments
     ]

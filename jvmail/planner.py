@@ -282,9 +282,7 @@ def save_plan(session: Session, problem: Problem, plan: Plan) -> PlannedWeek:
     for a in plan.assignments:
         lst, promo = lists[a.list], promos[a.promotion]
         sender = partners[lst.partner_id]
-        local = dt.datetime.combine(
-            a.day, dt.time(lst.send_hour), zoneinfo.ZoneInfo(sender.timezone)
-        )
+        local = dt.datetime.combine(a.day, dt.time(a.hour), zoneinfo.ZoneInfo(sender.timezone))
         mailing = Mailing(
             promotion_id=promo.id,
             sender_id=sender.id,

@@ -121,7 +121,10 @@ def solve_exact(problem: Problem, time_limit_s: float = 60.0) -> Plan:
     values = model.h.getSolution().col_value
     chosen = [arc for i, arc in enumerate(candidates) if values[i] > 0.5]
     placed, _ = place(chosen)
-    return Plan(tuple(sorted(Assignment(day, a.lst.id, a.promo.id, a.value) for a, day in placed)))
+    assignments = (
+        Assignment(day, a.lst.id, a.promo.id, a.value, a.lst.send_hour) for a, day in placed
+    )
+    return Plan(tuple(sorted(assignments)))
 
 
 def lp_bound(problem: Problem) -> float:

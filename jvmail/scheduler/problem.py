@@ -12,10 +12,17 @@ JSON format (version 1)::
      "balances": {"partner-id": 12.5, ...},                # carried net: given - received
      "lists": [{"id", "owner", "size", "click_rate", "niches", "weekly_cap", "daily_slots",
                 "days": ["2026-12-01", ...], "send_hour", "overlap": {"partner-id": 0.2}}],
-     "promotions": [{"id", "owner", "niches", "start", "end", "wanted", "exclude": [...]}]}
+     "promotions": [{"id", "owner", "niches", "start", "end", "wanted", "exclude": [...]}],
+     "fixed": [{"day", "hour", "list", "promotion", "value"}],      # optional
+     "previous": [{"day", "hour", "list", "promotion", "value"}]}   # optional
 
 ``days`` are the list's sendable dates this week (allowed weekdays minus blackouts), already
-resolved in the list owner's time zone.
+resolved in the list owner's time zone; ``hour`` is the list's local send hour.
+
+Re-planning a week: ``fixed`` are mailings already sent or approved. They stay in the plan as
+they are, use up capacity and count in the balances. ``previous`` is the rest of the week's
+earlier plan: the solver keeps those mailings where it can (each is worth ``stability`` times
+its value extra to the solver, never in the reported figures) and changes as little as it can.
 """
 
 from __future__ import annotations
@@ -38,6 +45,18 @@ class Settings:
     balance_weight: float = 1.0  # lambda1 on sum |b_p|; must exceed 1/2 (see SCHEDULING notes)
     excess_weight: float = 2.0  # lambda2 on |b_p| beyond the tolerance
     tolerance: float = 0.15
+    stability: float = 0.2  # when re-planning: bonus, as a share of value, to keep a mailing
+
+
+@dataclass(frozen=True, order=True)
+class Assignment:
+    """The list's owner mails ``promotion`` to ``list`` on ``day`` at ``hour`` (list-local)."""
+
+    day: dt.date
+    list: str
+    promotion: str
+    value: float
+    hour: int
 
 
 @dataclass(frozen=True)
@@ -73,6 +92,8 @@ class Problem:
     balances: dict[str, float] = field(default_factory=dict)
     niche_groups: dict[str, str] = field(default_factory=dict)
     settings: Settings = Settings()
+    fixed: tuple[Assignment, ...] = ()
+    previous: tuple[Assignment, ...] = ()
 
     @property
     def week(self) -> tuple[dt.date, ...]:
@@ -94,6 +115,8 @@ class Problem:
             balances={k: float(v) for k, v in data.get("balances", {}).items()},
             niche_groups=dict(data.get("niche_groups", {})),
             settings=Settings(**data.get("settings", {})),
+            fixed=tuple(_assignment(d) for d in data.get("fixed", ())),
+            previous=tuple(_assignment(d) for d in data.get("previous", ())),
         )
 
 
@@ -118,6 +141,16 @@ def _list(d: dict[str, Any]) -> ListSpec:
     )
 
 
+def _assignment(d: dict[str, Any]) -> Assignment:
+    return Assignment(
+        day=dt.date.fromisoformat(d["day"]),
+        list=d["list"],
+        promotion=d["promotion"],
+        value=float(d["value"]),
+        hour=int(d["hour"]),
+    )
+
+
 def _promotion(d: dict[str, Any]) -> PromotionSpec:
     return PromotionSpec(
         id=d["id"],
@@ -128,16 +161,6 @@ def _promotion(d: dict[str, Any]) -> PromotionSpec:
         wanted=int(d["wanted"]),
         exclude=tuple(d.get("exclude", ())),
     )
-
-
-@dataclass(frozen=True, order=True)
-class Assignment:
-    """The list's owner mails ``promotion`` to ``list`` on ``day`` at the list's send hour."""
-
-    day: dt.date
-    list: str
-    promotion: str
-    value: float
 
 
 @dataclass(frozen=True)

@@ -86,14 +86,14 @@ def test_no_eligible_list_sends_inside_the_window() -> None:
 
 def test_every_eligible_list_already_carries_it() -> None:
     problem = Problem(MON, (_list("b-l", "b", cap=2),), (_promo("a-p", "a", wanted=2),))
-    short = _only(problem, Plan((Assignment(TUE, "b-l", "a-p", 20.0),)))
+    short = _only(problem, Plan((Assignment(TUE, "b-l", "a-p", 20.0, 9),)))
     assert (short.reason, short.got) == (Reason.LISTS_EXHAUSTED, 1)
     assert _counts(short) == (1, 1, 1, 0, 0, 0)
 
 
 def test_capacity_weekly_cap_day_slots_and_digest_clashes() -> None:
     promos = (_promo("a-p", "a"), _promo("c-p", "c"))
-    taken = Plan((Assignment(TUE, "b-l", "c-p", 20.0),))
+    taken = Plan((Assignment(TUE, "b-l", "c-p", 20.0, 9),))
     weekly = Problem(MON, (_list("b-l", "b"),), promos)
     assert _only(weekly, taken).reason is Reason.CAPACITY
     one_day = Problem(MON, (_list("b-l", "b", cap=3, days=(TUE,)),), promos)
@@ -111,7 +111,7 @@ def test_pair_cap_reached_by_the_lists_owner() -> None:
     lists = (_list("b-1", "b"), _list("b-2", "b"))
     promos = (_promo("a-p", "a"), _promo("a-q", "a"))
     problem = Problem(MON, lists, promos, settings=Settings(pair_cap=1))
-    short = _only(problem, Plan((Assignment(TUE, "b-1", "a-q", 20.0),)))
+    short = _only(problem, Plan((Assignment(TUE, "b-1", "a-q", 20.0, 9),)))
     assert short.reason is Reason.PAIR_CAP
     assert _counts(short) == (2, 2, 2, 2, 1, 0)
     assert "already make 1 mailing for a this week (the pair cap)" in short.why
@@ -149,7 +149,7 @@ def test_balance_when_the_lists_owners_are_already_owed() -> None:
 
 def test_promotions_that_got_what_they_wanted_are_not_listed() -> None:
     problem = Problem(MON, (_list("b-l", "b"), _list("a-l", "a")), (_promo("a-p", "a"),))
-    plan = Plan((Assignment(WED, "b-l", "a-p", 20.0),))
+    plan = Plan((Assignment(WED, "b-l", "a-p", 20.0, 9),))
     assert shortfalls(problem, plan) == []
     assert balances_after(problem, plan) == {"a": -20.0, "b": 20.0}
 

@@ -65,7 +65,7 @@ PROBLEM = Problem(
 
 
 def _rules(*assignments: tuple[dt.date, str, str]) -> list[str]:
-    plan = Plan(tuple(Assignment(day, lid, pid, 1.0) for day, lid, pid in assignments))
+    plan = Plan(tuple(Assignment(day, lid, pid, 1.0, 9) for day, lid, pid in assignments))
     return [v.rule for v in verify(PROBLEM, plan)]
 
 
@@ -105,10 +105,10 @@ def test_weekly_cap_wanted_and_same_niche_on_a_digest() -> None:
         lists=(_list("d", "d", weekly_cap=1, daily_slots=2),),
         promotions=(_promo("x", "x", wanted=1), _promo("y", "y")),
     )
-    plan = Plan((Assignment(WED, "d", "x", 1.0), Assignment(WED, "d", "y", 1.0)))
+    plan = Plan((Assignment(WED, "d", "x", 1.0, 9), Assignment(WED, "d", "y", 1.0, 9)))
     rules = [v.rule for v in verify(problem, plan)]
     assert rules == ["list-weekly-cap", "same-niche-same-day"]
-    plan = Plan((Assignment(WED, "d", "x", 1.0),))
+    plan = Plan((Assignment(WED, "d", "x", 1.0, 9),))
     assert verify(problem, plan) == []
 
 

@@ -1,0 +1,185 @@
+"""Large-neighbourhood search: re-solve a window of partners exactly, everything else fixed.
+
+A window is a set of partners. Every arc between two of them is free; every chosen arc that
+touches the window from outside stays as it is and only uses up capacity and moves balances.
+The window's exact model (the same rows as the full model, restricted) is solved by HiGHS from
+the current plan as a starting solution, within a node budget, and the board takes the result
+when it scores higher. Windows are small enough to solve in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+
+import highspy
+import numpy as np
+
+from jvmail.scheduler.highs import RowBuffer, new_highs
+from jvmail.scheduler.search import Board
+
+__all__ = ["Window", "solve_window"]
+
+_INF = highspy.kHighsInf
+
+
+class Window:
+    """Which arcs of ``board`` a set of partners frees, and what the rest pins down."""
+
+    def __init__(self, board: Board, members: Iterable[int]) -> None:
+        self.members = sorted(set(members))
+        inside = set(self.members)
+        self.lists = [i for i, o in enumerate(board.list_owner) if o in inside]
+        self.free = [
+            a for i in self.lists for a in board.list_arcs[i] if board.a_owners[a][1] in inside
+        ]
+        free = set(self.free)
+        self.promos = sorted({board.a_promo[a] for a in self.free})
+        self.pinned_on_list = {
+            i: [a for a in board.on_list[i] if a not in free] for i in self.lists
+        }
+        self.pinned_on_promo = {
+            j: sum(1 for a in board.on_promo[j] if a not in free) for j in self.promos
+        }
+
+
+def solve_window(board: Board, window: Window, max_nodes: int = 200) -> float:
+    """Re-solve ``window`` and apply the result if it is better; returns the gain (>= 0)."""
+    free = window.free
+    if not free:
+        return 0.0
+    current = [float(board.chosen[a]) for a in free]
+    h = new_highs()
+    h.setOptionValue("mip_max_nodes", max_nodes)
+    h.setOptionValue("mip_rel_gap", 1e-6)
+    col = {a: n for n, a in enumerate(free)}
+    partners = window.members
+    s = board
+    costs = [s.a_value[a] for a in free] + [-s.w1, -s.w2] * len(partners)
+    upper = [1.0] * len(free) + [_INF] * (2 * len(partners))
+    h.addCols(
+        len(costs),
+        np.array(costs),
+        np.zeros(len(costs)),
+        np.array(upper),
+        0,
+        np.array([], dtype=np.int32),
+        np.array([], dtype=np.int32),
+        np.array([]),
+    )
+    h.changeColsIntegrality(
+        len(free),
+        np.arange(len(free), dtype=np.int32),
+        np.array([highspy.HighsVarType.kInteger] * len(free)),
+    )
+    h.changeObjectiveSense(highspy.ObjSense.kMaximize)
+    rows = RowBuffer()
+    _capacity_rows(rows, board, window, col)
+    t_values = _balance_rows(rows, board, window, col, len(free))
+    rows.flush(h)
+    start = current + t_values
+    h.setSolution(len(start), np.arange(len(start), dtype=np.int32), np.array(start))
+    h.run()
+    if (
+        h.getModelStatus()
+        not in (
+            highspy.HighsModelStatus.kOptimal,
+            highspy.HighsModelStatus.kSolutionLimit,
+            highspy.HighsModelStatus.kIterationLimit,
+            highspy.HighsModelStatus.kTimeLimit,
+            highspy.HighsModelStatus.kInterrupt,
+        )
+        or h.getInfo().primal_solution_status != 2
+    ):
+        return 0.0
+    values = h.getSolution().col_value
+    remove = [a for n, a in enumerate(free) if current[n] > 0.5 and values[n] < 0.5]
+    add = [a for n, a in enumerate(free) if current[n] < 0.5 and values[n] > 0.5]
+    if not remove and not add:
+        return 0.0
+    before = board.score()
+    board.apply(remove, None)
+    for a in add:
+        board.apply([], a)
+    gain = board.score() - before
+    touched = {board.a_list[a] for a in add}
+    if gain < 1e-6 or not all(board.fits(i, board.on_list[i]) for i in touched):
+        for a in add:
+            board.apply([a], None)
+        for a in remove:
+            board.apply([], a)
+        return 0.0
+    return gain
+
+
+def _capacity_rows(rows: RowBuffer, board: Board, window: Window, col: dict[int, int]) -> None:
+    by_list: dict[int, list[int]] = defaultdict(list)
+    by_promo: dict[int, list[int]] = defaultdict(list)
+    by_pair: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for a in window.free:
+        by_list[board.a_list[a]].append(a)
+        by_promo[board.a_promo[a]].append(a)
+        by_pair[board.a_owners[a]].append(a)
+    for i in sorted(by_list):
+        _list_rows(rows, board, i, by_list[i], pinned=window.pinned_on_list[i], col=col)
+    for j in sorted(by_promo):
+        room = board.promo_want[j] - window.pinned_on_promo[j]
+        rows.add(-_INF, room, {col[a]: 1.0 for a in by_promo[j]})
+    for pair in sorted(by_pair):
+        if len(by_pair[pair]) > board.pair_cap:
+            rows.add(-_INF, board.pair_cap, {col[a]: 1.0 for a in by_pair[pair]})
+
+
+def _list_rows(
+    rows: RowBuffer,
+    board: Board,
+    i: int,
+    free: list[int],
+    *,
+    pinned: list[int],
+    col: dict[int, int],
+) -> None:
+    """Weekly cap, and Hall's interval rows over the list's days (pinned arcs count as 1)."""
+    cap = board.list_cap[i] - len(pinned)
+    rows.add(-_INF, cap, {col[a]: 1.0 for a in free})
+    groups: list[tuple[int, list[int]]] = [(board.list_slots[i], free + pinned)]
+    if board.list_slots[i] > 1:
+        niches = sorted({n for a in free for n in board.a_niches[a]})
+        groups += [(1, [a for a in free + pinned if n in board.a_niches[a]]) for n in niches]
+    first, last = board.a_first, board.a_last
+    for slots, members in groups:
+        for lo in sorted({first[a] for a in members}):
+            for hi in sorted({last[a] for a in members if last[a] >= lo}):
+                inside = [a for a in members if first[a] >= lo and last[a] <= hi]
+                room = slots * (hi - lo + 1)
+                if len(inside) > room:
+                    fixed = sum(1 for a in inside if a not in col)
+                    terms = {col[a]: 1.0 for a in inside if a in col}
+                    if terms:
+                        rows.add(-_INF, room - fixed, terms)
+
+
+def _balance_rows(
+    rows: RowBuffer, board: Board, window: Window, col: dict[int, int], first_t: int
+) -> list[float]:
+    """t_p >= |b_p|, e_p >= t_p - tau_p for each member; returns t and e at the current plan."""
+    flow: dict[int, dict[int, float]] = defaultdict(dict)
+    base = {p: board.balance[p] for p in window.members}
+    for a in window.free:
+        o, q = board.a_owners[a]
+        v = board.a_value[a]
+        flow[o][col[a]] = flow[o].get(col[a], 0.0) + v
+        flow[q][col[a]] = flow[q].get(col[a], 0.0) - v
+        if board.chosen[a]:
+            base[o] -= v
+            base[q] += v
+    start: list[float] = []
+    for k, p in enumerate(window.members):
+        t, e = first_t + 2 * k, first_t + 2 * k + 1
+        net = flow.get(p, {})
+        rows.add(base[p], _INF, {t: 1.0} | {c: -v for c, v in net.items()})
+        rows.add(-base[p], _INF, {t: 1.0} | net)
+        rows.add(-board.tau[p], _INF, {e: 1.0, t: -1.0})
+        size = abs(board.balance[p])
+        start += [size, max(0.0, size - board.tau[p])]
+    return start

@@ -52,7 +52,7 @@ from jvmail.registry.views import list_rows, partner_rows, promotion_rows
 from jvmail.scaffold import example_hub_dir, scaffold, write_demo_subscribers
 from jvmail.scheduler import Plan, Problem, Settings, plan_figures, solve
 from jvmail.scheduler.explain import shortfalls
-from jvmail.scheduler.milp import lp_bound
+from jvmail.scheduler.relax import lp_bound
 from jvmail.scheduler.synth import synthetic_problem
 
 __all__ = ["cli", "main"]

@@ -1,13 +1,14 @@
 """The reciprocity scheduler: a pure function from a week's problem to a plan. No I/O here."""
 
 from jvmail.scheduler.figures import Figures, PartnerWeek, plan_figures
-from jvmail.scheduler.milp import solve_exact
 from jvmail.scheduler.problem import Assignment, ListSpec, Plan, Problem, PromotionSpec, Settings
+from jvmail.scheduler.solver import Effort, solve
 from jvmail.scheduler.value import expected_value, niche_match
 from jvmail.scheduler.verify import Violation, verify
 
 __all__ = [
     "Assignment",
+    "Effort",
     "Figures",
     "ListSpec",
     "PartnerWeek",
@@ -22,8 +23,3 @@ __all__ = [
     "solve",
     "verify",
 ]
-
-
-def solve(problem: Problem) -> Plan:
-    """The week's plan for ``problem``: the same input always gives the same plan."""
-    return solve_exact(problem)

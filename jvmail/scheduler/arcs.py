@@ -10,13 +10,15 @@ in about a second rather than by testing every list against every promotion.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections import defaultdict
+from collections.abc import Sequence, Set
 from dataclasses import dataclass
 
-from jvmail.scheduler.problem import ListSpec, Problem, PromotionSpec
+from jvmail.scheduler.problem import Assignment, ListSpec, Problem, PromotionSpec
 from jvmail.scheduler.value import expected_value
 
-__all__ = ["Arc", "eligible_arcs"]
+__all__ = ["Arc", "eligible_arcs", "pinned_arc", "prune"]
 
 
 @dataclass(frozen=True)
@@ -71,3 +73,61 @@ def eligible_arcs(problem: Problem) -> list[Arc]:
 def _keys(niches: tuple[str, ...], groups: dict[str, str]) -> set[str]:
     """Index keys: each niche, and each niche's category (prefixed so the two never collide)."""
     return {f"n:{n}" for n in niches} | {f"c:{groups[n]}" for n in niches if n in groups}
+
+
+def pinned_arc(problem: Problem, a: Assignment) -> Arc | None:
+    """The arc of a fixed mailing (sent or approved): its own day only, its recorded value.
+    None when its list or promotion is no longer in the problem."""
+    lst = next((x for x in problem.lists if x.id == a.list), None)
+    promo = next((x for x in problem.promotions if x.id == a.promotion), None)
+    if lst is None or promo is None:
+        return None
+    return Arc(lst, promo, (a.day,), a.value)
+
+
+def prune(arcs: Sequence[Arc], per_node: int, keep: Set[int] = frozenset()) -> list[int]:
+    """Positions of the arcs worth searching on a large hub, in order.
+
+    Each list keeps its ``per_node`` most promising arcs and so does each promotion, plus the
+    positions in ``keep``. Promising means full value first, then a trading partner of similar
+    size: balance needs partners whose lists are worth about as much as one's own, so a list of
+    500,000 is paired with its peers and a list of 800 with its own. Size is what a partner's
+    lists can give in a week at their best values.
+    """
+    best: dict[str, float] = defaultdict(float)
+    caps: dict[str, tuple[str, int]] = {}
+    for arc in arcs:
+        best[arc.lst.id] = max(best[arc.lst.id], arc.value)
+        caps[arc.lst.id] = (arc.lst.owner, arc.lst.weekly_cap)
+    give: dict[str, float] = defaultdict(float)
+    for lid, (owner, cap) in caps.items():
+        give[owner] += cap * best[lid]
+    size = {p: math.log(max(g, 1e-9)) for p, g in give.items()}
+
+    def apart(x: float, partner: str) -> float:
+        return abs(math.log(max(x, 1e-9)) - size.get(partner, 0.0))
+
+    by_list: dict[str, list[int]] = defaultdict(list)
+    by_promo: dict[str, list[int]] = defaultdict(list)
+    for n, arc in enumerate(arcs):
+        by_list[arc.lst.id].append(n)
+        by_promo[arc.promo.id].append(n)
+    chosen = set(keep)
+    for lid, found in by_list.items():
+        found.sort(
+            key=lambda n: (
+                arcs[n].value < 0.99 * best[lid],
+                apart(give[arcs[n].lst.owner], arcs[n].promo.owner),
+                arcs[n].promo.id,
+            )
+        )
+        chosen.update(found[:per_node])
+    for found in by_promo.values():
+        found.sort(
+            key=lambda n: (
+                apart(arcs[n].value * arcs[n].lst.weekly_cap, arcs[n].promo.owner),
+                arcs[n].lst.id,
+            )
+        )
+        chosen.update(found[:per_node])
+    return sorted(chosen)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from jvmail.scheduler.milp import objective
+from jvmail.scheduler.balance import objective
 from jvmail.scheduler.problem import Plan, Problem
 from jvmail.scheduler.verify import verify
 

@@ -1,10 +1,10 @@
-"""Local search over the arcs: a state with O(1) move evaluation, and the moves that use it.
+"""Local search over the arcs: a state with O(1) move evaluation, and simulated annealing on it.
 
 The state (:class:`Board`) holds the chosen arcs and everything the hard rules and the objective
-need to judge a change without scanning the plan: per-list chosen arcs, per-promotion and
-per-pair chosen arcs, and each partner's running balance. A move removes some chosen arcs and
-adds one; :meth:`Board.gain` prices it (value change minus the change in balance penalties) and
-:meth:`Board.allowed` checks the hard rules it could break.
+need to judge a change without scanning the plan: per-list, per-promotion and per-pair chosen
+arcs, and each partner's running balance. Locked arcs (mailings already sent or approved) are
+chosen from the start and never leave; arcs of the week's previous plan carry a bonus so that a
+re-plan keeps them where it can.
 
 Days are not part of the state: balance depends only on which pairs are chosen. A list accepts a
 set of arcs when earliest-deadline-first placement (the rule :mod:`jvmail.scheduler.days` uses
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from jvmail.scheduler.arcs import Arc
 from jvmail.scheduler.problem import Problem
@@ -26,73 +26,89 @@ _EPS = 1e-9
 
 
 class Board:
-    """Arcs indexed by position in ``arcs``; lists, promotions and partners by small ints."""
+    """Arcs are indexed by their position in ``arcs``; lists, promotions and partners by small
+    ints. ``locked`` and ``bonus`` are per arc, in the same order."""
 
-    def __init__(self, problem: Problem, arcs: Sequence[Arc], tau: dict[str, float]) -> None:
+    def __init__(
+        self,
+        problem: Problem,
+        arcs: Sequence[Arc],
+        tau: dict[str, float],
+        *,
+        locked: Sequence[bool] = (),
+        bonus: Sequence[float] = (),
+    ) -> None:
         s = problem.settings
-        self.w1, self.w2 = s.balance_weight, s.excess_weight
-        self.pair_cap = s.pair_cap
+        self.w1, self.w2, self.pair_cap = s.balance_weight, s.excess_weight, s.pair_cap
         self.arcs = list(arcs)
         self.partners = sorted(
             {a.lst.owner for a in arcs} | {a.promo.owner for a in arcs} | set(problem.balances)
         )
+        self._index_lists_and_promos()
+        self._index_arcs()
+        self.tau = [tau.get(p, 0.0) for p in self.partners]
+        self.balance = [problem.balances.get(p, 0.0) for p in self.partners]
+        self.pen = _penalty(self.tau, self.w1, self.w2)
+        self.pen_now = [self.pen(p, b) for p, b in enumerate(self.balance)]
+        self.locked = bytearray(bool(x) for x in locked) or bytearray(len(self.arcs))
+        self.bonus = list(bonus) or [0.0] * len(self.arcs)
+        self.chosen = bytearray(len(self.arcs))
+        self.on_list: list[list[int]] = [[] for _ in self.list_cap]
+        self.on_promo: list[list[int]] = [[] for _ in self.promo_want]
+        self.on_pair: dict[tuple[int, int], list[int]] = defaultdict(list)
+        self.value = 0.0
+        self.kept = 0.0  # bonus of the chosen arcs
+        for a, lock in enumerate(self.locked):
+            if lock:
+                self.toggle(a)
+
+    def _index_lists_and_promos(self) -> None:
         pidx = {p: n for n, p in enumerate(self.partners)}
-        lists = {a.lst.id: a.lst for a in arcs}
-        promos = {a.promo.id: a.promo for a in arcs}
-        lidx = {x: n for n, x in enumerate(sorted(lists))}
-        xidx = {x: n for n, x in enumerate(sorted(promos))}
-        self.list_cap = [lists[x].weekly_cap for x in sorted(lists)]
-        self.list_slots = [lists[x].daily_slots for x in sorted(lists)]
-        self.list_owner = [pidx[lists[x].owner] for x in sorted(lists)]
-        self.list_days = [len(lists[x].days) for x in sorted(lists)]
-        self.promo_want = [promos[x].wanted for x in sorted(promos)]
-        self.promo_owner = [pidx[promos[x].owner] for x in sorted(promos)]
+        lists = {a.lst.id: a.lst for a in self.arcs}
+        promos = {a.promo.id: a.promo for a in self.arcs}
+        self.list_ids = sorted(lists)
+        self.promo_ids = sorted(promos)
+        self.list_cap = [lists[x].weekly_cap for x in self.list_ids]
+        self.list_slots = [lists[x].daily_slots for x in self.list_ids]
+        self.list_owner = [pidx[lists[x].owner] for x in self.list_ids]
+        self.promo_want = [promos[x].wanted for x in self.promo_ids]
+        self.promo_owner = [pidx[promos[x].owner] for x in self.promo_ids]
+
+    def _index_arcs(self) -> None:
+        lidx = {x: n for n, x in enumerate(self.list_ids)}
+        xidx = {x: n for n, x in enumerate(self.promo_ids)}
         niche_ids: dict[str, int] = {}
         self.a_list: list[int] = []
         self.a_promo: list[int] = []
         self.a_value: list[float] = []
-        self.a_first: list[int] = []
-        self.a_last: list[int] = []
+        self.a_first: list[int] = []  # index of the arc's first day among its list's days
+        self.a_last: list[int] = []  # ... and last; -1 for a day the list no longer sends on
         self.a_niches: list[frozenset[int]] = []
-        self.a_owners: list[tuple[int, int]] = []
-        self.list_arcs: list[list[int]] = [[] for _ in lists]
-        self.promo_arcs: list[list[int]] = [[] for _ in promos]
+        self.a_owners: list[tuple[int, int]] = []  # (giver, receiver)
+        self.list_arcs: list[list[int]] = [[] for _ in self.list_ids]
+        self.partner_lists: list[list[int]] = [[] for _ in self.partners]
+        for i, o in enumerate(self.list_owner):
+            self.partner_lists[o].append(i)
         for n, arc in enumerate(self.arcs):
             i, j = lidx[arc.lst.id], xidx[arc.promo.id]
-            order = sorted(arc.lst.days)
+            order = {day: k for k, day in enumerate(sorted(arc.lst.days))}
             self.a_list.append(i)
             self.a_promo.append(j)
             self.a_value.append(arc.value)
-            self.a_first.append(order.index(arc.days[0]))
-            self.a_last.append(order.index(arc.days[-1]))
+            self.a_first.append(order.get(arc.days[0], -1))
+            self.a_last.append(order.get(arc.days[-1], -1))
             self.a_niches.append(
                 frozenset(niche_ids.setdefault(x, len(niche_ids)) for x in arc.promo.niches)
             )
             self.a_owners.append((self.list_owner[i], self.promo_owner[j]))
             self.list_arcs[i].append(n)
-            self.promo_arcs[j].append(n)
-        self.tau = [tau.get(p, 0.0) for p in self.partners]
-        self.balance = [problem.balances.get(p, 0.0) for p in self.partners]
-        self.chosen = bytearray(len(self.arcs))
-        self.on_list: list[list[int]] = [[] for _ in lists]
-        self.on_promo: list[list[int]] = [[] for _ in promos]
-        self.on_pair: dict[tuple[int, int], list[int]] = defaultdict(list)
-        self.value = 0.0
-        self.partner_lists: list[list[int]] = [[] for _ in self.partners]
-        for i, o in enumerate(self.list_owner):
-            self.partner_lists[o].append(i)
+        self.list_days = [len(self.arcs[arcs[0]].lst.days) for arcs in self.list_arcs]
 
     # -- reading -------------------------------------------------------------------------------
 
-    def pen(self, p: int, b: float) -> float:
-        """Partner ``p``'s balance penalty at net ``b``."""
-        size = b if b > 0 else -b
-        over = size - self.tau[p]
-        return self.w1 * size + (self.w2 * over if over > 0 else 0.0)
-
     def score(self) -> float:
-        """The objective of the chosen arcs."""
-        return self.value - sum(self.pen(p, b) for p, b in enumerate(self.balance))
+        """What the search maximizes: the objective plus the bonus of kept previous arcs."""
+        return self.value + self.kept - sum(self.pen_now)
 
     def chosen_arcs(self) -> list[int]:
         return [a for a, on in enumerate(self.chosen) if on]
@@ -105,11 +121,14 @@ class Board:
         if count <= 1:
             return True
         first, last = self.a_first, self.a_last
-        if self.list_slots[i] == 1 and all(
-            first[a] == 0 and last[a] == self.list_days[i] - 1 for a in arcs
-        ):
-            return count <= self.list_days[i]
-        waiting = sorted(arcs, key=lambda a: (last[a], first[a], self.a_promo[a]))
+        whole = self.list_days[i] - 1
+        if self.list_slots[i] == 1 and all(first[a] == 0 and last[a] == whole for a in arcs):
+            return count <= whole + 1
+        return self._edf(i, [a for a in arcs if last[a] >= 0])
+
+    def _edf(self, i: int, arcs: list[int]) -> bool:
+        first, last, niches, locked = self.a_first, self.a_last, self.a_niches, self.locked
+        waiting = sorted(arcs, key=lambda a: (last[a], not locked[a], first[a], self.a_promo[a]))
         slots = self.list_slots[i]
         day = 0
         while waiting:
@@ -117,9 +136,7 @@ class Board:
             for a in waiting:
                 if len(today) == slots:
                     break
-                if first[a] <= day <= last[a] and not any(
-                    self.a_niches[a] & self.a_niches[b] for b in today
-                ):
+                if first[a] <= day <= last[a] and not any(niches[a] & niches[b] for b in today):
                     today.append(a)
             waiting = [a for a in waiting if a not in today]
             if waiting and last[waiting[0]] <= day:
@@ -129,59 +146,60 @@ class Board:
 
     # -- changing ------------------------------------------------------------------------------
 
-    def gain(self, remove: Sequence[int], add: int | None) -> float:
-        """The objective's change if ``remove`` leave and ``add`` joins (rules not checked)."""
-        moved: dict[int, float] = {}
+    def gain(self, remove: Sequence[int], add: int) -> float:
+        """The score's change if ``remove`` (chosen arcs) leave and ``add`` joins; ``add`` may
+        be -1 for a pure removal. Rules are not checked here (see :meth:`allowed`)."""
+        value, owners, bonus = self.a_value, self.a_owners, self.bonus
+        moves: list[tuple[int, float]] = []
         total = 0.0
         for a in remove:
-            v = self.a_value[a]
-            o, q = self.a_owners[a]
-            total -= v
-            moved[o] = moved.get(o, 0.0) - v
-            moved[q] = moved.get(q, 0.0) + v
-        if add is not None:
-            v = self.a_value[add]
-            o, q = self.a_owners[add]
-            total += v
-            moved[o] = moved.get(o, 0.0) + v
-            moved[q] = moved.get(q, 0.0) - v
-        balance = self.balance
+            v = value[a]
+            o, q = owners[a]
+            total -= v + bonus[a]
+            moves += ((o, -v), (q, v))
+        if add >= 0:
+            v = value[add]
+            o, q = owners[add]
+            total += v + bonus[add]
+            moves += ((o, v), (q, -v))
+        balance, pen, now = self.balance, self.pen, self.pen_now
+        if len(moves) == 2:  # the usual case: two distinct partners
+            (p, d), (r, e) = moves
+            return total - pen(p, balance[p] + d) + now[p] - pen(r, balance[r] + e) + now[r]
+        moved: dict[int, float] = {}
+        for p, d in moves:
+            moved[p] = moved.get(p, 0.0) + d
         for p, d in moved.items():
-            b = balance[p]
-            total -= self.pen(p, b + d) - self.pen(p, b)
+            total -= pen(p, balance[p] + d) - now[p]
         return total
 
     def allowed(self, remove: Sequence[int], add: int) -> bool:
         """Whether the rules allow ``add`` once ``remove`` (chosen arcs) have left."""
-        i, j = self.a_list[add], self.a_promo[add]
+        j = self.a_promo[add]
+        on_promo = self.on_promo[j]
+        if len(on_promo) >= self.promo_want[j] and not any(b in on_promo for b in remove):
+            return False
         owners = self.a_owners[add]
-        if (
-            len(self.on_promo[j]) - sum(1 for b in remove if self.a_promo[b] == j)
-            >= (self.promo_want[j])
-        ):
-            return False
         pair = self.on_pair.get(owners)
-        if pair and len(pair) - sum(1 for b in remove if self.a_owners[b] == owners) >= (
-            self.pair_cap
-        ):
+        if pair and len(pair) >= self.pair_cap and not any(b in pair for b in remove):
             return False
+        i = self.a_list[add]
         on_list = [b for b in self.on_list[i] if b not in remove]
         on_list.append(add)
         return self.fits(i, on_list)
 
-    def apply(self, remove: Sequence[int], add: int | None) -> None:
-        for a in remove:
-            self._toggle(a, -1)
-        if add is not None:
-            self._toggle(add, 1)
-
-    def _toggle(self, a: int, sign: int) -> None:
+    def toggle(self, a: int) -> None:
+        """Add ``a`` if it is not chosen, remove it if it is."""
         v = self.a_value[a]
         i, j = self.a_list[a], self.a_promo[a]
         o, q = self.a_owners[a]
+        sign = -1 if self.chosen[a] else 1
         self.value += sign * v
+        self.kept += sign * self.bonus[a]
         self.balance[o] += sign * v
         self.balance[q] -= sign * v
+        self.pen_now[o] = self.pen(o, self.balance[o])
+        self.pen_now[q] = self.pen(q, self.balance[q])
         if sign < 0:
             self.chosen[a] = 0
             self.on_list[i].remove(a)
@@ -193,151 +211,68 @@ class Board:
             self.on_promo[j].append(a)
             self.on_pair[(o, q)].append(a)
 
+    def swap(self, remove: Sequence[int], add: int) -> None:
+        for b in remove:
+            self.toggle(b)
+        self.toggle(add)
+
     # -- moves ---------------------------------------------------------------------------------
 
-    def best_insertion(self, a: int) -> tuple[float, list[int]] | None:
-        """The best allowed way to bring arc ``a`` in: alone, or evicting one arc of its list,
-        of its promotion or of its pair, or one of its list and one of its promotion."""
-        i, j = self.a_list[a], self.a_promo[a]
-        evict_list = self.on_list[i]
-        evict_promo = self.on_promo[j]
-        pair = self.on_pair.get(self.a_owners[a], [])
-        options: list[list[int]] = [[]]
-        options += [[b] for b in evict_list]
-        options += [[b] for b in evict_promo]
-        if len(pair) >= self.pair_cap:
-            options += [[b] for b in pair if b not in evict_list and b not in evict_promo]
-        if len(evict_promo) >= self.promo_want[j] and len(evict_list) >= self.list_cap[i]:
-            options += [[b, c] for b in evict_list for c in evict_promo]
+    def best_insertion(
+        self, a: int, floor: float = -float("inf")
+    ) -> tuple[float, list[int]] | None:
+        """The best allowed way to bring arc ``a`` in, if it gains more than ``floor``: alone,
+        or evicting one arc of its list, of its promotion or of its pair, or one of its list and
+        one of its promotion. Locked arcs are never evicted."""
+        locked = self.locked
+        on_list = [b for b in self.on_list[self.a_list[a]] if not locked[b]]
+        j = self.a_promo[a]
+        on_promo = [c for c in self.on_promo[j] if not locked[c]]
+        options: list[list[int]] = [[], *([b] for b in on_list), *([c] for c in on_promo)]
+        pair = self.on_pair.get(self.a_owners[a])
+        if pair and len(pair) >= self.pair_cap:
+            options += [
+                [b] for b in pair if not locked[b] and b not in on_promo and b not in on_list
+            ]
+        if len(self.on_promo[j]) >= self.promo_want[j]:
+            options += [[b, c] for b in on_list for c in on_promo]
         best: tuple[float, list[int]] | None = None
         for remove in options:
             d = self.gain(remove, a)
-            if (best is None or d > best[0]) and self.allowed(remove, a):
-                best = (d, remove)
+            if d > floor and self.allowed(remove, a):
+                best, floor = (d, remove), d
         return best
 
-    def chain(self, a: int, floor: float, steps: int = 2) -> bool:
-        """Insert ``a`` even at a loss, then let the receiver give back: up to ``steps`` times,
-        insert the best arc from the last receiver's lists. Kept if the whole chain gains more
-        than ``floor``; otherwise undone."""
-        before = self.score()
-        done: list[tuple[list[int], int]] = []
-        found = self.best_insertion(a)
-        if found is None:
-            return False
-        self.apply(found[1], a)
-        done.append((found[1], a))
-        last = a
-        for _ in range(steps):
-            q = self.a_owners[last][1]
-            best: tuple[float, list[int], int] | None = None
-            for i in self.partner_lists[q]:
-                for c in self.list_arcs[i]:
-                    if self.chosen[c]:
-                        continue
-                    got = self.best_insertion(c)
-                    if got is not None and (best is None or got[0] > best[0]):
-                        best = (got[0], got[1], c)
-            if best is None:
-                break
-            self.apply(best[1], best[2])
-            done.append((best[1], best[2]))
-            last = best[2]
-            if self.score() - before > floor:
-                return True
-        if self.score() - before > floor:
-            return True
-        for removed, added in reversed(done):
-            self.apply([added], None)
-            for b in removed:
-                self.apply([], b)
-        return False
-
-    def anneal(
-        self, rng: random.Random, rounds: int, temperature: float, chains: float = 0.0
-    ) -> int:
+    def anneal(self, rng: random.Random, rounds: int, temperature: float) -> None:
         """``rounds`` random moves at a temperature falling linearly to 0.
 
-        A move picks an arc at random: a chosen arc may leave, another may come in (evicting
-        what it must). It is kept when it raises the objective, or lowers it by less than the
-        current temperature times the arc's value. Returns how many moves were kept.
+        A move picks an arc at random: a chosen arc may leave; another may come in, evicting
+        what it must. The move is kept when it raises the score, or lowers it by less than the
+        current temperature times the arc's value (a relative rule: values span five orders of
+        magnitude between the smallest and the largest lists).
         """
-        kept = 0
         n = len(self.arcs)
+        value, chosen, locked = self.a_value, self.chosen, self.locked
+        draw = rng.random
         for step in range(rounds):
-            heat = temperature * (1 - step / rounds)
-            a = rng.randrange(n)
-            floor = _EPS - heat * self.a_value[a]
-            if self.chosen[a]:
-                if self.gain([a], None) > floor:
-                    self.apply([a], None)
-                    kept += 1
+            a = int(draw() * n)
+            floor = _EPS - temperature * (1.0 - step / rounds) * value[a]
+            if chosen[a]:
+                if not locked[a] and self.gain((a,), -1) > floor:
+                    self.toggle(a)
                 continue
-            if chains and rng.random() < chains:
-                kept += self.chain(a, floor)
-                continue
-            found = self.best_insertion(a)
-            if found is not None and found[0] > floor:
-                self.apply(found[1], a)
-                kept += 1
-        return kept
+            found = self.best_insertion(a, floor)
+            if found is not None:
+                self.swap(found[1], a)
 
-    def construct(self) -> None:
-        """Fill list slots from the most valuable down, like balancing loads.
 
-        Each partner starts expecting to give what its lists can carry (each slot at its best
-        arc's value); ``need`` is its projected balance. A slot goes to the arc that raises the
-        projected objective most (its value, minus the penalty change of the receiver's need
-        and of the giver's, whose expected giving falls by whatever the arc is worth less than
-        the best), or stays empty if that is better still.
-        """
-        best = [max((self.a_value[a] for a in arcs), default=0.0) for arcs in self.list_arcs]
-        need = list(self.balance)
-        slots: list[tuple[float, int]] = []
-        for i, top in enumerate(best):
-            n = min(self.list_cap[i], self.list_slots[i] * self.list_days[i])
-            need[self.list_owner[i]] += n * top
-            slots += [(top, i)] * n
-        slots.sort(key=lambda t: (-t[0], t[1]))
-        pen = self.pen
-        for top, i in slots:
-            o = self.list_owner[i]
-            here = pen(o, need[o])
-            pick, score = -1, -(pen(o, need[o] - top) - here)
-            for a in self.list_arcs[i]:
-                if self.chosen[a]:
-                    continue
-                q = self.a_owners[a][1]
-                v = self.a_value[a]
-                d = v - (pen(q, need[q] - v) - pen(q, need[q]))
-                d -= pen(o, need[o] - (top - v)) - here
-                if d > score and self.allowed([], a):
-                    pick, score = a, d
-            if pick < 0:
-                need[o] -= top
-                continue
-            self.apply([], pick)
-            need[self.a_owners[pick][1]] -= self.a_value[pick]
-            need[o] -= top - self.a_value[pick]
+def _penalty(tau: list[float], w1: float, w2: float) -> Callable[[int, float], float]:
+    """Partner p's balance penalty at net b (see :func:`jvmail.scheduler.balance.penalty`), as
+    a closure over plain lists: the search calls it millions of times."""
 
-    def greedy(self) -> None:
-        """Fill lists from the most valuable down, each slot going to the eligible promotion whose
-        owner has the most credit left (what it could give minus what it has received)."""
-        credit = list(self.balance)
-        best = [max((self.a_value[a] for a in arcs), default=0.0) for arcs in self.list_arcs]
-        for i, top in enumerate(best):
-            credit[self.list_owner[i]] += self.list_cap[i] * top
-        for i in sorted(range(len(best)), key=lambda i: -best[i]):
-            for _ in range(self.list_cap[i]):
-                ranked = sorted(
-                    (a for a in self.list_arcs[i] if not self.chosen[a]),
-                    key=lambda a: self.a_value[a] - credit[self.a_owners[a][1]],
-                )
-                for a in ranked:
-                    q = self.a_owners[a][1]
-                    if credit[q] < 0.5 * self.a_value[a]:
-                        break
-                    if self.allowed([], a):
-                        self.apply([], a)
-                        credit[q] -= self.a_value[a]
-                        break
+    def pen(p: int, b: float) -> float:
+        size = b if b > 0 else -b
+        over = size - tau[p]
+        return w1 * size + w2 * over if over > 0 else w1 * size
+
+    return pen

@@ -8,7 +8,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jvmail.scheduler import ListSpec, Plan, Problem, PromotionSpec, Settings, verify
-from jvmail.scheduler.milp import lp_bound, objective, solve_exact
+from jvmail.scheduler.balance import objective
+from jvmail.scheduler.relax import lp_bound
+from jvmail.scheduler.solver import solve as solve_exact
 
 MON = dt.date(2026, 11, 30)
 WEEK = tuple(MON + dt.timedelta(days=n) for n in range(7))

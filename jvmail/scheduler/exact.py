@@ -1,10 +1,18 @@
-"""Large-neighbourhood search: re-solve a window of partners exactly, everything else fixed.
+"""The exact model, solved by HiGHS: over a window of partners, or over the whole hub.
 
-A window is a set of partners. Every arc between two of them is free; every chosen arc that
-touches the window from outside stays as it is and only uses up capacity and moves balances.
-The window's exact model (the same rows as the full model, restricted) is solved by HiGHS from
-the current plan as a starting solution, within a node budget, and the board takes the result
-when it scores higher. Windows are small enough to solve in a fraction of a second.
+Decision y_a = 1 when arc a (list l's owner mails promotion x) is chosen. Maximize
+    sum v_a y_a  -  balance_weight * sum_p |b_p|  -  excess_weight * sum_p max(0, |b_p| - tau_p)
+with b_p = carried_p + given_p - received_p; |b_p| and the excess are linearized with
+t_p >= +-b_p and e_p >= t_p - tau_p. Rows: list weekly caps, promotion wants, pair caps, and
+Hall's interval rows per list (the arcs whose days all lie in a run of the list's days fit in
+that run's slots: exact for one-slot lists, whose arcs' days are intervals; on a digest the same
+rows, one slot a day, hold for the arcs sharing each niche).
+
+A window is a set of partners: every unlocked arc between two of them is free; every other
+chosen arc stays as it is and only uses up capacity and moves balances. The whole hub is the
+window of every partner. HiGHS starts from the board's current arcs, runs on one thread with a
+fixed seed and a node budget (not a clock, so the answer is the same on every run), and the
+board takes the result when it scores higher.
 """
 
 from __future__ import annotations
@@ -31,7 +39,10 @@ class Window:
         inside = set(self.members)
         self.lists = [i for i, o in enumerate(board.list_owner) if o in inside]
         self.free = [
-            a for i in self.lists for a in board.list_arcs[i] if board.a_owners[a][1] in inside
+            a
+            for i in self.lists
+            for a in board.list_arcs[i]
+            if board.a_owners[a][1] in inside and not board.locked[a]
         ]
         free = set(self.free)
         self.promos = sorted({board.a_promo[a] for a in self.free})
@@ -55,7 +66,7 @@ def solve_window(board: Board, window: Window, max_nodes: int = 200) -> float:
     col = {a: n for n, a in enumerate(free)}
     partners = window.members
     s = board
-    costs = [s.a_value[a] for a in free] + [-s.w1, -s.w2] * len(partners)
+    costs = [s.a_value[a] + s.bonus[a] for a in free] + [-s.w1, -s.w2] * len(partners)
     upper = [1.0] * len(free) + [_INF] * (2 * len(partners))
     h.addCols(
         len(costs),
@@ -98,16 +109,13 @@ def solve_window(board: Board, window: Window, max_nodes: int = 200) -> float:
     if not remove and not add:
         return 0.0
     before = board.score()
-    board.apply(remove, None)
-    for a in add:
-        board.apply([], a)
+    for a in remove + add:
+        board.toggle(a)
     gain = board.score() - before
     touched = {board.a_list[a] for a in add}
     if gain < 1e-6 or not all(board.fits(i, board.on_list[i]) for i in touched):
-        for a in add:
-            board.apply([a], None)
-        for a in remove:
-            board.apply([], a)
+        for a in remove + add:
+            board.toggle(a)
         return 0.0
     return gain
 
@@ -142,11 +150,12 @@ def _list_rows(
     """Weekly cap, and Hall's interval rows over the list's days (pinned arcs count as 1)."""
     cap = board.list_cap[i] - len(pinned)
     rows.add(-_INF, cap, {col[a]: 1.0 for a in free})
-    groups: list[tuple[int, list[int]]] = [(board.list_slots[i], free + pinned)]
+    first, last = board.a_first, board.a_last
+    dated = [a for a in free + pinned if last[a] >= 0]  # a fixed mailing may sit off the days
+    groups: list[tuple[int, list[int]]] = [(board.list_slots[i], dated)]
     if board.list_slots[i] > 1:
         niches = sorted({n for a in free for n in board.a_niches[a]})
-        groups += [(1, [a for a in free + pinned if n in board.a_niches[a]]) for n in niches]
-    first, last = board.a_first, board.a_last
+        groups += [(1, [a for a in dated if n in board.a_niches[a]]) for n in niches]
     for slots, members in groups:
         for lo in sorted({first[a] for a in members}):
             for hi in sorted({last[a] for a in members if last[a] >= lo}):

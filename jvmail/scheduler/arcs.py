@@ -16,7 +16,7 @@ from collections.abc import Sequence, Set
 from dataclasses import dataclass
 
 from jvmail.scheduler.problem import Assignment, ListSpec, Problem, PromotionSpec
-from jvmail.scheduler.value import expected_value
+from jvmail.scheduler.value import SAME_CATEGORY
 
 __all__ = ["Arc", "eligible_arcs", "pinned_arc", "prune"]
 
@@ -48,7 +48,10 @@ class Arc:
 
 
 def eligible_arcs(problem: Problem) -> list[Arc]:
-    """Every eligible arc, ordered by (list id, promotion id)."""
+    """Every eligible arc, ordered by (list id, promotion id). Its value is
+    :func:`~jvmail.scheduler.value.expected_value`, computed here from the index: a promotion
+    found under one of the list's niches matches fully, one found only by category matches at
+    :data:`~jvmail.scheduler.value.SAME_CATEGORY`."""
     groups = problem.niche_groups
     promos = sorted((p for p in problem.promotions if p.wanted > 0), key=lambda p: p.id)
     by_key: dict[str, list[int]] = defaultdict(list)
@@ -58,14 +61,19 @@ def eligible_arcs(problem: Problem) -> list[Arc]:
     found: list[Arc] = []
     for lst in sorted(problem.lists, key=lambda x: x.id):
         days = tuple(sorted(lst.days))
-        candidates = {n for key in _keys(lst.niches, groups) for n in by_key.get(key, ())}
-        for n in sorted(candidates):
+        match: dict[int, float] = {}
+        for key in _keys(lst.niches, groups):
+            weight = 1.0 if key.startswith("n:") else SAME_CATEGORY
+            for n in by_key.get(key, ()):
+                match[n] = max(match.get(n, 0.0), weight)
+        reach = lst.size * lst.click_rate
+        for n in sorted(match):
             promo = promos[n]
             if lst.owner == promo.owner or lst.owner in promo.exclude:
                 continue
             open_days = tuple(d for d in days if promo.start <= d <= promo.end)
-            value = expected_value(lst, promo, groups) if open_days else 0.0
-            if value > 0:
+            value = reach * match[n] * (1.0 - lst.overlap.get(promo.owner, 0.0))
+            if open_days and value > 0:
                 found.append(Arc(lst, promo, open_days, value))
     return found
 
@@ -103,10 +111,6 @@ def prune(arcs: Sequence[Arc], per_node: int, keep: Set[int] = frozenset()) -> l
     for lid, (owner, cap) in caps.items():
         give[owner] += cap * best[lid]
     size = {p: math.log(max(g, 1e-9)) for p, g in give.items()}
-
-    def apart(x: float, partner: str) -> float:
-        return abs(math.log(max(x, 1e-9)) - size.get(partner, 0.0))
-
     by_list: dict[str, list[int]] = defaultdict(list)
     by_promo: dict[str, list[int]] = defaultdict(list)
     for n, arc in enumerate(arcs):
@@ -114,18 +118,20 @@ def prune(arcs: Sequence[Arc], per_node: int, keep: Set[int] = frozenset()) -> l
         by_promo[arc.promo.id].append(n)
     chosen = set(keep)
     for lid, found in by_list.items():
+        here = size.get(arcs[found[0]].lst.owner, 0.0)
         found.sort(
             key=lambda n: (
                 arcs[n].value < 0.99 * best[lid],
-                apart(give[arcs[n].lst.owner], arcs[n].promo.owner),
+                abs(here - size.get(arcs[n].promo.owner, 0.0)),
                 arcs[n].promo.id,
             )
         )
         chosen.update(found[:per_node])
     for found in by_promo.values():
+        there = size.get(arcs[found[0]].promo.owner, 0.0)
         found.sort(
             key=lambda n: (
-                apart(arcs[n].value * arcs[n].lst.weekly_cap, arcs[n].promo.owner),
+                abs(math.log(max(arcs[n].value * arcs[n].lst.weekly_cap, 1e-9)) - there),
                 arcs[n].lst.id,
             )
         )

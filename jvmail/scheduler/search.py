@@ -89,17 +89,20 @@ class Board:
         self.partner_lists: list[list[int]] = [[] for _ in self.partners]
         for i, o in enumerate(self.list_owner):
             self.partner_lists[o].append(i)
+        orders = {a.lst.id: {day: k for k, day in enumerate(sorted(a.lst.days))} for a in self.arcs}
+        niches = {
+            a.promo.id: frozenset(niche_ids.setdefault(x, len(niche_ids)) for x in a.promo.niches)
+            for a in self.arcs
+        }
         for n, arc in enumerate(self.arcs):
             i, j = lidx[arc.lst.id], xidx[arc.promo.id]
-            order = {day: k for k, day in enumerate(sorted(arc.lst.days))}
+            order = orders[arc.lst.id]
             self.a_list.append(i)
             self.a_promo.append(j)
             self.a_value.append(arc.value)
             self.a_first.append(order.get(arc.days[0], -1))
             self.a_last.append(order.get(arc.days[-1], -1))
-            self.a_niches.append(
-                frozenset(niche_ids.setdefault(x, len(niche_ids)) for x in arc.promo.niches)
-            )
+            self.a_niches.append(niches[arc.promo.id])
             self.a_owners.append((self.list_owner[i], self.promo_owner[j]))
             self.list_arcs[i].append(n)
         self.list_days = [len(self.arcs[arcs[0]].lst.days) for arcs in self.list_arcs]
@@ -211,6 +214,30 @@ class Board:
             self.on_promo[j].append(a)
             self.on_pair[(o, q)].append(a)
 
+    def _replace_gain(self, b: int, a: int) -> float:
+        """``gain([b], a)`` without the general bookkeeping: the move the search tries most."""
+        value, owners, bonus = self.a_value, self.a_owners, self.bonus
+        v, vb = value[a], value[b]
+        o, q = owners[a]
+        ob, qb = owners[b]
+        do, dq = v, -v
+        rest: list[tuple[int, float]] = []
+        for p, d in ((ob, -vb), (qb, vb)):
+            if p == o:
+                do += d
+            elif p == q:
+                dq += d
+            elif rest and rest[0][0] == p:
+                rest[0] = (p, rest[0][1] + d)
+            else:
+                rest.append((p, d))
+        balance, pen, now = self.balance, self.pen, self.pen_now
+        total = v + bonus[a] - vb - bonus[b]
+        total -= pen(o, balance[o] + do) - now[o] + pen(q, balance[q] + dq) - now[q]
+        for p, d in rest:
+            total -= pen(p, balance[p] + d) - now[p]
+        return total
+
     def swap(self, remove: Sequence[int], add: int) -> None:
         for b in remove:
             self.toggle(b)
@@ -228,19 +255,24 @@ class Board:
         on_list = [b for b in self.on_list[self.a_list[a]] if not locked[b]]
         j = self.a_promo[a]
         on_promo = [c for c in self.on_promo[j] if not locked[c]]
-        options: list[list[int]] = [[], *([b] for b in on_list), *([c] for c in on_promo)]
+        singles = on_list + on_promo
         pair = self.on_pair.get(self.a_owners[a])
         if pair and len(pair) >= self.pair_cap:
-            options += [
-                [b] for b in pair if not locked[b] and b not in on_promo and b not in on_list
-            ]
-        if len(self.on_promo[j]) >= self.promo_want[j]:
-            options += [[b, c] for b in on_list for c in on_promo]
+            singles += [b for b in pair if not locked[b] and b not in singles]
         best: tuple[float, list[int]] | None = None
-        for remove in options:
-            d = self.gain(remove, a)
-            if d > floor and self.allowed(remove, a):
-                best, floor = (d, remove), d
+        d = self.gain((), a)
+        if d > floor and self.allowed((), a):
+            best, floor = (d, []), d
+        for b in singles:
+            d = self._replace_gain(b, a)
+            if d > floor and self.allowed((b,), a):
+                best, floor = (d, [b]), d
+        if len(self.on_promo[j]) >= self.promo_want[j]:
+            for b in on_list:
+                for c in on_promo:
+                    d = self.gain((b, c), a)
+                    if d > floor and self.allowed((b, c), a):
+                        best, floor = (d, [b, c]), d
         return best
 
     def anneal(self, rng: random.Random, rounds: int, temperature: float) -> None:

@@ -31,7 +31,17 @@ def verify(problem: Problem, plan: Plan) -> list[Violation]:
     for a in plan.assignments:
         if a not in known:
             found.append(Violation("unknown", f"{a.list} / {a.promotion} not in the problem"))
+    # Fixed mailings (sent or approved) are facts: they must be in the plan as they were, and
+    # the per-mailing rules are not re-judged for them (the config may have changed since).
+    fixed = {(a.day, a.list, a.promotion, a.hour) for a in problem.fixed}
+    planned = {(a.day, a.list, a.promotion, a.hour) for a in plan.assignments}
+    found += [
+        Violation("fixed-changed", f"{pid} on {lid} on {day} at {hour}:00 is missing")
+        for day, lid, pid, hour in sorted(fixed - planned)
+    ]
     for a in known:
+        if (a.day, a.list, a.promotion, a.hour) in fixed:
+            continue
         lst, promo = lists[a.list], promos[a.promotion]
         where = f"{promo.id} on {lst.id} on {a.day}"
         checks = [
@@ -41,6 +51,7 @@ def verify(problem: Problem, plan: Plan) -> list[Violation]:
             ("window", not promo.start <= a.day <= promo.end),
             ("outside-week", a.day not in problem.week),
             ("list-day", a.day not in lst.days),
+            ("send-hour", a.hour != lst.send_hour),
         ]
         found += [Violation(rule, where) for rule, broken in checks if broken]
     found += _counts(problem, known, lists, promos)

@@ -36,3 +36,20 @@ def test_a_digest_spreads_one_niche_and_drops_what_cannot_fit() -> None:
     placed, dropped = place(pairs)
     assert sorted(p.promo_id for p, _ in placed) == ["x", "z"]
     assert [p.promo_id for p in dropped] == ["y"]
+
+
+def test_pinned_pairs_keep_their_day_and_preferred_days_are_kept_when_all_fit() -> None:
+    fixed = Pair("l", "fixed", ("a",), (D[2],))
+    rival = Pair("l", "aaa", ("b",), (D[2],))  # same deadline, sorts first by id
+    placed, dropped = place([fixed, rival], pinned=[("l", "fixed")])
+    assert [(p.promo_id, day) for p, day in placed] == [("fixed", D[2])]
+    assert dropped == [rival]
+    late = Pair("l", "late", ("a",), (D[1], D[2], D[3]))
+    other = Pair("l", "other", ("b",), (D[1], D[2], D[3]))
+    placed, _ = place([late, other], preferred={("l", "late"): D[3]})
+    assert {p.promo_id: day for p, day in placed} == {"late": D[3], "other": D[1]}
+    # A preferred day that would leave a pair out is given up for a full placement.
+    tight = Pair("l", "tight", ("b",), (D[3],))
+    placed, dropped = place([late, tight], preferred={("l", "late"): D[3]})
+    assert dropped == []
+    assert {p.promo_id: day for p, day in placed} == {"late": D[1], "tight": D[3]}

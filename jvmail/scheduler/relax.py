@@ -27,6 +27,9 @@ __all__ = ["Relaxation", "lp_bound", "relax", "value_bound"]
 _INF = highspy.kHighsInf
 _TOL = 1e-7
 _MAX_ROUNDS = 50
+# Above this many arcs the interior-point method (without crossover to a vertex) is much faster
+# than simplex on this model: minutes instead of an hour at 2,000 partners.
+_IPM_ABOVE = 20_000
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,9 @@ def relax(problem: Problem, arcs: Sequence[Arc], tau: dict[str, float]) -> Relax
     """Solve the LP relaxation over ``arcs`` with tolerances ``tau``."""
     s = problem.settings
     h = new_highs()
+    if len(arcs) > _IPM_ABOVE:
+        h.setOptionValue("solver", "ipm")
+        h.setOptionValue("run_crossover", "off")
     partners = sorted({a.lst.owner for a in arcs} | {a.promo.owner for a in arcs})
     n = len(arcs)
     costs = [a.value for a in arcs] + [-s.balance_weight, -s.excess_weight] * len(partners)

@@ -24,7 +24,7 @@ from jvmail.scheduler.exact import Window, solve_window
 from jvmail.scheduler.problem import Assignment, Plan, Problem
 from jvmail.scheduler.search import Board
 
-__all__ = ["Effort", "solve"]
+__all__ = ["Effort", "board_plan", "solve"]
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def solve(problem: Problem, effort: Effort | None = None) -> Plan:
     )
     if len(board.arcs) <= work.exact_up_to:
         solve_window(board, Window(board, range(len(board.partners))), work.max_nodes)
-    return _plan(problem, board)
+    return board_plan(problem, board)
 
 
 def _board(problem: Problem, work: Effort) -> Board:
@@ -74,7 +74,8 @@ def _board(problem: Problem, work: Effort) -> Board:
     )
 
 
-def _plan(problem: Problem, board: Board) -> Plan:
+def board_plan(problem: Problem, board: Board) -> Plan:
+    """The plan of the board's chosen arcs, with days placed (and kept where they were)."""
     chosen = [board.arcs[a] for a in board.chosen_arcs()]
     previous = {(a.list, a.promotion): a.day for a in problem.previous}
     hours = {(a.list, a.promotion): a.hour for a in problem.fixed}

@@ -10,6 +10,7 @@ import datetime as dt
 import os
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -397,9 +398,16 @@ def plan(
     if problem_file is not None:
         problem = _read_problem(problem_file)
         footer = f"Solved {problem_file}: nothing was saved (a problem file is not a hub)."
-        chosen = solve(problem)
+        chosen, took = _timed_solve(problem)
         _report_plan(
-            app, problem, chosen, as_json=as_json, saved=False, explain=explain, footer=footer
+            app,
+            problem,
+            chosen,
+            took,
+            as_json=as_json,
+            saved=False,
+            explain=explain,
+            footer=footer,
         )
         return
     if week is None:
@@ -408,13 +416,20 @@ def plan(
         problem = build_problem(session, parse_week(week))
         if export_problem is not None:
             export_problem.write_text(problem.to_json(), encoding="utf-8")
-        chosen = solve(problem)
+        chosen, took = _timed_solve(problem)
         footer = ""
         if not dry_run:
             footer = _saved_footer(save_plan(session, problem, chosen), problem.week_start)
             session.commit()
     _report_plan(
-        app, problem, chosen, as_json=as_json, saved=not dry_run, explain=explain, footer=footer
+        app,
+        problem,
+        chosen,
+        took,
+        as_json=as_json,
+        saved=not dry_run,
+        explain=explain,
+        footer=footer,
     )
 
 
@@ -473,10 +488,17 @@ def _read_problem(path: Path) -> Problem:
         ) from exc
 
 
+def _timed_solve(problem: Problem) -> tuple[Plan, float]:
+    start = time.perf_counter()
+    plan = solve(problem)
+    return plan, time.perf_counter() - start
+
+
 def _report_plan(
     app: App,
     problem: Problem,
     chosen: Plan,
+    took: float,
     *,
     as_json: bool,
     saved: bool,
@@ -491,7 +513,9 @@ def _report_plan(
         settings=Settings(pair_cap=problem.settings.pair_cap, balance_weight=0, excess_weight=0),
     )
     v_max = sum(a.value for a in solve(value_only).assignments)
-    figures = plan_figures(problem, chosen, value_max=v_max, bound=lp_bound(problem))
+    figures = plan_figures(
+        problem, chosen, value_max=v_max, bound=lp_bound(problem), solve_seconds=took
+    )
     short = shortfalls(problem, chosen)
     if as_json:
         print_json(app.out, plan_json(problem, chosen, figures, short, saved=saved))
@@ -709,13 +733,15 @@ def demo(app: App, directory: Path) -> None:
     app.out.print(f"[bold]4. Plan[/] the week {DEMO_WEEK} (starting {week})")
     with app.session() as session:
         problem = build_problem(session, week)
-        chosen = solve(problem)
+        chosen, took = _timed_solve(problem)
         fresh = mailings_in_week(session, week) == 0
         footer = "This week was planned by an earlier demo run: shown, not saved again."
         if fresh:
             footer = _saved_footer(save_plan(session, problem, chosen), week)
             session.commit()
-    _report_plan(app, problem, chosen, as_json=False, saved=fresh, explain=True, footer=footer)
+    _report_plan(
+        app, problem, chosen, took, as_json=False, saved=fresh, explain=True, footer=footer
+    )
     db = f"--db {app.database_url}"
     app.out.print(
         f"\n[bold]Done.[/] Config: {hub_dir}\nDatabase: {app.database_url}\n"

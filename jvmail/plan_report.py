@@ -104,12 +104,16 @@ def _print_partners(console: Console, figures: Figures) -> None:
 def _print_figures(console: Console, figures: Figures) -> None:
     v_max = figures.value_max
     ratio = f"{figures.value / v_max:.0%}" if v_max else "-"
+    gap = "-" if figures.gap is None else f"{figures.gap:.1%}"
+    took = "" if figures.solve_seconds is None else f" | solved in {figures.solve_seconds:.1f} s"
     console.print(
         f"value {figures.value:,.1f} ({ratio} of the best ignoring balance) | "
-        f"gap to LP bound {figures.gap or 0:.1%} of V_max | "
+        f"gap to LP bound {gap} of V_max | "
         f"sum |balance| / value {figures.sum_abs_balance_over_value:.2f} | "
+        f"max |balance| / value {figures.max_abs_balance_over_value:.2f} | "
         f"balanced within 20%: {figures.balanced_share:.0%} | "
-        f"violations {figures.violations}",
+        f"Gini of |balance| {figures.gini_abs_balance:.2f} | "
+        f"violations {figures.violations}{took}",
         soft_wrap=True,
     )
 

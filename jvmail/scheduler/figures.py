@@ -36,6 +36,7 @@ class Figures:
     gini_abs_balance: float
     violations: int
     partners: tuple[PartnerWeek, ...]
+    solve_seconds: float | None = None  # how long the solver took, when measured
 
 
 def gini(values: list[float]) -> float:
@@ -49,7 +50,11 @@ def gini(values: list[float]) -> float:
 
 
 def plan_figures(
-    problem: Problem, plan: Plan, value_max: float | None = None, bound: float | None = None
+    problem: Problem,
+    plan: Plan,
+    value_max: float | None = None,
+    bound: float | None = None,
+    solve_seconds: float | None = None,
 ) -> Figures:
     lists = {lst.id: lst for lst in problem.lists}
     promos = {p.id: p for p in problem.promotions}
@@ -95,4 +100,5 @@ def plan_figures(
         gini_abs_balance=gini(abs_after),
         violations=len(verify(problem, plan)),
         partners=weeks,
+        solve_seconds=solve_seconds,
     )

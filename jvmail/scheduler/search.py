@@ -251,25 +251,36 @@ class Board:
         """The best allowed way to bring arc ``a`` in, if it gains more than ``floor``: alone,
         or evicting one arc of its list, of its promotion or of its pair, or one of its list and
         one of its promotion. Locked arcs are never evicted."""
+        # Candidates the rules would refuse anyway are never priced: while a list, the
+        # promotion or the pair is full, whatever leaves must free a place in it.
         locked = self.locked
-        on_list = [b for b in self.on_list[self.a_list[a]] if not locked[b]]
-        j = self.a_promo[a]
+        i, j = self.a_list[a], self.a_promo[a]
+        list_full = len(self.on_list[i]) >= self.list_cap[i]
+        promo_full = len(self.on_promo[j]) >= self.promo_want[j]
+        pair = self.on_pair.get(self.a_owners[a], [])
+        pair_full = len(pair) >= self.pair_cap
+        on_list = [b for b in self.on_list[i] if not locked[b]]
         on_promo = [c for c in self.on_promo[j] if not locked[c]]
-        singles = on_list + on_promo
-        pair = self.on_pair.get(self.a_owners[a])
-        if pair and len(pair) >= self.pair_cap:
-            singles += [b for b in pair if not locked[b] and b not in singles]
         best: tuple[float, list[int]] | None = None
-        d = self.gain((), a)
-        if d > floor and self.allowed((), a):
-            best, floor = (d, []), d
-        for b in singles:
-            d = self._replace_gain(b, a)
-            if d > floor and self.allowed((b,), a):
-                best, floor = (d, [b]), d
-        if len(self.on_promo[j]) >= self.promo_want[j]:
+        if not (list_full or promo_full or pair_full):
+            d = self.gain((), a)
+            if d > floor and self.allowed((), a):
+                best, floor = (d, []), d
+        if not (list_full and promo_full):
+            singles = on_promo if promo_full else on_list if list_full else on_list + on_promo
+            if pair_full:
+                singles = [b for b in singles if b in pair]
+                if not (list_full or promo_full):
+                    singles += [b for b in pair if not locked[b] and b not in singles]
+            for b in singles:
+                d = self._replace_gain(b, a)
+                if d > floor and self.allowed((b,), a):
+                    best, floor = (d, [b]), d
+        if promo_full:
             for b in on_list:
                 for c in on_promo:
+                    if pair_full and b not in pair and c not in pair:
+                        continue
                     d = self.gain((b, c), a)
                     if d > floor and self.allowed((b, c), a):
                         best, floor = (d, [b, c]), d

@@ -29,6 +29,7 @@ test: lint typecheck pytest
 
 bench: $(BIN)/jvmail
 	$(BIN)/python bench/import_subscribers.py
+	$(BIN)/python bench/scheduler.py
 
 clean:
 	rm -rf $(VENV) .jvmail-demo .mypy_cache .pytest_cache .ruff_cache

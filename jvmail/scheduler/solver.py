@@ -4,7 +4,9 @@
    approved: locked in, on their own day). On a large hub each list and each promotion keeps
    only its most promising arcs (:func:`~jvmail.scheduler.arcs.prune`).
 2. Simulated annealing on the :class:`~jvmail.scheduler.search.Board` chooses pairs, for a
-   number of moves proportional to the number of arcs.
+   number of moves proportional to the number of arcs. Where that is small, several searches
+   from scratch (different seeds) are run and the best one is kept: one search's result
+   varies by several percent of the objective with its seed.
 3. A small hub is then solved exactly: the full model in HiGHS, started from the annealed plan.
 4. Days are placed list by list; on a re-plan each kept mailing keeps its day where it can.
 
@@ -32,8 +34,10 @@ class Effort:
     """How much work a solve may do. Counted in moves and nodes, so plans are reproducible."""
 
     moves_per_arc: float = 20.0  # annealing moves per searched arc
-    min_moves: int = 200_000  # ... and at least this many (small hubs are cheap to search)
+    min_moves: int = 200_000  # ... and at least this many where no exact model follows
     temperature: float = 1.5  # starting temperature (relative to the moved arc's value)
+    restart_budget: int = 1_600_000  # moves for independent searches from scratch ...
+    max_restarts: int = 4  # ... at most this many; the best one is kept
     prune_above: int = 20_000  # prune arcs when a hub has more eligible arcs than this
     per_node: int = 15  # arcs each list and each promotion keeps when pruning
     exact_up_to: int = 1_500  # solve the full model exactly up to this many arcs
@@ -45,10 +49,16 @@ def solve(problem: Problem, effort: Effort | None = None) -> Plan:
     """The week's plan for ``problem``; the same problem always gives the same plan."""
     work = effort or Effort()
     board = _board(problem, work)
-    board.anneal(
-        random.Random(work.seed), int(work.moves_per_arc * len(board.arcs)), work.temperature
-    )
-    if len(board.arcs) <= work.exact_up_to:
+    exact = len(board.arcs) <= work.exact_up_to
+    moves = int(work.moves_per_arc * len(board.arcs))
+    moves = moves if exact else max(work.min_moves, moves)
+    restarts = max(1, min(work.max_restarts, work.restart_budget // max(1, moves)))
+    for run in range(restarts):  # a small hub affords several searches; the best one wins
+        other = board if run == 0 else _board(problem, work)
+        other.anneal(random.Random(work.seed + run), moves, work.temperature)
+        if other.score() > board.score() + 1e-9:
+            board = other
+    if exact:
         solve_window(board, Window(board, range(len(board.partners))), work.max_nodes)
     return board_plan(problem, board)
 

@@ -12,7 +12,7 @@ from jvmail.scheduler.synth import synthetic_problem
 
 MON = dt.date(2026, 11, 30)
 WEEK = tuple(MON + dt.timedelta(days=n) for n in range(7))
-QUICK = Effort(min_moves=20_000, exact_up_to=0)
+QUICK = Effort(min_moves=20_000, exact_up_to=0, max_restarts=1)
 
 
 def test_greedy_serves_the_most_owed_partner_first() -> None:

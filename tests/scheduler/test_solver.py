@@ -207,7 +207,7 @@ def test_a_replan_keeps_the_previous_plan_when_nothing_is_better() -> None:
 def test_large_hubs_are_deterministic_and_valid() -> None:
     # Above the pruning threshold: the annealing path, not the exact model.
     problem = synthetic_problem(60, seed=5)
-    work = Effort(prune_above=1_000, moves_per_arc=5)
+    work = Effort(prune_above=1_000, moves_per_arc=5, min_moves=20_000)
     plan = solve(problem, work)
     assert verify(problem, plan) == []
     assert solve(Problem.from_json(problem.to_json()), work) == plan

@@ -116,8 +116,11 @@ class MailingStatus(enum.StrEnum):
 
 
 class DeliveryStatus(enum.StrEnum):
+    """See jvmail.dispatch.deliveries for the transitions."""
+
     PENDING = "pending"
     CLAIMED = "claimed"
+    SENDING = "sending"  # handed to the provider call: never claimed again
     ACCEPTED = "accepted"
     UNKNOWN = "unknown"
     SUPPRESSED = "suppressed"

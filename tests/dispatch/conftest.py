@@ -1,0 +1,122 @@
+"""A small registry built row by row: two partners, lists, subscribers and a due mailing."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import pytest
+from sqlalchemy.orm import Session
+
+from jvmail.db.models import (
+    Mailing,
+    MailingList,
+    MailingStatus,
+    Partner,
+    Promotion,
+    Subscriber,
+    SubscriberStatus,
+)
+
+WHEN = dt.datetime(2026, 12, 1, 9, tzinfo=dt.UTC)
+
+
+@dataclass
+class Hub:
+    sender: Partner
+    owner: Partner
+    lists: list[MailingList]
+    promotion: Promotion
+    mailing: Mailing
+
+
+def partner(session: Session, slug: str) -> Partner:
+    row = Partner(
+        slug=slug,
+        name=slug.title(),
+        contact_email=f"team@{slug}.example",
+        postal_address="1 Example Street, Springfield",
+        timezone="UTC",
+        categories=["web"],
+        wants_to_meet=[],
+        provider_kind="outbox",
+        provider={"kind": "outbox"},
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def mailing_list(session: Session, owner: Partner, slug: str, emails: list[str]) -> MailingList:
+    row = MailingList(
+        slug=slug,
+        partner_id=owner.id,
+        name=slug.title(),
+        subscribers_path="x.csv",
+        niches=["web"],
+        max_sends_per_week=2,
+        send_days=["tue"],
+        send_hour=9,
+        blackout_dates=[],
+        click_rate=0.02,
+        digest=False,
+    )
+    session.add(row)
+    session.flush()
+    session.add_all(
+        Subscriber(list_id=row.id, email=e, first_name=e.split("@")[0].title(), attributes={})
+        for e in emails
+    )
+    session.flush()
+    return row
+
+
+def mailing(session: Session, promotion: Promotion, lst: MailingList) -> Mailing:
+    row = Mailing(
+        promotion_id=promotion.id,
+        sender_id=lst.partner_id,
+        list_id=lst.id,
+        scheduled_at=WHEN,
+        status=MailingStatus.PLANNED,
+        expected_value=10.0,
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+@pytest.fixture
+def hub(session: Session) -> Hub:
+    return build_hub(session)
+
+
+def build_hub(session: Session) -> Hub:
+    """Sender mails owner's promotion to its main list (25 readers); its extra list shares five
+    of them and has one of its own."""
+    sender, owner = partner(session, "sender"), partner(session, "owner")
+    emails = [f"reader{n}@mail.example" for n in range(25)]
+    main = mailing_list(session, sender, "sender-main", emails)
+    extra = mailing_list(session, sender, "sender-extra", [*emails[:5], "solo@mail.example"])
+    promotion = Promotion(
+        slug="owner-offer",
+        partner_id=owner.id,
+        subject="Hello {{ first_name }}",
+        html="<p>Hi {{ first_name }}, <a href='https://owner.example/offer'>see it</a></p>",
+        text="Hi {{ first_name }}, see https://owner.example/offer",
+        landing_urls=["https://owner.example/offer"],
+        window_start=WHEN.date(),
+        window_end=WHEN.date() + dt.timedelta(days=14),
+        niches=["web"],
+        mailings_wanted=2,
+        exclude_partners=[],
+    )
+    session.add(promotion)
+    session.flush()
+    row = mailing(session, promotion, main)
+    session.commit()
+    return Hub(sender, owner, [main, extra], promotion, row)
+
+
+def set_status(session: Session, lst: MailingList, email: str, status: SubscriberStatus) -> None:
+    sub = session.query(Subscriber).filter_by(list_id=lst.id, email=email).one()
+    sub.status = status

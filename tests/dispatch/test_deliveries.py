@@ -1,0 +1,208 @@
+"""The outbox of Deliveries on SQLite and PostgreSQL: materialize, claim, start, record, expire."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from jvmail.db import make_engine, make_sessionmaker, upgrade
+from jvmail.db.models import (
+    Delivery,
+    DeliveryStatus,
+    Mailing,
+    MailingStatus,
+    Subscriber,
+    SubscriberStatus,
+    Suppression,
+    SuppressionReason,
+)
+from jvmail.dispatch.deliveries import (
+    Outcome,
+    batch_bounds,
+    claim,
+    expire,
+    materialize,
+    record,
+    start,
+)
+from tests.dispatch.conftest import Hub, build_hub, mailing, set_status
+
+LEASE = dt.timedelta(minutes=5)
+GONE = dt.timedelta(seconds=-1)  # a lease that has already run out
+
+
+def _statuses(session: Session, mailing_id: int) -> dict[str, int]:
+    session.expire_all()
+    rows = session.execute(
+        select(Delivery.status, func.count())
+        .where(Delivery.mailing_id == mailing_id)
+        .group_by(Delivery.status)
+    ).all()
+    return {str(s): n for s, n in rows}
+
+
+def _emails(session: Session, mailing_id: int) -> list[str]:
+    return list(
+        session.scalars(
+            select(Subscriber.email)
+            .join(Delivery, Delivery.subscriber_id == Subscriber.id)
+            .where(Delivery.mailing_id == mailing_id)
+            .order_by(Subscriber.email)
+        )
+    )
+
+
+def test_materialize_takes_subscribed_addresses_minus_suppressions_once(
+    session: Session, hub: Hub
+) -> None:
+    main = hub.lists[0]
+    set_status(session, main, "reader1@mail.example", SubscriberStatus.UNSUBSCRIBED)
+    session.add(
+        Suppression(
+            partner_id=hub.sender.id, email="reader2@mail.example", reason=SuppressionReason.BOUNCED
+        )
+    )
+    sub = session.query(Subscriber).filter_by(list_id=main.id, email="reader3@mail.example").one()
+    sub.archived_at = dt.datetime.now(dt.UTC)
+    session.commit()
+    assert materialize(session, hub.mailing.id) == 22
+    session.commit()
+    emails = _emails(session, hub.mailing.id)
+    assert len(emails) == 22
+    assert not {"reader1@mail.example", "reader2@mail.example", "reader3@mail.example"} & set(
+        emails
+    )
+    assert session.get(Mailing, hub.mailing.id).status == MailingStatus.QUEUED  # type: ignore[union-attr]
+    # Taken once: a second dispatcher finds nothing to do and adds nothing.
+    assert materialize(session, hub.mailing.id) is None
+    assert _statuses(session, hub.mailing.id) == {"pending": 22}
+
+
+def test_one_message_per_address_across_the_owners_lists(session: Session, hub: Hub) -> None:
+    assert materialize(session, hub.mailing.id) == 25
+    second = mailing(session, hub.promotion, hub.lists[1])
+    session.commit()
+    # The extra list shares five addresses with the main one: only its own address is new.
+    assert materialize(session, second.id) == 1
+    session.commit()
+    assert _emails(session, second.id) == ["solo@mail.example"]
+
+
+def test_a_mailing_not_due_is_not_materialized(session: Session, hub: Hub) -> None:
+    hub.mailing.status = MailingStatus.AWAITING_APPROVAL
+    session.commit()
+    assert materialize(session, hub.mailing.id) is None
+    assert _statuses(session, hub.mailing.id) == {}
+
+
+def test_batch_bounds_cover_every_unfinished_row_once(session: Session, hub: Hub) -> None:
+    materialize(session, hub.mailing.id)
+    session.commit()
+    bounds = batch_bounds(session, hub.mailing.id, 10)
+    ids = list(session.scalars(select(Delivery.id).where(Delivery.mailing_id == hub.mailing.id)))
+    covered = [[i for i in ids if lo <= i <= hi] for lo, hi in bounds]
+    assert [len(c) for c in covered] == [10, 10, 5]
+    assert sorted(i for c in covered for i in c) == sorted(ids)
+
+
+def test_claims_are_disjoint_and_leases_protect_them(session: Session, hub: Hub) -> None:
+    materialize(session, hub.mailing.id)
+    session.commit()
+    (whole,) = batch_bounds(session, hub.mailing.id, 100)
+    first = claim(session, hub.mailing.id, whole, lease=LEASE, limit=10)
+    session.commit()
+    second = claim(session, hub.mailing.id, whole, lease=LEASE, limit=100)
+    session.commit()
+    assert len(first) == 10
+    assert len(second) == 15
+    assert not {c.delivery_id for c in first} & {c.delivery_id for c in second}
+    # Everything is held under a live lease: nothing more to claim.
+    assert claim(session, hub.mailing.id, whole, lease=LEASE, limit=100) == []
+
+
+def test_a_worker_that_lost_its_lease_sends_nothing_and_records_nothing(
+    session: Session, hub: Hub
+) -> None:
+    materialize(session, hub.mailing.id)
+    session.commit()
+    (whole,) = batch_bounds(session, hub.mailing.id, 100)
+    stale = claim(session, hub.mailing.id, whole, lease=GONE, limit=3)
+    session.commit()
+    fresh = claim(session, hub.mailing.id, whole, lease=LEASE, limit=3)
+    session.commit()
+    assert [c.delivery_id for c in fresh] == [c.delivery_id for c in stale]
+    assert all(f.fence == s.fence + 1 for f, s in zip(fresh, stale, strict=True))
+    assert start(session, stale) == []  # the stale holder learns it before any provider call
+    assert start(session, fresh) == fresh
+    session.commit()
+    late = [Outcome(c.delivery_id, c.fence, DeliveryStatus.ACCEPTED, "stale") for c in stale]
+    assert record(session, late) == 0
+    done = [Outcome(c.delivery_id, c.fence, DeliveryStatus.ACCEPTED, f"m{c.fence}") for c in fresh]
+    assert record(session, done) == 3
+    session.commit()
+    assert _statuses(session, hub.mailing.id) == {"accepted": 3, "pending": 22}
+    assert record(session, done) == 0  # recorded once: a replay changes nothing
+
+
+def test_a_suppression_committed_before_the_claim_is_honoured(session: Session, hub: Hub) -> None:
+    materialize(session, hub.mailing.id)
+    session.commit()
+    session.add(
+        Suppression(
+            partner_id=hub.sender.id,
+            email="reader4@mail.example",
+            reason=SuppressionReason.UNSUBSCRIBED,
+        )
+    )
+    set_status(session, hub.lists[0], "reader5@mail.example", SubscriberStatus.COMPLAINED)
+    session.commit()
+    (whole,) = batch_bounds(session, hub.mailing.id, 100)
+    held = claim(session, hub.mailing.id, whole, lease=LEASE, limit=100)
+    session.commit()
+    assert len(held) == 23
+    assert not {"reader4@mail.example", "reader5@mail.example"} & {c.email for c in held}
+    assert _statuses(session, hub.mailing.id) == {"claimed": 23, "suppressed": 2}
+
+
+def test_rows_in_flight_past_their_lease_become_unknown_never_pending(
+    session: Session, hub: Hub
+) -> None:
+    materialize(session, hub.mailing.id)
+    session.commit()
+    (whole,) = batch_bounds(session, hub.mailing.id, 100)
+    held = start(session, claim(session, hub.mailing.id, whole, lease=GONE, limit=4))
+    session.commit()
+    assert len(held) == 4
+    # In flight: even with the lease gone, nobody may claim them again.
+    again = claim(session, hub.mailing.id, whole, lease=LEASE, limit=100)
+    assert {c.delivery_id for c in held}.isdisjoint(c.delivery_id for c in again)
+    session.commit()
+    assert expire(session) == 4
+    session.commit()
+    late = [Outcome(c.delivery_id, c.fence, DeliveryStatus.ACCEPTED) for c in held]
+    assert record(session, late) == 0  # the stale worker's late commit is refused
+    assert _statuses(session, hub.mailing.id)["unknown"] == 4
+
+
+def test_concurrent_claims_skip_each_others_rows(pg_url: str) -> None:
+    # PostgreSQL only: SQLite has one writer at a time, so its claims cannot overlap.
+    engine = make_engine(pg_url)
+    upgrade(engine)
+    maker = make_sessionmaker(engine)
+    try:
+        with maker() as session:
+            built = build_hub(session)
+            materialize(session, built.mailing.id)
+            session.commit()
+            (whole,) = batch_bounds(session, built.mailing.id, 100)
+        with maker() as a, maker() as b:
+            mine = claim(a, built.mailing.id, whole, lease=LEASE, limit=10)  # not committed
+            theirs = claim(b, built.mailing.id, whole, lease=LEASE, limit=10)  # must not wait
+            assert len(mine) == len(theirs) == 10
+            assert not {c.delivery_id for c in mine} & {c.delivery_id for c in theirs}
+            a.commit()
+            b.commit()
+    finally:
+        engine.dispose()

@@ -166,6 +166,9 @@ class HubRecord(Base):
     report_day: Mapped[str] = mapped_column(String(3))
     credit_window_days: Mapped[int]
     scheduler: Mapped[JsonDict]
+    # HMAC keys for tracking links, hex, newest first: made at the first sync, never synced
+    # from config (a secret does not belong in files that get shared).
+    link_keys: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
     updated_at: Mapped[Stamp]
 
 
@@ -300,6 +303,7 @@ class Mailing(Base):
     planned_rate: Mapped[float | None]
     reviewed_at: Mapped[MaybeStamp]  # when the sender approved or declined it
     review_note: Mapped[str] = mapped_column(String(500), default="", server_default="")
+    error: Mapped[str | None] = mapped_column(String(1000))  # why it failed or paused
     created_at: Mapped[Stamp]
     updated_at: Mapped[Stamp]
 

@@ -68,6 +68,7 @@ __all__ = [
     "expire",
     "materialize",
     "record",
+    "release",
     "start",
 ]
 
@@ -261,6 +262,23 @@ def start(session: Session, held: Sequence[Claimed]) -> list[Claimed]:
         )
     )
     return [c for c in held if c.delivery_id in moved]
+
+
+def release(session: Session, held: Sequence[Claimed]) -> int:
+    """Put in-flight rows back to ``pending`` (fenced): the provider refused the request as a
+    whole and answered so, so nothing left; a later batch may send them."""
+    if not held:
+        return 0
+    stmt = (
+        update(Delivery)
+        .where(
+            tuple_(Delivery.id, Delivery.fence).in_([(c.delivery_id, c.fence) for c in held]),
+            Delivery.status == DeliveryStatus.SENDING,
+        )
+        .values(status=DeliveryStatus.PENDING, lease_until=None, updated_at=_now())
+        .execution_options(preserve_rowcount=True)
+    )
+    return session.connection().execute(stmt).rowcount
 
 
 def record(session: Session, outcomes: Sequence[Outcome]) -> int:

@@ -8,6 +8,7 @@ reports no changes the second time.
 from __future__ import annotations
 
 import datetime as dt
+import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,9 +184,12 @@ def _sync_hub_record(session: Session, hub: Hub, report: SyncReport, now: dt.dat
     }
     row = session.get(HubRecord, 1)
     if row is None:
-        session.add(HubRecord(id=1, updated_at=now, **values))
+        key = secrets.token_hex(32)
+        session.add(HubRecord(id=1, updated_at=now, link_keys=[key], **values))
         report.changes.append(Change("hub", "settings", "added"))
         return
+    if not row.link_keys:  # a hub synced before tracking links existed
+        row.link_keys = [secrets.token_hex(32)]
     changed = tuple(sorted(k for k, v in values.items() if getattr(row, k) != v))
     for key in changed:
         setattr(row, key, values[key])

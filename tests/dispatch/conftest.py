@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy.orm import Session
 
 from jvmail.db.models import (
+    HubRecord,
     Mailing,
     MailingList,
     MailingStatus,
@@ -93,6 +94,19 @@ def hub(session: Session) -> Hub:
 def build_hub(session: Session) -> Hub:
     """Sender mails owner's promotion to its main list (25 readers); its extra list shares five
     of them and has one of its own."""
+    session.add(
+        HubRecord(
+            id=1,
+            name="Test hub",
+            base_url="https://jv.example",
+            timezone="UTC",
+            value_metric="clicks",
+            report_day="mon",
+            credit_window_days=14,
+            scheduler={},
+            link_keys=["ab" * 32],
+        )
+    )
     sender, owner = partner(session, "sender"), partner(session, "owner")
     emails = [f"reader{n}@mail.example" for n in range(25)]
     main = mailing_list(session, sender, "sender-main", emails)

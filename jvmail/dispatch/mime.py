@@ -1,0 +1,100 @@
+"""A pre-built MIME message: headers and parts laid out once per mailing, filled per recipient.
+
+Building a stdlib ``EmailMessage`` per recipient costs a policy walk, header folding and body
+encoding through Python objects each time. Here the structure (boundaries, fixed headers, part
+headers) is built once; each recipient costs a marker substitution per part, one C-speed
+quoted-printable encoding (``binascii.b2a_qp``) per part and a join. Lines end in CRLF, as SMTP
+wants them; the result is a complete RFC 5322 message in bytes.
+
+Headers carry ``List-Unsubscribe`` (the signed https link and a mailto) with
+``List-Unsubscribe-Post: List-Unsubscribe=One-Click`` (RFC 8058), a Message-ID, and
+``X-Jvmail-Delivery`` with the delivery id so a bounce or reply can be traced to its delivery.
+"""
+
+from __future__ import annotations
+
+import binascii
+import email.utils
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.header import Header
+
+from jvmail.dispatch.render import Rendered, fill
+
+__all__ = ["Skeleton", "skeleton"]
+
+_CRLF = "\r\n"
+
+
+def _qp(text: str) -> bytes:
+    data = text.replace("\r\n", "\n").replace("\n", _CRLF).encode("utf-8")
+    return binascii.b2a_qp(data, istext=True)
+
+
+def _header(name: str, value: str) -> str:
+    clean = " ".join(value.split())  # no CR or LF may reach a header
+    if clean.isascii():
+        return f"{name}: {clean}"
+    return f"{name}: {Header(clean, 'utf-8', header_name=name).encode()}"
+
+
+@dataclass(frozen=True)
+class Skeleton:
+    rendered: Rendered
+    fixed: str  # headers that are the same for every recipient, CRLF-terminated
+    boundary: str
+    domain: str  # for Message-IDs
+
+    def message_id(self, delivery_id: int) -> str:
+        return f"<jv.{delivery_id}@{self.domain}>"
+
+    def message(
+        self,
+        delivery_id: int,
+        to: str,
+        values: Mapping[str, str],
+        unsubscribe_mailto: str,
+    ) -> bytes:
+        """The whole message for one recipient."""
+        subject = fill(self.rendered.subject, values, html=False)
+        head = [
+            _header("To", to),
+            _header("Subject", subject),
+            f"Message-ID: {self.message_id(delivery_id)}",
+            f"List-Unsubscribe: <{values['UNSUBSCRIBE']}>, <{unsubscribe_mailto}>",
+            "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
+            f"X-Jvmail-Delivery: {delivery_id}",
+        ]
+        text = _qp(fill(self.rendered.text, values, html=False))
+        html = _qp(fill(self.rendered.html, values, html=True))
+        b = self.boundary
+        part = (
+            "Content-Type: text/{kind}; charset=utf-8" + _CRLF + "Content-Transfer-Encoding: "
+            "quoted-printable" + _CRLF + _CRLF
+        )
+        out = [
+            (self.fixed + _CRLF.join(head) + _CRLF + _CRLF).encode("utf-8"),
+            f"--{b}{_CRLF}{part.format(kind='plain')}".encode("ascii"),
+            text,
+            f"{_CRLF}--{b}{_CRLF}{part.format(kind='html')}".encode("ascii"),
+            html,
+            f"{_CRLF}--{b}--{_CRLF}".encode("ascii"),
+        ]
+        return b"".join(out)
+
+
+def skeleton(
+    rendered: Rendered, *, from_name: str, from_addr: str, mailing_id: int, domain: str
+) -> Skeleton:
+    """Lay out the mailing's message once. ``domain`` names the Message-IDs' right-hand side."""
+    boundary = f"=_jvmail_{mailing_id}_{binascii.hexlify(rendered.subject.encode()[:6]).decode()}"
+    fixed = _CRLF.join(
+        [
+            _header("From", email.utils.formataddr((from_name, from_addr))),
+            f"Date: {email.utils.formatdate(usegmt=True)}",
+            "MIME-Version: 1.0",
+            f'Content-Type: multipart/alternative; boundary="{boundary}"',
+            f"X-Jvmail-Mailing: {mailing_id}",
+        ]
+    )
+    return Skeleton(rendered, fixed + _CRLF, boundary, domain)

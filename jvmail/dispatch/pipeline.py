@@ -1,0 +1,278 @@
+"""From a due mailing to accepted messages: dispatch it, then send it batch by batch.
+
+:func:`dispatch` materializes a due mailing's deliveries and commits, and only then returns the
+batches (id ranges) to send: whatever carries them (a dramatiq message, a loop in `jvmail run`)
+carries ids and bounds, never bodies. :func:`send_batch` is what a worker does with one batch:
+
+1. claim the batch's rows (lease + fence, suppressions re-checked) and commit;
+2. render the mailing once (a broken template fails the mailing with its reason);
+3. mark the claimed rows in flight and commit: a worker that lost its lease stops here;
+4. one provider call per provider-sized piece;
+5. record each recipient's outcome under its fence and commit.
+
+Each step is its own transaction, so a crash anywhere leaves rows either claimable again
+(before 3) or ``unknown`` for the reconciler (after 3), never sent twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from urllib.parse import quote, urlsplit
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, aliased
+
+from jvmail.db.models import (
+    Delivery,
+    DeliveryStatus,
+    HubRecord,
+    Mailing,
+    MailingList,
+    MailingStatus,
+    Partner,
+    Promotion,
+)
+from jvmail.dispatch.deliveries import (
+    SENDABLE,
+    Outcome,
+    batch_bounds,
+    claim,
+    materialize,
+    record,
+    release,
+    start,
+)
+from jvmail.dispatch.mime import Skeleton, skeleton
+from jvmail.dispatch.render import Mailer, TemplateProblem, markers, render
+from jvmail.providers.base import OutboundBatch, Provider, Recipient
+from jvmail.tracking.links import click_url, open_url, unsubscribe_url
+
+__all__ = ["BatchReport", "Message", "dispatch", "due_mailings", "load_message", "send_batch"]
+
+LEASE = dt.timedelta(minutes=10)
+UNFINISHED = (DeliveryStatus.PENDING, DeliveryStatus.CLAIMED, DeliveryStatus.SENDING)
+
+
+@dataclass(frozen=True)
+class Message:
+    """A mailing's message laid out once, with what each recipient's copy needs."""
+
+    mailing_id: int
+    skeleton: Skeleton
+    base_url: str
+    key: bytes
+    sender_email: str
+
+    def recipient(self, delivery_id: int, email: str, first_name: str) -> Recipient:
+        count = len(self.skeleton.rendered.links)
+        links = [click_url(self.base_url, self.key, delivery_id, n) for n in range(1, count + 1)]
+        values = markers(
+            first_name,
+            links,
+            unsubscribe_url(self.base_url, self.key, delivery_id),
+            open_url(self.base_url, self.key, delivery_id),
+        )
+        return Recipient(delivery_id, email, values)
+
+    def mailto(self) -> str:
+        return f"mailto:{self.sender_email}?subject={quote('unsubscribe')}"
+
+
+@dataclass
+class BatchReport:
+    claimed: int = 0
+    sent: int = 0  # accepted by the provider
+    refused: int = 0  # refused by the provider for that recipient
+    suppressed: int = 0  # found suppressed at claim time
+    stale: int = 0  # rows this worker had lost before the provider call
+    error: str = ""  # why the mailing or the request failed as a whole
+
+
+def due_mailings(session: Session, now: dt.datetime) -> list[int]:
+    """Mailings waiting to be sent whose time has come, oldest first."""
+    return list(
+        session.scalars(
+            select(Mailing.id)
+            .where(Mailing.status.in_(SENDABLE), Mailing.scheduled_at <= now)
+            .order_by(Mailing.scheduled_at, Mailing.id)
+        )
+    )
+
+
+def dispatch(session: Session, mailing_id: int, batch_size: int) -> list[tuple[int, int]]:
+    """Materialize the mailing's deliveries and commit; the batches to send (none when another
+    dispatcher already took it, or nobody on the list can be mailed)."""
+    created = materialize(session, mailing_id)
+    session.commit()
+    if created is None:
+        return []
+    bounds = batch_bounds(session, mailing_id, batch_size)
+    if not bounds:
+        _finish(session, mailing_id)
+    return bounds
+
+
+def load_message(session: Session, mailing_id: int) -> Message:
+    """Render the mailing's message (raises :class:`TemplateProblem` for a broken template)."""
+    owner = aliased(Partner)
+    row = session.execute(
+        select(Mailing, Promotion, MailingList, Partner, owner)
+        .join(Promotion, Promotion.id == Mailing.promotion_id)
+        .join(MailingList, MailingList.id == Mailing.list_id)
+        .join(Partner, Partner.id == Mailing.sender_id)
+        .join(owner, owner.id == Promotion.partner_id)
+        .where(Mailing.id == mailing_id)
+    ).one()
+    mailing, promo, lst, sender, promo_owner = row
+    hub = session.get(HubRecord, 1)
+    if hub is None or not hub.link_keys:
+        raise TemplateProblem("the hub has no settings yet", "run `jvmail sync CONFIG_DIR` first")
+    rendered = render(
+        promo.slug,
+        promo.subject,
+        promo.html,
+        promo.text,
+        Mailer(sender.name, sender.postal_address, lst.name, promo_owner.name),
+    )
+    domain = urlsplit(hub.base_url).hostname or "jvmail.invalid"
+    layout = skeleton(
+        rendered,
+        from_name=sender.name,
+        from_addr=sender.contact_email,
+        mailing_id=mailing.id,
+        domain=domain,
+    )
+    return Message(
+        mailing.id, layout, hub.base_url, bytes.fromhex(hub.link_keys[0]), sender.contact_email
+    )
+
+
+def send_batch(
+    session: Session,
+    provider: Provider,
+    mailing_id: int,
+    bounds: tuple[int, int],
+    *,
+    limit: int = 1000,
+    lease: dt.timedelta = LEASE,
+) -> BatchReport:
+    """Send one batch of one mailing through ``provider`` (see the module docstring)."""
+    report = BatchReport()
+    held = claim(session, mailing_id, bounds, lease=lease, limit=limit)
+    session.commit()
+    report.claimed = len(held)
+    report.suppressed = _count(session, mailing_id, bounds, DeliveryStatus.SUPPRESSED)
+    if not held:
+        _finish(session, mailing_id)
+        return report
+    try:
+        message = load_message(session, mailing_id)
+    except TemplateProblem as exc:
+        _fail(session, mailing_id, f"{exc.message} (fix: {exc.fix})")
+        report.error = exc.message
+        return report
+    going = start(session, held)
+    session.commit()
+    report.stale = len(held) - len(going)
+    if not going:
+        return report
+    fences = {c.delivery_id: c.fence for c in going}
+    batch = OutboundBatch(
+        mailing_id,
+        message.skeleton,
+        message.mailto(),
+        tuple(message.recipient(c.delivery_id, c.email, c.first_name) for c in going),
+    )
+    sent = provider.send(batch)
+    outcomes = [
+        Outcome(
+            r.delivery_id,
+            fences[r.delivery_id],
+            DeliveryStatus.ACCEPTED if r.accepted else DeliveryStatus.FAILED,
+            r.message_id,
+            r.error,
+        )
+        for r in sent.results
+    ]
+    record(session, outcomes)
+    untried = set(sent.untried)
+    release(session, [c for c in going if c.delivery_id in untried])
+    results = sent.results
+    if sent.error is not None:
+        # Doubtful rows stay in flight until their lease ends, then become unknown for the
+        # reconciler: they may have left, so they are never sent again blindly.
+        problem = sent.error
+        report.error = problem.message
+        why = f"{provider.name}: {problem.message} (fix: {problem.fix})"
+        if problem.auth:
+            _pause(session, mailing_id, why)
+        elif not problem.transient:
+            _fail(session, mailing_id, why)
+    session.commit()
+    report.sent = sum(1 for r in results if r.accepted)
+    report.refused = len(results) - report.sent
+    _finish(session, mailing_id)
+    return report
+
+
+def _count(
+    session: Session, mailing_id: int, bounds: tuple[int, int], status: DeliveryStatus
+) -> int:
+    return int(
+        session.scalar(
+            select(func.count()).where(
+                Delivery.mailing_id == mailing_id,
+                Delivery.id.between(*bounds),
+                Delivery.status == status,
+            )
+        )
+        or 0
+    )
+
+
+def _finish(session: Session, mailing_id: int) -> None:
+    """Mark the mailing sent once none of its deliveries is unfinished."""
+    left = session.scalar(
+        select(func.count()).where(
+            Delivery.mailing_id == mailing_id, Delivery.status.in_(UNFINISHED)
+        )
+    )
+    if not left:
+        session.execute(
+            update(Mailing)
+            .where(
+                Mailing.id == mailing_id,
+                Mailing.status.in_((MailingStatus.QUEUED, MailingStatus.SENDING)),
+            )
+            .values(status=MailingStatus.SENT, updated_at=dt.datetime.now(dt.UTC))
+        )
+        session.commit()
+
+
+def _pause(session: Session, mailing_id: int, why: str) -> None:
+    """The sender's account refused our credentials: the mailing waits, saying why."""
+    session.execute(
+        update(Mailing)
+        .where(Mailing.id == mailing_id)
+        .values(status=MailingStatus.PAUSED, error=why[:1000], updated_at=dt.datetime.now(dt.UTC))
+    )
+
+
+def _fail(session: Session, mailing_id: int, why: str) -> None:
+    """The mailing cannot be sent: it fails with the reason; its rows are released unsent."""
+    now = dt.datetime.now(dt.UTC)
+    session.execute(
+        update(Mailing)
+        .where(Mailing.id == mailing_id)
+        .values(status=MailingStatus.FAILED, error=why[:1000], updated_at=now)
+    )
+    session.execute(
+        update(Delivery)
+        .where(
+            Delivery.mailing_id == mailing_id,
+            Delivery.status.in_((DeliveryStatus.PENDING, DeliveryStatus.CLAIMED)),
+        )
+        .values(status=DeliveryStatus.FAILED, error=why[:1000], lease_until=None, updated_at=now)
+    )
+    session.commit()

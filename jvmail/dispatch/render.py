@@ -1,0 +1,231 @@
+"""Render a mailing once; fill in each recipient's parts by plain substitution.
+
+The promotion's subject, HTML and text are written by partners, so they are rendered in Jinja2's
+sandbox with limits: a deadline (checked on every call, every loop step over ``range`` and every
+``*`` or ``**``), a cap on the output size, and the sandbox's own refusal of unsafe attributes.
+A template that breaks a limit or fails to render raises :class:`TemplateProblem` naming the
+promotion and the reason; the caller fails that mailing and carries on with the others.
+
+The rendered content then sits inside the list owner's wrapper (``templates/wrapper.*.j2``,
+trusted) with the owner's introduction and the footer: postal address and unsubscribe link. CSS
+is inlined once, here. What differs per recipient is left as markers (``%%JV_FIRST_NAME%%``,
+``%%JV_LINK_3%%``, ``%%JV_UNSUBSCRIBE%%``, ``%%JV_OPEN%%``): every http(s) link of the content
+is registered in order and replaced by its marker, so each recipient's copy gets its own signed
+tracking link. :func:`fill` replaces the markers in one regex pass; providers with their own
+substitution (SendGrid, Mailgun, SES) translate the markers to their syntax instead.
+"""
+
+from __future__ import annotations
+
+import html as html_lib
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import css_inline
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateError, select_autoescape
+from jinja2.runtime import Context
+from jinja2.sandbox import SandboxedEnvironment
+from markupsafe import Markup, escape
+
+from jvmail.errors import JvmailError
+
+__all__ = [
+    "LIMITS",
+    "Limits",
+    "Mailer",
+    "Rendered",
+    "TemplateProblem",
+    "fill",
+    "markers",
+    "render",
+    "templates_dir",
+]
+
+FIRST_NAME = "%%JV_FIRST_NAME%%"
+UNSUBSCRIBE = "%%JV_UNSUBSCRIBE%%"
+OPEN = "%%JV_OPEN%%"
+_MARKER = re.compile(r"%%JV_([A-Z]+(?:_[0-9]+)?|FIRST_NAME)%%")
+_HREF = re.compile(r"""(href\s*=\s*)(["'])(https?://[^"'\s]+)\2""", re.IGNORECASE)
+_TEXT_URL = re.compile(r"https?://[^\s<>\"')\]]+")
+
+
+class TemplateProblem(JvmailError):
+    """A promotion's template cannot be rendered; its mailing fails, nothing else does."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    seconds: float = 2.0  # rendering time of one part
+    output_chars: int = 500_000  # size of one rendered part
+    operand_chars: int = 100_000  # a string or list that '*' may build
+
+
+LIMITS = Limits()
+
+
+@dataclass(frozen=True)
+class Mailer:
+    """Who sends and for whom: what the wrapper and footer need."""
+
+    sender_name: str
+    postal_address: str
+    list_name: str
+    owner_name: str  # the promotion's owner
+    introduction: str = ""
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """One mailing's message, markers in place of each recipient's parts."""
+
+    subject: str
+    html: str
+    text: str
+    links: tuple[str, ...]  # %%JV_LINK_n%% is links[n - 1]
+
+
+def templates_dir() -> Path:
+    """The wrapper templates: inside the installed package, or the repository's."""
+    packaged = Path(__file__).resolve().parent.parent / "templates"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "templates"
+
+
+class _Sandbox(SandboxedEnvironment):
+    intercepted_binops = frozenset({"*", "**"})
+
+    def __init__(self, limits: Limits, *, html: bool) -> None:
+        super().__init__(autoescape=html, undefined=StrictUndefined)
+        self.limits = limits
+        self.deadline = 0.0
+        self.globals["range"] = self._range
+
+    def _tick(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise TemplateProblem(f"took longer than {self.limits.seconds:g} s to render")
+
+    def _range(self, *args: int) -> Iterator[int]:
+        for n in range(*args):
+            self._tick()
+            yield n
+
+    def call(self, context: Context, obj: Any, *args: Any, **kwargs: Any) -> Any:
+        self._tick()
+        return super().call(context, obj, *args, **kwargs)
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        self._tick()
+        if operator == "**" and isinstance(right, int | float):
+            bits = left.bit_length() if isinstance(left, int) else 64
+            if abs(right) > 64 or bits * abs(right) > 100_000:
+                raise TemplateProblem("'**' would build a number too large to print")
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                sized = isinstance(seq, str | list | tuple) and isinstance(times, int)
+                if sized and len(seq) * times > self.limits.operand_chars:
+                    raise TemplateProblem(
+                        f"'*' would build {len(seq) * times:,} items; "
+                        f"the limit is {self.limits.operand_chars:,}"
+                    )
+        return super().call_binop(context, operator, left, right)
+
+    def render_limited(self, source: str, values: Mapping[str, object]) -> str:
+        template = self.from_string(source)
+        self.deadline = time.monotonic() + self.limits.seconds
+        out: list[str] = []
+        size = 0
+        for chunk in template.generate(**values):
+            size += len(chunk)
+            if size > self.limits.output_chars:
+                raise TemplateProblem(f"renders more than {self.limits.output_chars:,} characters")
+            out.append(chunk)
+            self._tick()
+        return "".join(out)
+
+
+def _content(promo: str, part: str, source: str, limits: Limits, *, html: bool) -> str:
+    if "%%JV_" in source:
+        raise TemplateProblem(f"promotion {promo}: {part} contains the reserved text '%%JV_'", _FIX)
+    sandbox = _Sandbox(limits, html=html)
+    first_name: object = Markup(FIRST_NAME) if html else FIRST_NAME
+    try:
+        return sandbox.render_limited(source, {"first_name": first_name})
+    except TemplateProblem as exc:
+        raise TemplateProblem(f"promotion {promo}: {part} {exc.message}", _FIX) from exc
+    except (TemplateError, RecursionError, ArithmeticError, TypeError, ValueError) as exc:
+        what = f"{exc.__class__.__name__}: {exc}"[:300]
+        raise TemplateProblem(
+            f"promotion {promo}: {part} cannot be rendered ({what})", _FIX
+        ) from exc
+
+
+_FIX = "fix the promotion's template (only {{ first_name }} is available) and run `jvmail sync`"
+
+
+def _text_link(links: list[str], found: str) -> str:
+    url = found.rstrip(".,;:!?")  # sentence punctuation after a bare URL is not part of it
+    return _register(links, url) + found[len(url) :]
+
+
+def _register(links: list[str], url: str) -> str:
+    if url not in links:
+        links.append(url)
+    return f"%%JV_LINK_{links.index(url) + 1}%%"
+
+
+def render(
+    promo: str,
+    subject: str,
+    html: str,
+    text: str,
+    mailer: Mailer,
+    *,
+    limits: Limits = LIMITS,
+) -> Rendered:
+    """Render promotion ``promo``'s parts inside the owner's wrapper, once per mailing."""
+    links: list[str] = []
+    body = _content(promo, "html", html, limits, html=True)
+    body = _HREF.sub(
+        lambda m: f"{m[1]}{m[2]}{_register(links, html_lib.unescape(m[3]))}{m[2]}", body
+    )
+    plain = _content(promo, "text", text, limits, html=False)
+    plain = _TEXT_URL.sub(lambda m: _text_link(links, m[0]), plain)
+    title = _content(promo, "subject", subject, limits, html=False)
+    title = " ".join(title.split())
+    trusted = Environment(
+        loader=FileSystemLoader(templates_dir()),
+        autoescape=select_autoescape(["html.j2"]),
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+    )
+    values = {
+        "sender_name": mailer.sender_name,
+        "owner_name": mailer.owner_name,
+        "list_name": mailer.list_name,
+        "postal_address": mailer.postal_address,
+        "introduction": mailer.introduction,
+        "subject": title,
+        "unsubscribe_url": Markup(UNSUBSCRIBE),
+        "open_url": Markup(OPEN),
+    }
+    page = trusted.get_template("wrapper.html.j2").render(values, content=Markup(body))
+    words = trusted.get_template("wrapper.txt.j2").render(
+        values | {"unsubscribe_url": UNSUBSCRIBE}, content=plain.strip()
+    )
+    return Rendered(title, css_inline.inline(page), words, tuple(links))
+
+
+def markers(first_name: str, links: list[str], unsubscribe: str, open_pixel: str) -> dict[str, str]:
+    """Marker name -> value for one recipient (plain text; :func:`fill` escapes for HTML)."""
+    values = {"FIRST_NAME": first_name or "there", "UNSUBSCRIBE": unsubscribe, "OPEN": open_pixel}
+    values |= {f"LINK_{n}": url for n, url in enumerate(links, start=1)}
+    return values
+
+
+def fill(part: str, values: Mapping[str, str], *, html: bool) -> str:
+    """Replace every marker in ``part`` with its value (HTML-escaped in an HTML part)."""
+    convert: Callable[[str], str] = (lambda v: str(escape(v))) if html else str
+    return _MARKER.sub(lambda m: convert(values[m[1]]), part)

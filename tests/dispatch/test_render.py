@@ -1,0 +1,128 @@
+"""Rendering partner-written content: sandbox, limits, links, markers and the owner's wrapper."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from email.message import EmailMessage
+
+import pytest
+
+from jvmail.dispatch.mime import skeleton
+from jvmail.dispatch.render import Limits, Mailer, TemplateProblem, fill, markers, render
+from jvmail.tracking.links import click_url, read_token, unsubscribe_url
+
+MAILER = Mailer("Sender & Co", "1 Canal Street, Springfield", "Sender Weekly", "Owner Inc")
+HTML = (
+    "<h1>Hello {{ first_name }}</h1>"
+    "<p><a href='https://owner.example/offer?a=1&b=2'>Offer</a> and "
+    '<a href="https://owner.example/more">more</a>; again '
+    '<a href="https://owner.example/more">more</a></p>'
+)
+TEXT = "Hi {{ first_name }},\nsee https://owner.example/offer?a=1&b=2.\n"
+KEY = b"k" * 32
+
+
+def _render(html: str = HTML, text: str = TEXT, subject: str = "For {{ first_name }}") -> object:
+    return render("owner-offer", subject, html, text, MAILER)
+
+
+def test_links_are_registered_once_in_order_and_replaced_by_markers() -> None:
+    r = render("owner-offer", "For {{ first_name }}", HTML, TEXT, MAILER)
+    assert r.links == ("https://owner.example/offer?a=1&b=2", "https://owner.example/more")
+    assert "owner.example" not in r.html
+    assert "owner.example" not in r.text
+    assert "%%JV_LINK_1%%." in r.text  # the sentence's full stop stays outside the link
+    assert r.html.count("%%JV_LINK_2%%") == 2
+    assert "Sender &amp; Co, 1 Canal Street, Springfield" in r.html  # footer, escaped
+    assert "%%JV_UNSUBSCRIBE%%" in r.html
+    assert "%%JV_UNSUBSCRIBE%%" in r.text
+    assert "style=" in r.html  # CSS was inlined
+    assert "<style>" not in r.html
+
+
+def test_first_names_are_escaped_in_html_and_plain_in_text() -> None:
+    r = render("owner-offer", "For {{ first_name }}", HTML, TEXT, MAILER)
+    values = markers("<Ann & Bo>", list(r.links), "https://jv.example/u/x", "https://jv.example/o")
+    assert "Hello &lt;Ann &amp; Bo&gt;" in fill(r.html, values, html=True)
+    assert "Hi <Ann & Bo>," in fill(r.text, values, html=False)
+    assert "Hi there," in fill(r.text, markers("", list(r.links), "u", "o"), html=False)
+
+
+@pytest.mark.parametrize(
+    ("source", "reason"),
+    [
+        ("{{ ''.__class__.__mro__[1].__subclasses__() }}", "cannot be rendered"),
+        (
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+            "took longer",
+        ),
+        ("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", ""),
+        ("{{ 'x' * 10000000 }}", "'*' would build"),
+        ("{{ 10 ** 10000000 }}", "too large"),
+        ("{{ ((((9 ** 9) ** 9) ** 9) ** 9) ** 9 }}", "too large"),
+        ("{% for i in range(99999) %}{{ 'y' * 99 }}{% endfor %}", "renders more than"),
+        ("{{ unknown_variable }}", "cannot be rendered"),
+        ("{% if %}", "cannot be rendered"),
+        ("Hello %%JV_LINK_1%%", "reserved"),
+    ],
+)
+def test_hostile_or_broken_templates_fail_with_a_reason(source: str, reason: str) -> None:
+    limits = Limits(seconds=0.5, output_chars=200_000)
+    with pytest.raises(TemplateProblem) as caught:
+        render("owner-offer", "Subject", source, "text", MAILER, limits=limits)
+    assert "promotion owner-offer: html" in caught.value.message
+    assert reason in caught.value.message
+    assert caught.value.fix
+
+
+def test_a_message_per_recipient_carries_its_own_signed_links_and_both_unsubscribe_headers() -> (
+    None
+):
+    r = render("owner-offer", "For {{ first_name }}", HTML, TEXT, MAILER)
+    sk = skeleton(
+        r,
+        from_name="Sender & Co",
+        from_addr="news@sender.example",
+        mailing_id=7,
+        domain="jv.example",
+    )
+    base = "https://jv.example"
+    messages = {}
+    for delivery, name in ((101, "Ann"), (102, "Zoë")):
+        links = [click_url(base, KEY, delivery, n) for n in range(1, len(r.links) + 1)]
+        values = markers(name, links, unsubscribe_url(base, KEY, delivery), f"{base}/o/x.gif")
+        raw = sk.message(
+            delivery,
+            f"{name.lower()}@mail.example",
+            values,
+            "mailto:unsub@sender.example?subject=unsubscribe",
+        )
+        parsed = email.message_from_bytes(raw, policy=email.policy.default)
+        assert isinstance(parsed, EmailMessage)
+        messages[delivery] = parsed
+    for delivery, msg in messages.items():
+        assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        https, mailto = (part.strip(" <>") for part in msg["List-Unsubscribe"].split(","))
+        assert read_token(KEY, https.rsplit("/", 1)[1]) == (delivery, 0)
+        assert mailto.startswith("mailto:")
+        assert msg["Message-ID"] == f"<jv.{delivery}@jv.example>"
+        html = msg.get_body(("html",)).get_content()  # type: ignore[union-attr]
+        text = msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+        assert "1 Canal Street, Springfield" in html
+        assert "1 Canal Street, Springfield" in text
+        tokens = [u.rsplit("/", 1)[1] for u in text.split() if "/c/" in u]
+        assert [read_token(KEY, t.rstrip(".")) for t in tokens] == [(delivery, 1)]
+    assert messages[102]["Subject"] == "For Zoë"
+    assert "Hello Zoë" in messages[102].get_body(("html",)).get_content()  # type: ignore[union-attr]
+
+
+def test_tokens_refuse_tampering() -> None:
+    token = click_url("https://jv.example", KEY, 123456, 3).rsplit("/", 1)[1]
+    assert read_token(KEY, token) == (123456, 3)
+    assert read_token(b"other" * 8, token) is None
+    head, sig = token.split(".")
+    assert read_token(KEY, head[:-1] + ("A" if head[-1] != "A" else "B") + "." + sig) is None
+    assert read_token(KEY, token[:-2]) is None
+    assert read_token(KEY, "garbage") is None
+    assert read_token(KEY, "") is None

@@ -19,6 +19,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.progress import Progress
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -35,6 +36,8 @@ from jvmail.console import (
 from jvmail.db import DEFAULT_DATABASE_URL, make_engine, make_sessionmaker, upgrade
 from jvmail.db.migrate import current_revision
 from jvmail.db.models import MailingStatus
+from jvmail.dispatch.pipeline import BatchReport
+from jvmail.dispatch.runner import MailingRun, RunReport, run_due
 from jvmail.errors import DatabaseError, JvmailError, UsageError
 from jvmail.ledger import View, summarize
 from jvmail.mailings import FIND_IDS, MailingRow, awaiting_approval, week_mailings
@@ -48,6 +51,7 @@ from jvmail.planner import (
     parse_week,
     save_plan,
 )
+from jvmail.providers.outbox import OutboxProvider
 from jvmail.registry import SyncReport, sync_hub
 from jvmail.registry.views import list_rows, partner_rows, promotion_rows
 from jvmail.scaffold import example_hub_dir, scaffold, write_demo_subscribers
@@ -688,6 +692,93 @@ def db_upgrade(app: App) -> None:
     app.out.print(f"database at revision {current_revision(engine)} (latest)")
 
 
+def _send_due(app: App, outbox: Path, until: dt.datetime, *, quiet: bool) -> RunReport:
+    """Send what is due until ``until`` into ``outbox``, with a progress line per batch."""
+    provider = OutboxProvider(outbox)
+    maker = make_sessionmaker(app.engine())
+    with Progress(console=app.err, transient=True, disable=quiet) as bar:
+        task = bar.add_task("sending", total=None)
+
+        def tick(run: MailingRun, batch: BatchReport) -> None:
+            bar.update(task, advance=batch.sent + batch.refused, description=f"{run.list}")
+
+        return run_due(maker, provider, until, progress=tick)
+
+
+def _week_end(week: str) -> dt.datetime:
+    """The Monday after ISO week ``week``, 00:00 at UTC-14: the week is over everywhere."""
+    monday = parse_week(week) + dt.timedelta(days=7)
+    return dt.datetime.combine(monday, dt.time(14), tzinfo=dt.UTC)
+
+
+def _print_run(app: App, report: RunReport, outbox: Path) -> None:
+    rows = [asdict(m) for m in report.mailings]
+    cols = ["mailing_id", "list", "promotion", "sent", "refused", "suppressed", "error"]
+    print_table(app.out, "Mailings sent", rows, cols, wrap=["error"])
+    if report.unknown:
+        app.out.print(
+            f"{report.unknown} messages were in flight when an earlier run stopped: marked "
+            "unknown, never sent again.",
+            soft_wrap=True,
+        )
+    app.out.print(f"{report.sent:,} messages written to {outbox}/", soft_wrap=True)
+
+
+@cli.command("run")
+@click.option(
+    "--outbox",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("outbox"),
+    show_default=True,
+    help="Folder for the .eml files (one subfolder per mailing).",
+)
+@click.option("--until", "until_text", metavar="WHEN", help="Send what is due by then (ISO time).")
+@click.option("--week", metavar="YYYY-Www", help="Send what is due by the end of this week.")
+@_JSON
+@pass_app
+def run_(app: App, outbox: Path, until_text: str | None, week: str | None, as_json: bool) -> None:
+    """Send the mailings that are due, in this process, into an outbox folder.
+
+    Each due mailing (planned or approved, its time come) gets its deliveries, then its
+    messages are rendered once and written as .eml files, one per recipient: both unsubscribe
+    headers, the sender's postal address, signed tracking links. Run it again: nothing is sent
+    twice. A mailing whose template cannot be rendered fails with the reason; the others go on.
+
+    \b
+    Examples:
+      jvmail run                          # what is due now, into ./outbox
+      jvmail run --week 2026-W49 --outbox /tmp/out
+      jvmail run --until 2026-12-02T12:00:00+00:00 --json
+    """
+    if until_text and week:
+        raise UsageError("give --until or --week, not both", "drop one of them")
+    until = dt.datetime.now(dt.UTC)
+    if week:
+        until = _week_end(week)
+    elif until_text:
+        try:
+            until = dt.datetime.fromisoformat(until_text)
+        except ValueError:
+            raise UsageError(
+                f"--until {until_text!r} is not an ISO time", "e.g. 2026-12-02T12:00:00+00:00"
+            ) from None
+        if until.tzinfo is None:
+            until = until.replace(tzinfo=dt.UTC)
+    report = _send_due(app, outbox, until, quiet=as_json)
+    if as_json:
+        print_json(
+            app.out,
+            {
+                "outbox": str(outbox),
+                "sent": report.sent,
+                "unknown": report.unknown,
+                "mailings": [asdict(m) for m in report.mailings],
+            },
+        )
+        return
+    _print_run(app, report, outbox)
+
+
 @cli.command()
 @click.option(
     "--dir",
@@ -742,6 +833,9 @@ def demo(app: App, directory: Path) -> None:
     _report_plan(
         app, problem, chosen, took, as_json=False, saved=fresh, explain=True, footer=footer
     )
+    outbox = directory / "outbox"
+    app.out.print(f"[bold]5. Send[/] the week's mailings into {outbox}/")
+    _print_run(app, _send_due(app, outbox, _week_end(DEMO_WEEK), quiet=False), outbox)
     db = f"--db {app.database_url}"
     app.out.print(
         f"\n[bold]Done.[/] Config: {hub_dir}\nDatabase: {app.database_url}\n"

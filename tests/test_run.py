@@ -1,0 +1,74 @@
+"""`jvmail run`: the example hub's planned week sent into an outbox, once, on both databases."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.test_cli import run
+
+WEEK = "2026-W49"
+KEEP = 12  # subscribers kept per list, so the week sends quickly
+
+
+@pytest.fixture
+def small_hub(example_hub: Path) -> Path:
+    for csv in (example_hub / "subscribers").glob("*.csv"):
+        lines = csv.read_text(encoding="utf-8").splitlines()
+        csv.write_text("\n".join(lines[: KEEP + 1]) + "\n", encoding="utf-8")
+    return example_hub
+
+
+def _json(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, object]:
+    code, out, err = run(capsys, *args, "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert isinstance(data, dict)
+    return data
+
+
+def test_run_sends_the_planned_week_once_into_eml_files(
+    small_hub: Path, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = ("--db", db_url)
+    assert run(capsys, *db, "sync", str(small_hub))[0] == 0
+    assert run(capsys, *db, "plan", "--week", WEEK)[0] == 0
+    code, out, err = run(capsys, *db, "mailings", "--week", WEEK, "--json")
+    assert code == 0, err
+    due = [m for m in json.loads(out) if m["status"] in ("planned", "approved")]
+    assert due
+    outbox = tmp_path / "outbox"
+    # Nothing is due before the week starts.
+    early = _json(capsys, *db, "run", "--outbox", str(outbox), "--until", "2026-11-29T00:00:00")
+    assert early["sent"] == 0
+    sent = _json(capsys, *db, "run", "--outbox", str(outbox), "--week", WEEK)
+    mailings = sent["mailings"]
+    assert isinstance(mailings, list)
+    assert sorted(m["mailing_id"] for m in mailings) == sorted(m["id"] for m in due)
+    files = sorted(outbox.glob("*/*.eml"))
+    assert len(files) == sent["sent"]
+    assert 0 < len(files) <= KEEP * len(mailings)
+    for path in files[:40]:
+        msg = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        assert "https://" in msg["List-Unsubscribe"]
+        assert "mailto:" in msg["List-Unsubscribe"]
+        body = msg.get_body(("plain",))
+        assert body is not None
+        assert "Unsubscribe: https://" in body.get_content()
+    again = _json(capsys, *db, "run", "--outbox", str(outbox), "--week", WEEK)
+    assert again == {"outbox": str(outbox), "sent": 0, "unknown": 0, "mailings": []}
+    assert sorted(outbox.glob("*/*.eml")) == files
+
+
+def test_run_refuses_bad_times(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "--db", db_url, "run", "--until", "next tuesday")
+    assert code == 2
+    assert "--until 'next tuesday' is not an ISO time" in err
+    code, _, err = run(capsys, "--db", db_url, "run", "--week", "2026-W49", "--until", "2026-12-01")
+    assert code == 2
+    assert "not both" in err

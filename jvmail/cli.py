@@ -36,8 +36,8 @@ from jvmail.console import (
 from jvmail.db import DEFAULT_DATABASE_URL, make_engine, make_sessionmaker, upgrade
 from jvmail.db.migrate import current_revision
 from jvmail.db.models import MailingStatus
-from jvmail.dispatch.pipeline import BatchReport
-from jvmail.dispatch.runner import MailingRun, RunReport, run_due
+from jvmail.dispatch.actors import Runtime
+from jvmail.dispatch.runner import RunReport, run_due
 from jvmail.errors import DatabaseError, JvmailError, UsageError
 from jvmail.ledger import View, summarize
 from jvmail.mailings import FIND_IDS, MailingRow, awaiting_approval, week_mailings
@@ -693,16 +693,22 @@ def db_upgrade(app: App) -> None:
 
 
 def _send_due(app: App, outbox: Path, until: dt.datetime, *, quiet: bool) -> RunReport:
-    """Send what is due until ``until`` into ``outbox``, with a progress line per batch."""
+    """Send what is due until ``until`` into ``outbox``, with a progress bar."""
+    app.engine()  # the schema is at head before any worker thread opens a session
     provider = OutboxProvider(outbox)
-    maker = make_sessionmaker(app.engine())
+    url = app.database_url or DEFAULT_DATABASE_URL
+    runtime = Runtime(url, lambda _mailing: provider)
+    threads = 1 if url.startswith("sqlite") else 4  # SQLite writes one at a time anyway
     with Progress(console=app.err, transient=True, disable=quiet) as bar:
         task = bar.add_task("sending", total=None)
 
-        def tick(run: MailingRun, batch: BatchReport) -> None:
-            bar.update(task, advance=batch.sent + batch.refused, description=f"{run.list}")
+        def tick(accepted: int) -> None:
+            bar.update(task, completed=accepted, description=f"{accepted:,} messages")
 
-        return run_due(maker, provider, until, progress=tick)
+        try:
+            return run_due(runtime, until, threads=threads, progress=tick)
+        finally:
+            runtime.close()
 
 
 def _week_end(week: str) -> dt.datetime:
@@ -713,7 +719,7 @@ def _week_end(week: str) -> dt.datetime:
 
 def _print_run(app: App, report: RunReport, outbox: Path) -> None:
     rows = [asdict(m) for m in report.mailings]
-    cols = ["mailing_id", "list", "promotion", "sent", "refused", "suppressed", "error"]
+    cols = ["mailing_id", "list", "promotion", "status", "sent", "refused", "suppressed", "error"]
     print_table(app.out, "Mailings sent", rows, cols, wrap=["error"])
     if report.unknown:
         app.out.print(

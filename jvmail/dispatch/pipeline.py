@@ -87,6 +87,7 @@ class BatchReport:
     suppressed: int = 0  # found suppressed at claim time
     stale: int = 0  # rows this worker had lost before the provider call
     error: str = ""  # why the mailing or the request failed as a whole
+    retry: bool = False  # the provider asked to wait; the rows it did not take are pending
 
 
 def due_mailings(session: Session, now: dt.datetime) -> list[int]:
@@ -209,6 +210,8 @@ def send_batch(
             _pause(session, mailing_id, why)
         elif not problem.transient:
             _fail(session, mailing_id, why)
+        else:
+            report.retry = bool(sent.untried)
     session.commit()
     report.sent = sum(1 for r in results if r.accepted)
     report.refused = len(results) - report.sent

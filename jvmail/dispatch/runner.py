@@ -1,8 +1,10 @@
 """Send what is due, in this process: the embedded default behind `jvmail run`.
 
-Each due mailing is dispatched (deliveries materialized and committed first) and its batches
-are sent one after another. In-flight rows whose lease ran out are first marked ``unknown``, so
-a run after a crash never sends them again.
+The same actors as the production workers run on dramatiq's in-process broker with a worker of
+our own: one tick dispatches every mailing due by ``until`` (deliveries materialized and
+committed first), its batches follow as messages, and the call returns when the queue is empty.
+In-flight rows whose lease ran out are marked ``unknown`` by the tick, so a run after a crash
+never sends them again; queued mailings a crashed run left behind are relayed.
 """
 
 from __future__ import annotations
@@ -11,17 +13,17 @@ import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
+import dramatiq
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.common import dq_name
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
-from jvmail.db.models import Mailing, MailingList, Promotion
-from jvmail.dispatch.deliveries import expire
-from jvmail.dispatch.pipeline import BatchReport, dispatch, due_mailings, send_batch
-from jvmail.providers.base import Provider
+from jvmail.db.models import Delivery, DeliveryStatus, Mailing, MailingList, Promotion
+from jvmail.dispatch.actors import QUEUE, Runtime, declare
+from jvmail.dispatch.pipeline import due_mailings
 
 __all__ = ["MailingRun", "RunReport", "run_due"]
-
-BATCH = 1000
 
 
 @dataclass
@@ -32,53 +34,95 @@ class MailingRun:
     sent: int = 0
     refused: int = 0
     suppressed: int = 0
+    status: str = ""
     error: str = ""
 
 
 @dataclass
 class RunReport:
     mailings: list[MailingRun] = field(default_factory=list)
-    unknown: int = 0  # in-flight deliveries whose lease had run out: left to the reconciler
+    unknown: int = 0  # deliveries in doubt (in flight when a run stopped): never resent
 
     @property
     def sent(self) -> int:
         return sum(m.sent for m in self.mailings)
 
 
-def _label(session: Session, mailing_id: int) -> tuple[str, str]:
-    row = session.execute(
-        select(MailingList.slug, Promotion.slug)
-        .join(Mailing, Mailing.list_id == MailingList.id)
-        .join(Promotion, Promotion.id == Mailing.promotion_id)
-        .where(Mailing.id == mailing_id)
-    ).one()
-    return row[0], row[1]
-
-
 def run_due(
-    maker: sessionmaker[Session],
-    provider: Provider,
+    runtime: Runtime,
     until: dt.datetime,
     *,
-    progress: Callable[[MailingRun, BatchReport], None] | None = None,
+    threads: int = 1,
+    progress: Callable[[int], None] | None = None,
 ) -> RunReport:
-    """Send every mailing due at or before ``until`` through ``provider``."""
-    report = RunReport()
-    with maker() as session:
-        report.unknown = expire(session)
-        session.commit()
-        for mailing_id in due_mailings(session, until):
-            lst, promo = _label(session, mailing_id)
-            run = MailingRun(mailing_id, lst, promo)
-            report.mailings.append(run)
-            for bounds in dispatch(session, mailing_id, BATCH):
-                batch = send_batch(session, provider, mailing_id, bounds, limit=BATCH)
-                run.sent += batch.sent
-                run.refused += batch.refused
-                run.suppressed += batch.suppressed
-                run.error = run.error or batch.error
+    """Send every mailing due at or before ``until``; ``progress`` is told how many messages
+    have been accepted so far, a few times a second."""
+    with runtime.session() as session:
+        due = due_mailings(session, until)
+        before = _accepted(session)
+    broker = StubBroker()
+    broker.emit_after("process_boot")
+    actors = declare(broker, runtime)
+    worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
+    worker.start()
+    try:
+        actors.tick.send(until.isoformat())
+        while True:
+            try:
+                broker.join(QUEUE, timeout=250, fail_fast=True)
+                broker.join(dq_name(QUEUE), timeout=250, fail_fast=True)
+                break
+            except dramatiq.errors.QueueJoinTimeout:
                 if progress is not None:
-                    progress(run, batch)
-                if batch.error:
-                    break
+                    with runtime.session() as session:
+                        progress(_accepted(session) - before)
+        worker.join()
+    finally:
+        worker.stop()
+        broker.close()
+    with runtime.session() as session:
+        return _report(session, due)
+
+
+def _accepted(session: Session) -> int:
+    return int(
+        session.scalar(select(func.count()).where(Delivery.status == DeliveryStatus.ACCEPTED)) or 0
+    )
+
+
+def _report(session: Session, mailing_ids: list[int]) -> RunReport:
+    report = RunReport()
+    counts: dict[tuple[int, str], int] = {
+        (m, str(s)): n
+        for m, s, n in session.execute(
+            select(Delivery.mailing_id, Delivery.status, func.count())
+            .where(Delivery.mailing_id.in_(mailing_ids))
+            .group_by(Delivery.mailing_id, Delivery.status)
+        ).all()
+    }
+    rows = session.execute(
+        select(Mailing.id, MailingList.slug, Promotion.slug, Mailing.status, Mailing.error)
+        .join(MailingList, MailingList.id == Mailing.list_id)
+        .join(Promotion, Promotion.id == Mailing.promotion_id)
+        .where(Mailing.id.in_(mailing_ids))
+    ).all()
+    order = {m: n for n, m in enumerate(mailing_ids)}
+    for mailing_id, lst, promo, status, error in sorted(rows, key=lambda r: order[r[0]]):
+
+        def count(s: DeliveryStatus, m: int = mailing_id) -> int:
+            return counts.get((m, s.value), 0)
+
+        report.mailings.append(
+            MailingRun(
+                mailing_id,
+                lst,
+                promo,
+                sent=count(DeliveryStatus.ACCEPTED),
+                refused=count(DeliveryStatus.FAILED),
+                suppressed=count(DeliveryStatus.SUPPRESSED),
+                status=str(status),
+                error=error or "",
+            )
+        )
+        report.unknown += count(DeliveryStatus.UNKNOWN)
     return report

@@ -1,0 +1,137 @@
+"""The dramatiq actors of the send pipeline. Messages carry ids and batch bounds, never bodies.
+
+* ``jv_tick(until=None)`` (the periodic job): mark in-flight rows past their lease
+  ``unknown``, dispatch what is due (by ``until``, an ISO time, or now), and relay: re-enqueue
+  the batches of queued mailings that still have rows to send and have not moved for a while
+  (their messages were lost: Redis restarted empty, or the in-process broker went with its
+  process). A relayed batch that someone else is sending finds nothing to claim and returns at
+  once, so relaying twice is harmless.
+* ``jv_dispatch(mailing_id)``: materialize the mailing's deliveries, commit, then enqueue one
+  ``jv_send`` per batch.
+* ``jv_send(mailing_id, lo, hi)``: :func:`~jvmail.dispatch.pipeline.send_batch`. When the
+  provider refused a request for a passing reason (429, 5xx), the rows went back to pending;
+  the actor raises :class:`TryLater` so dramatiq retries the batch with backoff.
+
+Actors are declared on a broker by :func:`declare`, with a :class:`Runtime` that says where the
+database is and which provider sends: the same code runs in `jvmail run` (in-process broker,
+one worker thread pool) and in `jvmail worker` processes on Redis.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import dramatiq
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from jvmail.db import make_engine, make_sessionmaker
+from jvmail.db.models import Delivery, DeliveryStatus, Mailing, MailingStatus
+from jvmail.dispatch.deliveries import batch_bounds, expire
+from jvmail.dispatch.pipeline import dispatch, due_mailings, send_batch
+from jvmail.providers.base import Provider
+
+__all__ = ["Actors", "Runtime", "TryLater", "declare"]
+
+QUEUE = "jvmail"
+BATCH = 1000
+RELAY_AFTER = dt.timedelta(minutes=2)
+
+
+class TryLater(Exception):
+    """The provider asked us to wait: dramatiq retries the batch later."""
+
+
+@dataclass
+class Runtime:
+    """Where the database is, and the provider for a mailing (by its id)."""
+
+    database_url: str
+    provider: Callable[[int], Provider]
+    now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
+    _engine: Engine | None = field(default=None, repr=False)
+    _maker: sessionmaker[Session] | None = field(default=None, repr=False)
+
+    def session(self) -> Session:
+        if self._maker is None:
+            self._engine = make_engine(self.database_url)
+            self._maker = make_sessionmaker(self._engine)
+        return self._maker()
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine, self._maker = None, None
+
+
+@dataclass(frozen=True)
+class Actors:
+    tick: dramatiq.Actor[[str | None], None]
+    dispatch: dramatiq.Actor[[int], None]
+    send: dramatiq.Actor[[int, int, int], None]
+
+
+def declare(broker: dramatiq.Broker, runtime: Runtime) -> Actors:
+    """Declare the pipeline's actors on ``broker``."""
+
+    def jv_send(mailing_id: int, lo: int, hi: int) -> None:
+        with runtime.session() as session:
+            report = send_batch(session, runtime.provider(mailing_id), mailing_id, (lo, hi))
+            if report.error and report.retry:
+                raise TryLater(report.error)
+
+    def jv_dispatch(mailing_id: int) -> None:
+        with runtime.session() as session:
+            bounds = dispatch(session, mailing_id, BATCH)
+        for lo, hi in bounds:
+            send.send(mailing_id, lo, hi)
+
+    def jv_tick(until: str | None = None) -> None:
+        now = runtime.now()
+        with runtime.session() as session:
+            expire(session, now)
+            session.commit()
+            due = due_mailings(session, dt.datetime.fromisoformat(until) if until else now)
+            stalled = _stalled(session, now - RELAY_AFTER)
+            relayed = [(m, b) for m in stalled for b in batch_bounds(session, m, BATCH)]
+        for mailing_id in due:
+            dispatch_.send(mailing_id)
+        for mailing_id, (lo, hi) in relayed:
+            send.send(mailing_id, lo, hi)
+
+    send = dramatiq.actor(
+        actor_name="jv_send",
+        broker=broker,
+        queue_name=QUEUE,
+        min_backoff=1_000,
+        max_backoff=300_000,
+        retry_when=_worth_retrying,
+    )(jv_send)
+    dispatch_ = dramatiq.actor(
+        actor_name="jv_dispatch", broker=broker, queue_name=QUEUE, max_retries=3
+    )(jv_dispatch)
+    tick = dramatiq.actor(actor_name="jv_tick", broker=broker, queue_name=QUEUE, max_retries=0)(
+        jv_tick
+    )
+    return Actors(tick, dispatch_, send)
+
+
+def _worth_retrying(retries: int, exc: Exception) -> bool:
+    return isinstance(exc, TryLater) and retries < 20
+
+
+def _stalled(session: Session, before: dt.datetime) -> list[int]:
+    """Queued mailings with rows still to send, none of which moved since ``before``."""
+    waiting = (DeliveryStatus.PENDING, DeliveryStatus.CLAIMED)
+    return list(
+        session.scalars(
+            select(Delivery.mailing_id)
+            .join(Mailing, Mailing.id == Delivery.mailing_id)
+            .where(Mailing.status == MailingStatus.QUEUED, Delivery.status.in_(waiting))
+            .group_by(Delivery.mailing_id)
+            .having(func.max(Delivery.updated_at) < before)
+            .order_by(Delivery.mailing_id)
+        )
+    )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from jvmail import __version__
+from jvmail.broker import make_broker
 from jvmail.config import Hub, load_config
 from jvmail.console import (
     ImportBar,
@@ -36,9 +36,10 @@ from jvmail.console import (
 from jvmail.db import DEFAULT_DATABASE_URL, make_engine, make_sessionmaker, upgrade
 from jvmail.db.migrate import current_revision
 from jvmail.db.models import MailingStatus
-from jvmail.dispatch.actors import Runtime
+from jvmail.dispatch.actors import QUEUE, Runtime, declare
 from jvmail.dispatch.runner import RunReport, run_due
 from jvmail.errors import DatabaseError, JvmailError, UsageError
+from jvmail.faults import fault
 from jvmail.ledger import View, summarize
 from jvmail.mailings import FIND_IDS, MailingRow, awaiting_approval, week_mailings
 from jvmail.mailings import approve as approve_mailings
@@ -51,6 +52,7 @@ from jvmail.planner import (
     parse_week,
     save_plan,
 )
+from jvmail.providers.base import Provider
 from jvmail.providers.outbox import OutboxProvider
 from jvmail.registry import SyncReport, sync_hub
 from jvmail.registry.views import list_rows, partner_rows, promotion_rows
@@ -62,9 +64,6 @@ from jvmail.scheduler.synth import synthetic_problem
 
 __all__ = ["cli", "main"]
 
-# Test hook: `JVMAIL_FAULT=sync:before-commit` kills the process (SIGKILL) with the sync's
-# transaction still open, to prove an interrupted sync leaves the database as it was.
-_FAULT_ENV = "JVMAIL_FAULT"
 # The example hub's promotions are dated around this week.
 DEMO_WEEK = "2026-W49"
 
@@ -186,9 +185,8 @@ def _run_sync(app: App, hub: Hub, *, dry_run: bool, strict: bool, progress: bool
                 report = sync_hub(session, hub, strict=strict, progress=bar)
         else:
             report = sync_hub(session, hub, strict=strict)
-        if os.environ.get(_FAULT_ENV) == "sync:before-commit":
-            session.flush()
-            os.kill(os.getpid(), signal.SIGKILL)
+        session.flush()
+        fault("sync:before-commit")  # a crash here must leave the database as it was
         if dry_run:
             session.rollback()
         else:
@@ -711,6 +709,16 @@ def _send_due(app: App, outbox: Path, until: dt.datetime, *, quiet: bool) -> Run
             runtime.close()
 
 
+def _parse_until(text: str) -> dt.datetime:
+    try:
+        until = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(
+            f"--until {text!r} is not an ISO time", "e.g. 2026-12-02T12:00:00+00:00"
+        ) from None
+    return until if until.tzinfo else until.replace(tzinfo=dt.UTC)
+
+
 def _week_end(week: str) -> dt.datetime:
     """The Monday after ISO week ``week``, 00:00 at UTC-14: the week is over everywhere."""
     monday = parse_week(week) + dt.timedelta(days=7)
@@ -762,14 +770,7 @@ def run_(app: App, outbox: Path, until_text: str | None, week: str | None, as_js
     if week:
         until = _week_end(week)
     elif until_text:
-        try:
-            until = dt.datetime.fromisoformat(until_text)
-        except ValueError:
-            raise UsageError(
-                f"--until {until_text!r} is not an ISO time", "e.g. 2026-12-02T12:00:00+00:00"
-            ) from None
-        if until.tzinfo is None:
-            until = until.replace(tzinfo=dt.UTC)
+        until = _parse_until(until_text)
     report = _send_due(app, outbox, until, quiet=as_json)
     if as_json:
         print_json(
@@ -783,6 +784,78 @@ def run_(app: App, outbox: Path, until_text: str | None, week: str | None, as_js
         )
         return
     _print_run(app, report, outbox)
+
+
+def _redis_url() -> str:
+    url = os.environ.get("JVMAIL_REDIS_URL")
+    if not url:
+        raise UsageError(
+            "workers share their work through Redis, and JVMAIL_REDIS_URL is not set",
+            "export JVMAIL_REDIS_URL=redis://HOST:6379/0 (or send in one process: `jvmail run`)",
+        )
+    return url
+
+
+@cli.command()
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 256),
+    default=os.cpu_count() or 1,
+    show_default="the number of cores",
+    help="Worker processes on this machine.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 256),
+    default=8,
+    show_default=True,
+    help="Threads per process.",
+)
+@pass_app
+def worker(app: App, processes: int, threads: int) -> None:
+    """Run send workers on this machine, taking work from Redis.
+
+    Start as many as you like on any number of machines against one database: batches are
+    claimed with a lease, so each message is sent once whoever takes it. Messages are written
+    to the outbox folder JVMAIL_OUTBOX (default ./outbox). Something must enqueue the periodic
+    tick that finds due mailings: `jvmail tick` from cron, every minute.
+
+    \b
+    Example:
+      JVMAIL_REDIS_URL=redis://10.0.0.5:6379/0 \\
+      JVMAIL_DATABASE_URL=postgresql://jvmail@db/jvmail jvmail worker --processes 4
+    """
+    _redis_url()
+    app.engine()  # fail here, clearly, if the database is unreachable; migrate it once
+    if app.database_url:
+        os.environ["JVMAIL_DATABASE_URL"] = app.database_url
+    args = [sys.executable, "-m", "dramatiq", "jvmail.dispatch.boot"]
+    args += ["--processes", str(processes), "--threads", str(threads), "--queues", QUEUE]
+    app.close()
+    os.execv(sys.executable, args)
+
+
+@cli.command()
+@click.option("--until", "until_text", metavar="WHEN", help="Send what is due by then (ISO).")
+@pass_app
+def tick(app: App, until_text: str | None) -> None:
+    """Enqueue one tick for the workers: dispatch what is due, relay stalled batches.
+
+    \b
+    Example (cron, every minute):
+      * * * * *  JVMAIL_REDIS_URL=redis://10.0.0.5:6379/0 jvmail tick
+    """
+    until = _parse_until(until_text) if until_text else None
+    broker = make_broker(_redis_url(), namespace=os.environ.get("JVMAIL_REDIS_NAMESPACE", "jvmail"))
+    url = app.database_url or DEFAULT_DATABASE_URL
+    actors = declare(broker, Runtime(url, _no_provider))
+    actors.tick.send(until.isoformat() if until else None)
+    broker.close()
+    app.out.print("tick enqueued")
+
+
+def _no_provider(mailing_id: int) -> Provider:
+    raise AssertionError(f"this process only enqueues; mailing {mailing_id} is sent by workers")
 
 
 @cli.command()

@@ -1,13 +1,8 @@
-"""dramatiq worker entry point: `dramatiq workers` (or `jvmail worker` once sending lands).
+"""dramatiq worker entry point: `dramatiq workers` (what `jvmail worker` runs).
 
-It only sets the broker from JVMAIL_REDIS_URL (in-process when unset); the actors that send,
-track and report are imported here as those stages are added.
+The broker and the actors come from jvmail.dispatch.boot, configured from the environment.
 """
 
-import os
+from jvmail.dispatch.boot import actors, broker
 
-import dramatiq
-
-from jvmail.broker import make_broker
-
-dramatiq.set_broker(make_broker(os.environ.get("JVMAIL_REDIS_URL")))
+__all__ = ["actors", "broker"]

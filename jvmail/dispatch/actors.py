@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from jvmail.db import make_engine, make_sessionmaker
 from jvmail.db.models import Delivery, DeliveryStatus, Mailing, MailingStatus
 from jvmail.dispatch.deliveries import batch_bounds, expire
-from jvmail.dispatch.pipeline import dispatch, due_mailings, send_batch
+from jvmail.dispatch.pipeline import LEASE, dispatch, due_mailings, send_batch
 from jvmail.providers.base import Provider
 
 __all__ = ["Actors", "Runtime", "TryLater", "declare"]
@@ -51,6 +51,8 @@ class Runtime:
     database_url: str
     provider: Callable[[int], Provider]
     now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
+    lease: dt.timedelta = LEASE  # how long a claimed batch is a worker's alone
+    relay_after: dt.timedelta = RELAY_AFTER  # a queued mailing this still is re-enqueued
     _engine: Engine | None = field(default=None, repr=False)
     _maker: sessionmaker[Session] | None = field(default=None, repr=False)
 
@@ -78,7 +80,8 @@ def declare(broker: dramatiq.Broker, runtime: Runtime) -> Actors:
 
     def jv_send(mailing_id: int, lo: int, hi: int) -> None:
         with runtime.session() as session:
-            report = send_batch(session, runtime.provider(mailing_id), mailing_id, (lo, hi))
+            provider = runtime.provider(mailing_id)
+            report = send_batch(session, provider, mailing_id, (lo, hi), lease=runtime.lease)
             if report.error and report.retry:
                 raise TryLater(report.error)
 
@@ -94,7 +97,7 @@ def declare(broker: dramatiq.Broker, runtime: Runtime) -> Actors:
             expire(session, now)
             session.commit()
             due = due_mailings(session, dt.datetime.fromisoformat(until) if until else now)
-            stalled = _stalled(session, now - RELAY_AFTER)
+            stalled = _stalled(session, now - runtime.relay_after)
             relayed = [(m, b) for m in stalled for b in batch_bounds(session, m, BATCH)]
         for mailing_id in due:
             dispatch_.send(mailing_id)

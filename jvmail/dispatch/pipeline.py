@@ -45,6 +45,7 @@ from jvmail.dispatch.deliveries import (
 )
 from jvmail.dispatch.mime import Skeleton, skeleton
 from jvmail.dispatch.render import Mailer, TemplateProblem, markers, render
+from jvmail.faults import fault
 from jvmail.providers.base import OutboundBatch, Provider, Recipient
 from jvmail.tracking.links import click_url, open_url, unsubscribe_url
 
@@ -162,6 +163,7 @@ def send_batch(
     report = BatchReport()
     held = claim(session, mailing_id, bounds, lease=lease, limit=limit)
     session.commit()
+    fault("send:after-claim")
     report.claimed = len(held)
     report.suppressed = _count(session, mailing_id, bounds, DeliveryStatus.SUPPRESSED)
     if not held:
@@ -186,6 +188,7 @@ def send_batch(
         tuple(message.recipient(c.delivery_id, c.email, c.first_name) for c in going),
     )
     sent = provider.send(batch)
+    fault("send:after-provider")
     outcomes = [
         Outcome(
             r.delivery_id,

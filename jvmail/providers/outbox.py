@@ -1,8 +1,10 @@
 """The embedded default: every message becomes a real .eml file in a folder.
 
 ``<folder>/<mailing id>/<delivery id>.eml``, written to a temporary name and renamed, so a file
-is either whole or absent; writing a delivery again replaces its file with the same bytes'
-worth of message, never a second copy. Any mail client opens the files.
+is either whole or absent. Any mail client opens the files. ``<folder>/journal.log`` gets one
+line per message handed over (``<mailing id> <delivery id>``), appended in one write per
+request from any number of processes: the outbox's record of what it was given, as a real
+provider's logs would be.
 """
 
 from __future__ import annotations
@@ -36,4 +38,10 @@ class OutboxProvider(Provider):
             partial.write_bytes(data)
             os.replace(partial, final)
             results.append(Result(r.delivery_id, True, batch.skeleton.message_id(r.delivery_id)))
+        lines = "".join(f"{batch.mailing_id} {r.delivery_id}\n" for r in recipients)
+        fd = os.open(self.folder / "journal.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, lines.encode("ascii"))
+        finally:
+            os.close(fd)
         return results

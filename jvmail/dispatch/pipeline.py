@@ -198,11 +198,14 @@ def send_batch(
             r.error,
         )
         for r in sent.results
+        if not r.retry
     ]
     record(session, outcomes)
-    untried = set(sent.untried)
+    later = {r.delivery_id for r in sent.results if r.retry}
+    report.retry = bool(later)
+    untried = set(sent.untried) | later
     release(session, [c for c in going if c.delivery_id in untried])
-    results = sent.results
+    results = [r for r in sent.results if not r.retry]
     if sent.error is not None:
         # Doubtful rows stay in flight until their lease ends, then become unknown for the
         # reconciler: they may have left, so they are never sent again blindly.
@@ -214,7 +217,7 @@ def send_batch(
         elif not problem.transient:
             _fail(session, mailing_id, why)
         else:
-            report.retry = bool(sent.untried)
+            report.retry = report.retry or bool(sent.untried)
     session.commit()
     report.sent = sum(1 for r in results if r.accepted)
     report.refused = len(results) - report.sent

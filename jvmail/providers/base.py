@@ -59,7 +59,8 @@ class Result:
     delivery_id: int
     accepted: bool
     message_id: str | None = None
-    error: str | None = None  # why this recipient was refused (permanent)
+    error: str | None = None  # why this recipient was refused
+    retry: bool = False  # refused for now (e.g. greylisting): send again later
 
 
 class ProviderError(JvmailError):
@@ -77,12 +78,18 @@ class ProviderError(JvmailError):
         auth: bool = False,
         retry_after: float | None = None,
         maybe_sent: bool = False,
+        partial: Sequence[Result] = (),
+        in_doubt: int | None = None,
     ) -> None:
         super().__init__(message, fix)
         self.transient = transient
         self.auth = auth
         self.retry_after = retry_after
         self.maybe_sent = maybe_sent
+        # A provider that sends recipient by recipient (SMTP) reports what it finished before
+        # the failure, and how many after those may have left (one message in flight).
+        self.partial = tuple(partial)
+        self.in_doubt = in_doubt
 
 
 @dataclass
@@ -113,9 +120,11 @@ class Provider(ABC):
                 done.results += self._send(batch, piece)
             except ProviderError as exc:
                 done.error = exc
-                rest = [r.delivery_id for r in people[start:]]
+                done.results += exc.partial
+                rest = [r.delivery_id for r in people[start + len(exc.partial) :]]
                 if exc.maybe_sent:
-                    done.doubtful, done.untried = rest[: len(piece)], rest[len(piece) :]
+                    doubt = len(piece) - len(exc.partial) if exc.in_doubt is None else exc.in_doubt
+                    done.doubtful, done.untried = rest[:doubt], rest[doubt:]
                 else:
                     done.untried = rest
                 break

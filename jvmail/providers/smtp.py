@@ -1,0 +1,152 @@
+"""SMTP: one transaction per message over a kept-open connection.
+
+The connection is opened on first use (STARTTLS or implicit TLS as configured, login when a
+username is given) and kept for the following pieces; TCP_NODELAY is set so each small command
+goes out at once instead of waiting on Nagle's algorithm and the peer's delayed ACK. Each
+message comes whole from the mailing's pre-built MIME skeleton.
+
+Answers are classified per recipient: 5xx refuses that address for good (recorded, not
+retried); 4xx asks to try later (greylisting, mailbox busy): the row goes back to pending. A
+refused login pauses the account's mailings. A connection lost before the server answered the
+end of a message leaves that one message in doubt, never resent; the rest go later.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+import ssl
+from collections.abc import Sequence
+
+from jvmail.providers.base import (
+    Capabilities,
+    OutboundBatch,
+    Provider,
+    ProviderError,
+    Recipient,
+    Result,
+)
+
+__all__ = ["SmtpProvider"]
+
+_OK = 250
+
+
+class SmtpProvider(Provider):
+    name = "smtp"
+    capabilities = Capabilities(max_batch=100, substitution=False, metadata=True)
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        security: str,
+        from_addr: str,
+        username: str | None = None,
+        password: str | None = None,
+        timeout: float = 30.0,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self.host, self.port, self.security = host, port, security
+        self.from_addr = from_addr
+        self.username, self.password = username, password
+        self.timeout = timeout
+        self.tls = tls or ssl.create_default_context()
+        self._conn: smtplib.SMTP | None = None
+
+    def _connect(self) -> smtplib.SMTP:
+        if self._conn is not None:
+            return self._conn
+        conn: smtplib.SMTP | None = None
+        try:
+            if self.security == "tls":
+                conn = smtplib.SMTP_SSL(
+                    self.host, self.port, timeout=self.timeout, context=self.tls
+                )
+            else:
+                conn = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+            if conn.sock is not None:
+                conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.ehlo()
+            if self.security == "starttls":
+                conn.starttls(context=self.tls)
+                conn.ehlo()
+            if self.username:
+                conn.login(self.username, self.password or "")
+        except smtplib.SMTPAuthenticationError as exc:
+            _drop(conn)
+            raise ProviderError(
+                f"SMTP login to {self.host} refused: {exc.smtp_code} {_text(exc.smtp_error)}",
+                "check the username and password env vars named in the partner's [provider]",
+                transient=False,
+                auth=True,
+            ) from exc
+        except (OSError, smtplib.SMTPException) as exc:
+            _drop(conn)
+            raise ProviderError(
+                f"cannot connect to SMTP {self.host}:{self.port}: {exc}",
+                "check host, port and security in the partner's [provider]",
+                transient=True,
+            ) from exc
+        self._conn = conn
+        return conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.quit()
+            except (OSError, smtplib.SMTPException):
+                self._conn.close()
+            self._conn = None
+
+    def _send(self, batch: OutboundBatch, recipients: Sequence[Recipient]) -> list[Result]:
+        conn = self._connect()
+        done: list[Result] = []
+        for r in recipients:
+            data = batch.skeleton.message(
+                r.delivery_id, r.email, r.values, batch.unsubscribe_mailto
+            )
+            try:
+                conn.sendmail(self.from_addr, [r.email], data)
+            except smtplib.SMTPRecipientsRefused as exc:
+                code, why = exc.recipients[r.email]
+                done.append(_refused(r, code, why))
+            except smtplib.SMTPResponseException as exc:
+                done.append(_refused(r, exc.smtp_code, exc.smtp_error))
+                if exc.smtp_code == 421:  # the server is closing the connection: stop here
+                    self.close()
+                    raise ProviderError(
+                        f"SMTP {self.host} is closing the connection: {_text(exc.smtp_error)}",
+                        "the server asked to come back later; the rest go on the next try",
+                        transient=True,
+                        partial=done,
+                    ) from exc
+            except (smtplib.SMTPServerDisconnected, OSError) as exc:
+                _drop(conn)
+                self._conn = None
+                raise ProviderError(
+                    f"SMTP connection to {self.host} lost: {exc}",
+                    "the server or network dropped the connection; the next run goes on",
+                    transient=True,
+                    maybe_sent=True,
+                    partial=done,
+                    in_doubt=1,
+                ) from exc
+            else:
+                done.append(Result(r.delivery_id, True, batch.skeleton.message_id(r.delivery_id)))
+        return done
+
+
+def _drop(conn: smtplib.SMTP | None) -> None:
+    if conn is not None:
+        conn.close()
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+
+
+def _refused(r: Recipient, code: int, why: bytes | str) -> Result:
+    error = f"{code} {_text(why)}"[:1000]
+    return Result(r.delivery_id, False, error=error, retry=400 <= code < 500)

@@ -30,8 +30,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from jvmail.db import make_engine, make_sessionmaker
 from jvmail.db.models import Delivery, DeliveryStatus, Mailing, MailingStatus
 from jvmail.dispatch.deliveries import batch_bounds, expire
-from jvmail.dispatch.pipeline import LEASE, dispatch, due_mailings, send_batch
-from jvmail.providers.base import Provider
+from jvmail.dispatch.pipeline import (
+    LEASE,
+    dispatch,
+    due_mailings,
+    fail_mailing,
+    pause_mailing,
+    send_batch,
+)
+from jvmail.providers.base import Provider, ProviderError
 
 __all__ = ["Actors", "Runtime", "TryLater", "declare"]
 
@@ -80,7 +87,13 @@ def declare(broker: dramatiq.Broker, runtime: Runtime) -> Actors:
 
     def jv_send(mailing_id: int, lo: int, hi: int) -> None:
         with runtime.session() as session:
-            provider = runtime.provider(mailing_id)
+            try:
+                provider = runtime.provider(mailing_id)
+            except ProviderError as exc:
+                why = f"{exc.message} (fix: {exc.fix})"
+                (pause_mailing if exc.auth else fail_mailing)(session, mailing_id, why)
+                session.commit()
+                return
             report = send_batch(session, provider, mailing_id, (lo, hi), lease=runtime.lease)
             if report.error and report.retry:
                 raise TryLater(report.error)

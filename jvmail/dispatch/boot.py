@@ -2,36 +2,70 @@
 environment.
 
 ``JVMAIL_REDIS_URL`` (the broker; required for workers), ``JVMAIL_DATABASE_URL`` (default
-``sqlite:///jvmail.db``), ``JVMAIL_OUTBOX`` (the outbox folder every message goes to; default
-``outbox``), ``JVMAIL_LEASE_SECONDS`` (how long a claimed batch is one worker's; default 600)
-and ``JVMAIL_REDIS_NAMESPACE`` (to keep several hubs on one Redis apart; default ``jvmail``).
+``sqlite:///jvmail.db``), ``JVMAIL_OUTBOX`` (when set, every message goes to this outbox folder
+instead of the senders' own accounts), ``JVMAIL_LEASE_SECONDS`` (how long a claimed batch is
+one worker's; default 600) and ``JVMAIL_REDIS_NAMESPACE`` (to keep several hubs on one Redis
+apart; default ``jvmail``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import dramatiq
+from sqlalchemy import select
 
 from jvmail.broker import make_broker
 from jvmail.db import DEFAULT_DATABASE_URL
+from jvmail.db.models import Mailing, Partner
 from jvmail.dispatch.actors import Actors, Runtime, declare
-from jvmail.providers.outbox import OutboxProvider
+from jvmail.providers.base import Provider
+from jvmail.providers.factory import build_provider
 
 __all__ = ["actors", "broker", "runtime_from_env"]
 
 
 def runtime_from_env() -> Runtime:
-    outbox = OutboxProvider(Path(os.environ.get("JVMAIL_OUTBOX", "outbox")))
+    outbox = os.environ.get("JVMAIL_OUTBOX")
     lease = dt.timedelta(seconds=float(os.environ.get("JVMAIL_LEASE_SECONDS", "600")))
-    return Runtime(
+    runtime = Runtime(
         os.environ.get("JVMAIL_DATABASE_URL", DEFAULT_DATABASE_URL),
-        lambda _mailing: outbox,
+        lambda _mailing: _no_provider(),
         lease=lease,
         relay_after=max(lease / 5, dt.timedelta(seconds=1)),
     )
+    runtime.provider = senders_accounts(runtime, Path(outbox) if outbox else None)
+    return runtime
+
+
+def senders_accounts(runtime: Runtime, outbox: Path | None) -> Callable[[int], Provider]:
+    """Mailing id -> its sender's provider, one per sender and thread (SMTP connections are
+    kept open, and are not shared between threads)."""
+    local = threading.local()
+
+    def provider(mailing_id: int) -> Provider:
+        cache: dict[int, Provider] = local.__dict__.setdefault("cache", {})
+        with runtime.session() as session:
+            sender = session.scalars(
+                select(Partner)
+                .join(Mailing, Mailing.sender_id == Partner.id)
+                .where(Mailing.id == mailing_id)
+            ).one()
+            if sender.id not in cache:
+                cache[sender.id] = build_provider(
+                    sender.slug, sender.contact_email, sender.provider, outbox=outbox
+                )
+            return cache[sender.id]
+
+    return provider
+
+
+def _no_provider() -> Provider:
+    raise AssertionError("replaced in runtime_from_env")
 
 
 broker = make_broker(

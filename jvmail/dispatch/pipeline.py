@@ -49,7 +49,16 @@ from jvmail.faults import fault
 from jvmail.providers.base import OutboundBatch, Provider, Recipient
 from jvmail.tracking.links import click_url, open_url, unsubscribe_url
 
-__all__ = ["BatchReport", "Message", "dispatch", "due_mailings", "load_message", "send_batch"]
+__all__ = [
+    "BatchReport",
+    "Message",
+    "dispatch",
+    "due_mailings",
+    "fail_mailing",
+    "load_message",
+    "pause_mailing",
+    "send_batch",
+]
 
 LEASE = dt.timedelta(minutes=10)
 UNFINISHED = (DeliveryStatus.PENDING, DeliveryStatus.CLAIMED, DeliveryStatus.SENDING)
@@ -172,7 +181,7 @@ def send_batch(
     try:
         message = load_message(session, mailing_id)
     except TemplateProblem as exc:
-        _fail(session, mailing_id, f"{exc.message} (fix: {exc.fix})")
+        fail_mailing(session, mailing_id, f"{exc.message} (fix: {exc.fix})")
         report.error = exc.message
         return report
     going = start(session, held)
@@ -213,9 +222,9 @@ def send_batch(
         report.error = problem.message
         why = f"{provider.name}: {problem.message} (fix: {problem.fix})"
         if problem.auth:
-            _pause(session, mailing_id, why)
+            pause_mailing(session, mailing_id, why)
         elif not problem.transient:
-            _fail(session, mailing_id, why)
+            fail_mailing(session, mailing_id, why)
         else:
             report.retry = report.retry or bool(sent.untried)
     session.commit()
@@ -259,7 +268,7 @@ def _finish(session: Session, mailing_id: int) -> None:
         session.commit()
 
 
-def _pause(session: Session, mailing_id: int, why: str) -> None:
+def pause_mailing(session: Session, mailing_id: int, why: str) -> None:
     """The sender's account refused our credentials: the mailing waits, saying why."""
     session.execute(
         update(Mailing)
@@ -268,7 +277,7 @@ def _pause(session: Session, mailing_id: int, why: str) -> None:
     )
 
 
-def _fail(session: Session, mailing_id: int, why: str) -> None:
+def fail_mailing(session: Session, mailing_id: int, why: str) -> None:
     """The mailing cannot be sent: it fails with the reason; its rows are released unsent."""
     now = dt.datetime.now(dt.UTC)
     session.execute(

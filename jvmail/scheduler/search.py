@@ -51,6 +51,7 @@ class Board:
         self.pen = _penalty(self.tau, self.w1, self.w2)
         self.pen_now = [self.pen(p, b) for p, b in enumerate(self.balance)]
         self.locked = bytearray(bool(x) for x in locked) or bytearray(len(self.arcs))
+        self.any_locked = any(self.locked)
         self.bonus = list(bonus) or [0.0] * len(self.arcs)
         self.chosen = bytearray(len(self.arcs))
         self.on_list: list[list[int]] = [[] for _ in self.list_cap]
@@ -238,6 +239,22 @@ class Board:
             total -= pen(p, balance[p] + d) - now[p]
         return total
 
+    def _double_gain(self, b: int, c: int, a: int) -> float:
+        """``gain([b, c], a)``, the same sums in the same order, without its generic setup."""
+        value, owners, bonus = self.a_value, self.a_owners, self.bonus
+        v, vb, vc = value[a], value[b], value[c]
+        o, q = owners[a]
+        ob, qb = owners[b]
+        oc, qc = owners[c]
+        total = 0.0 - (vb + bonus[b]) - (vc + bonus[c]) + (v + bonus[a])
+        moved: dict[int, float] = {}
+        for p, d in ((ob, -vb), (qb, vb), (oc, -vc), (qc, vc), (o, v), (q, -v)):
+            moved[p] = moved.get(p, 0.0) + d
+        balance, pen, now = self.balance, self.pen, self.pen_now
+        for p, d in moved.items():
+            total -= pen(p, balance[p] + d) - now[p]
+        return total
+
     def swap(self, remove: Sequence[int], add: int) -> None:
         for b in remove:
             self.toggle(b)
@@ -259,8 +276,10 @@ class Board:
         promo_full = len(self.on_promo[j]) >= self.promo_want[j]
         pair = self.on_pair.get(self.a_owners[a], [])
         pair_full = len(pair) >= self.pair_cap
-        on_list = [b for b in self.on_list[i] if not locked[b]]
-        on_promo = [c for c in self.on_promo[j] if not locked[c]]
+        on_list, on_promo = self.on_list[i], self.on_promo[j]  # read, never changed, below
+        if self.any_locked:
+            on_list = [b for b in on_list if not locked[b]]
+            on_promo = [c for c in on_promo if not locked[c]]
         best: tuple[float, list[int]] | None = None
         if not (list_full or promo_full or pair_full):
             d = self.gain((), a)
@@ -277,13 +296,13 @@ class Board:
                 if d > floor and self.allowed((b,), a):
                     best, floor = (d, [b]), d
         if promo_full:
-            for b in on_list:
-                for c in on_promo:
-                    if pair_full and b not in pair and c not in pair:
-                        continue
-                    d = self.gain((b, c), a)
-                    if d > floor and self.allowed((b, c), a):
-                        best, floor = (d, [b, c]), d
+            pairs = [(b, c) for b in on_list for c in on_promo]
+            if pair_full:  # one of the two must free a place in the pair
+                pairs = [(b, c) for b, c in pairs if b in pair or c in pair]
+            for b, c in pairs:
+                d = self._double_gain(b, c, a)
+                if d > floor and self.allowed((b, c), a):
+                    best, floor = (d, [b, c]), d
         return best
 
     def anneal(self, rng: random.Random, rounds: int, temperature: float) -> None:

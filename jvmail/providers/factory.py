@@ -1,0 +1,67 @@
+"""Which provider sends a mailing: the list owner's own account, built from its `[provider]`.
+
+Secrets are never in config or the database: the config names environment variables, read
+here when a mailing is about to be sent. A missing one is a :class:`ProviderError` that fails
+the mailing with a message naming the variable, before anything is sent.
+
+``outbox`` overrides every account (the embedded default, and a dry run of a real hub): all
+messages become .eml files in that folder.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from jvmail.providers.base import Provider, ProviderError
+from jvmail.providers.outbox import OutboxProvider
+from jvmail.providers.smtp import SmtpProvider
+
+__all__ = ["build_provider"]
+
+
+def _secret(env: Mapping[str, str], account: Mapping[str, Any], key: str, partner: str) -> str:
+    name = account.get(key)
+    if not name:
+        return ""
+    value = env.get(str(name), "")
+    if not value:
+        raise ProviderError(
+            f"partner {partner}: environment variable {name} ({key} of its [provider]) is not set",
+            f"export {name}=... in the workers' environment, or send to an outbox "
+            "(JVMAIL_OUTBOX / jvmail run --outbox DIR)",
+            transient=False,
+        )
+    return value
+
+
+def build_provider(
+    partner: str,
+    contact_email: str,
+    account: Mapping[str, Any],
+    *,
+    outbox: Path | None = None,
+    env: Mapping[str, str] = os.environ,
+) -> Provider:
+    """The provider for ``partner``'s account (its `[provider]` table as synced)."""
+    if outbox is not None:
+        return OutboxProvider(outbox)
+    kind = account.get("kind")
+    if kind == "outbox":
+        return OutboxProvider(Path(str(account.get("directory", "outbox"))))
+    if kind == "smtp":
+        return SmtpProvider(
+            str(account["host"]),
+            int(account.get("port", 587)),
+            security=str(account.get("security", "starttls")),
+            from_addr=str(account.get("from_email") or contact_email),
+            username=_secret(env, account, "username_env", partner) or None,
+            password=_secret(env, account, "password_env", partner) or None,
+        )
+    raise ProviderError(
+        f"partner {partner}: sending through {kind} is not available in this version",
+        "send to an outbox (JVMAIL_OUTBOX / jvmail run --outbox DIR) or use an smtp account",
+        transient=False,
+    )

@@ -1,0 +1,52 @@
+"""Building a sender's provider from its synced [provider] table; secrets from the environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jvmail.providers.base import ProviderError
+from jvmail.providers.factory import build_provider
+from jvmail.providers.outbox import OutboxProvider
+from jvmail.providers.smtp import SmtpProvider
+
+SMTP = {
+    "kind": "smtp",
+    "host": "smtp.sender.example",
+    "port": 2525,
+    "security": "tls",
+    "username_env": "SENDER_SMTP_USER",
+    "password_env": "SENDER_SMTP_PASSWORD",
+}
+
+
+def test_smtp_reads_its_secrets_from_the_named_variables() -> None:
+    env = {"SENDER_SMTP_USER": "mailer", "SENDER_SMTP_PASSWORD": "pw"}
+    provider = build_provider("sender", "team@sender.example", SMTP, env=env)
+    assert isinstance(provider, SmtpProvider)
+    assert (provider.host, provider.port, provider.security) == ("smtp.sender.example", 2525, "tls")
+    assert (provider.username, provider.password) == ("mailer", "pw")
+    assert provider.from_addr == "team@sender.example"
+
+
+def test_a_missing_secret_names_the_variable_and_is_not_worth_retrying() -> None:
+    with pytest.raises(ProviderError) as caught:
+        build_provider("sender", "team@sender.example", SMTP, env={"SENDER_SMTP_USER": "m"})
+    assert "SENDER_SMTP_PASSWORD" in caught.value.message
+    assert "partner sender" in caught.value.message
+    assert not caught.value.transient
+    assert "export SENDER_SMTP_PASSWORD" in caught.value.fix
+
+
+def test_an_outbox_overrides_every_account(tmp_path: Path) -> None:
+    provider = build_provider(
+        "sender", "t@s.example", {"kind": "sendgrid"}, outbox=tmp_path, env={}
+    )
+    assert isinstance(provider, OutboxProvider)
+    assert provider.folder == tmp_path
+
+
+def test_a_provider_this_version_cannot_send_through_says_so() -> None:
+    with pytest.raises(ProviderError, match="sending through sendgrid is not available"):
+        build_provider("sender", "t@s.example", {"kind": "sendgrid", "api_key_env": "K"}, env={})

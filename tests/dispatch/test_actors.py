@@ -1,0 +1,71 @@
+"""The actors on the in-process broker: what `jvmail run` does, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from jvmail.db.models import Delivery, Mailing, MailingStatus
+from jvmail.dispatch.actors import Runtime
+from jvmail.dispatch.runner import run_due
+from jvmail.providers.base import Provider, ProviderError
+from tests.dispatch.conftest import WHEN, Hub
+from tests.dispatch.test_pipeline import Recording
+
+
+def _statuses(session: Session) -> dict[str, int]:
+    session.expire_all()
+    rows = session.execute(select(Delivery.status, func.count()).group_by(Delivery.status)).all()
+    return {str(s): n for s, n in rows}
+
+
+def test_a_passing_refusal_is_retried_later_and_sends_each_message_once(
+    session: Session, hub: Hub, db_url: str, tmp_path: Path
+) -> None:
+    provider = Recording(tmp_path)
+    provider.fail = ProviderError("429 Too Many Requests", "slow down", transient=True)
+    provider.fail_on_call = 2
+    calls = {"n": 0}
+
+    def flaky(_mailing: int) -> Provider:
+        calls["n"] += 1
+        if calls["n"] == 2:  # the provider recovers for the retry
+            provider.fail = None
+        return provider
+
+    runtime = Runtime(db_url, flaky)
+    try:
+        report = run_due(runtime, WHEN)
+    finally:
+        runtime.close()
+    assert _statuses(session) == {"accepted": 24, "failed": 1}
+    assert set(provider.seen.values()) == {1}
+    assert calls["n"] == 2  # the batch ran twice: once refused half way, once to the end
+    assert report.sent == 24
+    assert [m.status for m in report.mailings] == ["sent"]
+
+
+def test_a_sender_without_its_secret_fails_its_mailing_naming_the_variable(
+    session: Session, hub: Hub, db_url: str
+) -> None:
+    def missing(_mailing: int) -> Provider:
+        raise ProviderError(
+            "partner sender: environment variable SENDER_SMTP_PASSWORD is not set",
+            "export SENDER_SMTP_PASSWORD=...",
+            transient=False,
+        )
+
+    runtime = Runtime(db_url, missing)
+    try:
+        report = run_due(runtime, WHEN)
+    finally:
+        runtime.close()
+    session.expire_all()
+    mailing = session.get(Mailing, hub.mailing.id)
+    assert mailing is not None
+    assert mailing.status == MailingStatus.FAILED
+    assert "SENDER_SMTP_PASSWORD is not set" in (mailing.error or "")
+    assert _statuses(session) == {"failed": 25}
+    assert report.sent == 0

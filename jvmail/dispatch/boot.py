@@ -57,7 +57,11 @@ def senders_accounts(runtime: Runtime, outbox: Path | None) -> Callable[[int], P
             ).one()
             if sender.id not in cache:
                 cache[sender.id] = build_provider(
-                    sender.slug, sender.contact_email, sender.provider, outbox=outbox
+                    sender.slug,
+                    sender.contact_email,
+                    sender.provider,
+                    name=sender.name,
+                    outbox=outbox,
                 )
             return cache[sender.id]
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from jvmail.providers.base import Provider, ProviderError
 from jvmail.providers.outbox import OutboxProvider
+from jvmail.providers.sendgrid import SendGridProvider
 from jvmail.providers.smtp import SmtpProvider
 
 __all__ = ["build_provider"]
@@ -42,10 +43,12 @@ def build_provider(
     contact_email: str,
     account: Mapping[str, Any],
     *,
+    name: str = "",
     outbox: Path | None = None,
     env: Mapping[str, str] = os.environ,
 ) -> Provider:
-    """The provider for ``partner``'s account (its `[provider]` table as synced)."""
+    """The provider for ``partner``'s account (its `[provider]` table as synced); ``name`` is
+    the partner's display name, the From name unless the account sets ``from_name``."""
     if outbox is not None:
         return OutboxProvider(outbox)
     kind = account.get("kind")
@@ -60,8 +63,15 @@ def build_provider(
             username=_secret(env, account, "username_env", partner) or None,
             password=_secret(env, account, "password_env", partner) or None,
         )
+    if kind == "sendgrid":
+        return SendGridProvider(
+            _secret(env, account, "api_key_env", partner),
+            from_addr=str(account.get("from_email") or contact_email),
+            from_name=str(account.get("from_name") or name or partner),
+        )
     raise ProviderError(
         f"partner {partner}: sending through {kind} is not available in this version",
-        "send to an outbox (JVMAIL_OUTBOX / jvmail run --outbox DIR) or use an smtp account",
+        "send to an outbox (JVMAIL_OUTBOX / jvmail run --outbox DIR), or use an smtp or "
+        "sendgrid account",
         transient=False,
     )

@@ -9,6 +9,7 @@ import pytest
 from jvmail.providers.base import ProviderError
 from jvmail.providers.factory import build_provider
 from jvmail.providers.outbox import OutboxProvider
+from jvmail.providers.sendgrid import SendGridProvider
 from jvmail.providers.smtp import SmtpProvider
 
 SMTP = {
@@ -47,6 +48,21 @@ def test_an_outbox_overrides_every_account(tmp_path: Path) -> None:
     assert provider.folder == tmp_path
 
 
+def test_sendgrid_takes_its_key_and_the_partners_name() -> None:
+    account = {"kind": "sendgrid", "api_key_env": "SENDER_SG_KEY"}
+    provider = build_provider(
+        "sender", "t@s.example", account, name="Sender Co", env={"SENDER_SG_KEY": "SG.k"}
+    )
+    assert isinstance(provider, SendGridProvider)
+    assert (provider.api_key, provider.from_addr, provider.from_name) == (
+        "SG.k",
+        "t@s.example",
+        "Sender Co",
+    )
+    with pytest.raises(ProviderError, match="SENDER_SG_KEY"):
+        build_provider("sender", "t@s.example", account, env={})
+
+
 def test_a_provider_this_version_cannot_send_through_says_so() -> None:
-    with pytest.raises(ProviderError, match="sending through sendgrid is not available"):
-        build_provider("sender", "t@s.example", {"kind": "sendgrid", "api_key_env": "K"}, env={})
+    with pytest.raises(ProviderError, match="sending through postmark is not available"):
+        build_provider("sender", "t@s.example", {"kind": "postmark"}, env={})

@@ -1,0 +1,90 @@
+"""What the HTTP providers share: one request, its answer classified.
+
+* 2xx: the provider took the request.
+* 401 / 403: the account's key was refused: the account's mailings pause (``auth``).
+* 429 and 5xx: a passing refusal, retried later (``Retry-After`` honoured when given).
+* other 4xx: the request itself is wrong: not retried; the message carries the provider's own
+  words so the cause can be fixed.
+* no connection: retried later; nothing left.
+* a timeout after the request was sent: the provider may have it: ``maybe_sent``, never resent.
+
+Bodies are serialized with orjson.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+import requests
+
+from jvmail.providers.base import ProviderError
+
+__all__ = ["TIMEOUT", "post"]
+
+TIMEOUT = (5.0, 30.0)  # seconds to connect, seconds to wait for the answer
+
+
+def post(
+    session: requests.Session,
+    name: str,
+    url: str,
+    *,
+    json: object | None = None,
+    data: Mapping[str, Any] | list[tuple[str, str]] | None = None,
+    headers: Mapping[str, str] | None = None,
+    auth: tuple[str, str] | None = None,
+    timeout: tuple[float, float] = TIMEOUT,
+) -> requests.Response:
+    """POST and return a 2xx answer; anything else raises :class:`ProviderError`."""
+    sent_headers = dict(headers or {})
+    body: bytes | Mapping[str, Any] | list[tuple[str, str]] | None = data
+    if json is not None:
+        body = orjson.dumps(json)
+        sent_headers["Content-Type"] = "application/json"
+    try:
+        answer = session.post(url, data=body, headers=sent_headers, auth=auth, timeout=timeout)
+    except requests.ConnectionError as exc:
+        raise ProviderError(
+            f"{name}: cannot connect ({exc.__class__.__name__})",
+            "the provider or the network is down; the batch is retried later",
+            transient=True,
+        ) from exc
+    except requests.Timeout as exc:
+        raise ProviderError(
+            f"{name}: no answer within {timeout[1]:g} s after sending",
+            "the provider may have taken these messages: they wait for its events, not resent",
+            transient=True,
+            maybe_sent=True,
+        ) from exc
+    status = answer.status_code
+    if 200 <= status < 300:
+        return answer
+    said = answer.text[:300].strip()
+    if status in (401, 403):
+        raise ProviderError(
+            f"{name}: the account's key was refused ({status}: {said})",
+            "check the API key env var named in the partner's [provider]; its mailings are paused",
+            transient=False,
+            auth=True,
+        )
+    if status == 429 or status >= 500:
+        raise ProviderError(
+            f"{name}: {status} {answer.reason} ({said})",
+            "a passing refusal; the batch is retried later",
+            transient=True,
+            retry_after=_seconds(answer.headers.get("Retry-After")),
+        )
+    raise ProviderError(
+        f"{name}: the request was refused ({status}: {said})",
+        "the provider's message above says what to change",
+        transient=False,
+    )
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None

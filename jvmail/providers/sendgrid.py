@@ -1,0 +1,86 @@
+"""SendGrid v3 ``POST /v3/mail/send``: up to 1,000 personalizations a request.
+
+The message is sent once per request; each recipient is a personalization with its own
+substitutions (our per-recipient markers), its own unsubscribe headers and the delivery and
+mailing ids as custom args (numbers only: custom args are kept long-term, so no address or
+partner name goes there; the published schema types the top-level ``custom_args`` as a string,
+so they sit on each personalization). A marker appears in the HTML part under another key
+(``%%JVH_...``) so its value can be HTML-escaped there and plain in the text part.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import requests
+from markupsafe import escape
+
+from jvmail.providers.base import Capabilities, OutboundBatch, Provider, Recipient, Result
+from jvmail.providers.http import TIMEOUT, post
+
+__all__ = ["SendGridProvider"]
+
+API = "https://api.sendgrid.com"
+
+
+class SendGridProvider(Provider):
+    name = "sendgrid"
+    capabilities = Capabilities(max_batch=1000, substitution=True, metadata=True)
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        from_addr: str,
+        from_name: str,
+        api: str = API,
+        timeout: tuple[float, float] = TIMEOUT,
+    ) -> None:
+        self.api_key, self.from_addr, self.from_name, self.api = api_key, from_addr, from_name, api
+        self.timeout = timeout
+        self.http = requests.Session()
+
+    def body(self, batch: OutboundBatch, recipients: Sequence[Recipient]) -> dict[str, Any]:
+        rendered = batch.skeleton.rendered
+        personalizations = []
+        for r in recipients:
+            subs = {f"%%JV_{k}%%": v for k, v in r.values.items()}
+            subs |= {f"%%JVH_{k}%%": str(escape(v)) for k, v in r.values.items()}
+            personalizations.append(
+                {
+                    "to": [{"email": r.email}],
+                    "substitutions": subs,
+                    "custom_args": {
+                        "jv_delivery": str(r.delivery_id),
+                        "jv_mailing": str(batch.mailing_id),
+                    },
+                    "headers": {
+                        "List-Unsubscribe": (
+                            f"<{r.values['UNSUBSCRIBE']}>, <{batch.unsubscribe_mailto}>"
+                        ),
+                        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+                    },
+                }
+            )
+        return {
+            "personalizations": personalizations,
+            "from": {"email": self.from_addr, "name": self.from_name},
+            "subject": rendered.subject,
+            "content": [
+                {"type": "text/plain", "value": rendered.text},
+                {"type": "text/html", "value": rendered.html.replace("%%JV_", "%%JVH_")},
+            ],
+        }
+
+    def _send(self, batch: OutboundBatch, recipients: Sequence[Recipient]) -> list[Result]:
+        answer = post(
+            self.http,
+            "SendGrid",
+            f"{self.api}/v3/mail/send",
+            json=self.body(batch, recipients),
+            headers={"Authorization": f"Bearer {self.api_key}"},
+            timeout=self.timeout,
+        )
+        message_id = answer.headers.get("X-Message-Id")
+        return [Result(r.delivery_id, True, message_id) for r in recipients]

@@ -1,0 +1,140 @@
+"""Local servers that speak the providers' documented send APIs, for the provider tests.
+
+Each checks auth, validates the request body against the provider's published schema (copied
+under tests/providers/specs, with their sources and licences in its README), enforces the
+documented limits, answers with the documented success and error bodies, and records every
+recipient it accepted. Tests
+can script answers: a status with headers, or a hang past the client's timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+SPECS = Path(__file__).parent / "specs"
+
+
+@dataclass
+class Scripted:
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: dict[str, Any] = field(default_factory=dict)
+    hang: float = 0.0  # seconds to wait before answering (past the client's timeout)
+
+
+@dataclass
+class Fake:
+    url: str = ""
+    accepted: list[tuple[str, str]] = field(default_factory=list)  # (address, delivery id)
+    requests: int = 0
+    script: list[Scripted] = field(default_factory=list)
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _error(message: str) -> dict[str, Any]:
+    return {"errors": [{"message": message, "field": None}]}
+
+
+def _sendgrid_validator() -> Draft202012Validator:
+    spec = json.loads((SPECS / "sendgrid" / "tsg_mail_v3.json").read_text())
+    root = dict(spec)
+    root["$ref"] = "#/components/requestBodies/PostMailSend/content/application~1json/schema"
+    return Draft202012Validator(root)
+
+
+def sendgrid_handler(fake: Fake, key: str) -> Callable[[BaseHTTPRequestHandler], None]:
+    validator = _sendgrid_validator()
+
+    def handle(h: BaseHTTPRequestHandler) -> None:
+        fake.requests += 1
+        raw = h.rfile.read(int(h.headers.get("Content-Length", "0")))
+        if fake.script:
+            scripted = fake.script.pop(0)
+            if scripted.hang:
+                time.sleep(scripted.hang)  # the fake provider being slow, not a test waiting
+                if scripted.status == 202:
+                    _take(fake, json.loads(raw))
+            _answer(h, scripted.status, scripted.body, scripted.headers)
+            return
+        if h.path != "/v3/mail/send":
+            _answer(h, 404, _error("not found"))
+            return
+        if h.headers.get("Authorization") != f"Bearer {key}":
+            _answer(h, 401, _error("authorization required"))
+            return
+        if len(raw) >= 30 * 1024 * 1024:
+            _answer(h, 413, _error("content too large"))
+            return
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            _answer(h, 400, _error("invalid request"))
+            return
+        problems = sorted(e.message for e in validator.iter_errors(body))
+        recipients = sum(len(p.get("to", [])) for p in body.get("personalizations", []))
+        if recipients > 1000:
+            problems.append(f"{recipients} recipients in one request; the limit is 1000")
+        if problems:
+            _answer(h, 400, {"errors": [{"message": m, "field": None} for m in problems]})
+            return
+        _take(fake, body)
+        _answer(h, 202, None, {"X-Message-Id": f"sg{fake.requests}"})
+
+    return handle
+
+
+def _take(fake: Fake, body: dict[str, Any]) -> None:
+    fake.bodies.append(body)
+    for p in body["personalizations"]:
+        fake.accepted += [(t["email"], p["custom_args"]["jv_delivery"]) for t in p["to"]]
+
+
+def _answer(
+    h: BaseHTTPRequestHandler,
+    status: int,
+    body: dict[str, Any] | None,
+    headers: dict[str, str] | None = None,
+) -> None:
+    data = json.dumps(body).encode() if body is not None else b""
+    h.send_response(status)
+    for k, v in (headers or {}).items():
+        h.send_header(k, v)
+    h.send_header("Content-Length", str(len(data)))
+    if data:
+        h.send_header("Content-Type", "application/json")
+    h.end_headers()
+    with contextlib.suppress(BrokenPipeError):  # the client gave up waiting (hang scripts)
+        h.wfile.write(data)
+
+
+@contextmanager
+def serve(handle: Callable[[BaseHTTPRequestHandler], None], fake: Fake) -> Iterator[Fake]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            handle(self)
+
+        def log_message(self, format: str, *args: object) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        yield fake
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

@@ -1,0 +1,132 @@
+"""SendGrid against a local server that speaks /v3/mail/send and validates bodies with its spec."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from jvmail.dispatch.mime import skeleton
+from jvmail.dispatch.render import Mailer, markers, render
+from jvmail.providers.base import OutboundBatch, Recipient
+from jvmail.providers.sendgrid import SendGridProvider
+from tests.providers.fakes import Fake, Scripted, sendgrid_handler, serve
+
+KEY = "SG.test-key"
+MAILER = Mailer("Sender Co", "1 Canal Street, Springfield", "Weekly", "Owner Inc")
+
+
+@pytest.fixture
+def fake() -> Iterator[Fake]:
+    state = Fake()
+    with serve(sendgrid_handler(state, KEY), state):
+        yield state
+
+
+def _batch(count: int) -> OutboundBatch:
+    rendered = render(
+        "offer",
+        "Hi {{ first_name }}",
+        "<p>Hi {{ first_name }}, <a href='https://o.example/x'>x</a></p>",
+        "Hi {{ first_name }}, https://o.example/x",
+        MAILER,
+    )
+    layout = skeleton(
+        rendered,
+        from_name="Sender Co",
+        from_addr="news@s.example",
+        mailing_id=9,
+        domain="jv.example",
+    )
+    people = tuple(
+        Recipient(
+            n,
+            f"r{n}@mail.example",
+            markers(
+                "<Bo>" if n == 1 else f"R{n}",
+                [f"https://jv.example/c/{n}"],
+                f"https://jv.example/u/{n}",
+                "o",
+            ),
+        )
+        for n in range(1, count + 1)
+    )
+    return OutboundBatch(9, layout, "mailto:news@s.example", people)
+
+
+def _provider(fake: Fake, key: str = KEY) -> SendGridProvider:
+    return SendGridProvider(key, from_addr="news@s.example", from_name="Sender Co", api=fake.url)
+
+
+def test_one_request_per_thousand_recipients_each_with_its_own_parts(fake: Fake) -> None:
+    sent = _provider(fake).send(_batch(2500))
+    assert sent.error is None
+    assert fake.requests == 3
+    assert len(sent.results) == 2500
+    assert all(r.accepted for r in sent.results)
+    assert sorted(int(d) for _, d in fake.accepted) == list(range(1, 2501))
+    first = fake.bodies[0]["personalizations"][0]
+    assert first["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert (
+        first["headers"]["List-Unsubscribe"] == "<https://jv.example/u/1>, <mailto:news@s.example>"
+    )
+    # What SendGrid will show recipient 1: its substitutions applied to the shared body.
+    html = fake.bodies[0]["content"][1]["value"]
+    text = fake.bodies[0]["content"][0]["value"]
+    subs = first["substitutions"]
+    for key, value in subs.items():
+        html, text = html.replace(key, value), text.replace(key, value)
+    assert "Hi &lt;Bo&gt;," in html
+    assert "Hi <Bo>," in text
+    assert "https://jv.example/c/1" in html
+    assert "%%JV" not in html + text
+
+
+@pytest.mark.parametrize(
+    ("scripted", "transient", "auth"),
+    [
+        (
+            Scripted(429, {"Retry-After": "7"}, {"errors": [{"message": "too many requests"}]}),
+            True,
+            False,
+        ),
+        (Scripted(503, body={"errors": [{"message": "unavailable"}]}), True, False),
+        (Scripted(401, body={"errors": [{"message": "authorization required"}]}), False, True),
+        (Scripted(413, body={"errors": [{"message": "content too large"}]}), False, False),
+    ],
+)
+def test_documented_errors_are_classified(
+    fake: Fake, scripted: Scripted, transient: bool, auth: bool
+) -> None:
+    fake.script.append(scripted)
+    sent = _provider(fake).send(_batch(1500))
+    assert sent.error is not None
+    assert (sent.error.transient, sent.error.auth, sent.error.maybe_sent) == (
+        transient,
+        auth,
+        False,
+    )
+    assert sent.results == []
+    assert len(sent.untried) == 1500  # refused as a whole: nothing left, all can go later
+    if scripted.status == 429:
+        assert sent.error.retry_after == 7.0
+
+
+def test_a_wrong_key_is_refused_by_the_server(fake: Fake) -> None:
+    sent = _provider(fake, key="SG.wrong").send(_batch(3))
+    assert sent.error is not None
+    assert sent.error.auth
+    assert "authorization required" in sent.error.message
+    assert not fake.accepted
+
+
+def test_an_answer_that_never_comes_leaves_the_request_in_doubt(fake: Fake) -> None:
+    provider = SendGridProvider(
+        KEY, from_addr="news@s.example", from_name="Sender Co", api=fake.url, timeout=(1.0, 0.3)
+    )
+    fake.script.append(Scripted(202, hang=1.0))
+    sent = provider.send(_batch(1200))
+    assert sent.error is not None
+    assert sent.error.maybe_sent
+    assert sent.doubtful == list(range(1, 1001))
+    assert sent.untried == list(range(1001, 1201))

@@ -17,6 +17,7 @@ from typing import Any
 
 from jvmail.providers.base import Provider, ProviderError
 from jvmail.providers.outbox import OutboxProvider
+from jvmail.providers.postmark import PostmarkProvider
 from jvmail.providers.sendgrid import SendGridProvider
 from jvmail.providers.smtp import SmtpProvider
 
@@ -69,9 +70,16 @@ def build_provider(
             from_addr=str(account.get("from_email") or contact_email),
             from_name=str(account.get("from_name") or name or partner),
         )
+    if kind == "postmark":
+        return PostmarkProvider(
+            _secret(env, account, "server_token_env", partner),
+            from_addr=str(account.get("from_email") or contact_email),
+            from_name=str(account.get("from_name") or name or partner),
+            stream=str(account.get("message_stream", "broadcast")),
+        )
     raise ProviderError(
         f"partner {partner}: sending through {kind} is not available in this version",
-        "send to an outbox (JVMAIL_OUTBOX / jvmail run --outbox DIR), or use an smtp or "
-        "sendgrid account",
+        "send to an outbox (JVMAIL_OUTBOX / jvmail run --outbox DIR), or use an smtp, "
+        "sendgrid or postmark account",
         transient=False,
     )

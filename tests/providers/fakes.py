@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft4Validator, Draft202012Validator
 
 SPECS = Path(__file__).parent / "specs"
 
@@ -94,6 +94,58 @@ def sendgrid_handler(fake: Fake, key: str) -> Callable[[BaseHTTPRequestHandler],
     return handle
 
 
+def postmark_handler(fake: Fake, token: str) -> Callable[[BaseHTTPRequestHandler], None]:
+    spec = json.loads((SPECS / "postmark" / "sending.swagger.json").read_text())
+    root = dict(spec)
+    root["$ref"] = "#/definitions/SendEmailBatchRequest"
+    validator = Draft4Validator(root)
+
+    def handle(h: BaseHTTPRequestHandler) -> None:
+        fake.requests += 1
+        raw = h.rfile.read(int(h.headers.get("Content-Length", "0")))
+        if fake.script:
+            scripted = fake.script.pop(0)
+            time.sleep(scripted.hang)  # the fake provider being slow, not a test waiting
+            _answer(h, scripted.status, scripted.body, scripted.headers)
+            return
+        if h.headers.get("X-Postmark-Server-Token") != token:
+            _answer(h, 401, {"ErrorCode": 10, "Message": "Bad or missing Server API token."})
+            return
+        body = json.loads(raw)
+        problems = sorted(e.message for e in validator.iter_errors(body))
+        if isinstance(body, list) and len(body) > 500:
+            problems.append(f"{len(body)} messages; a batch takes at most 500")
+        if problems:
+            _answer(h, 422, {"ErrorCode": 300, "Message": "; ".join(problems)})
+            return
+        results = []
+        for n, message in enumerate(body):
+            if message["To"].startswith("inactive"):
+                results.append(
+                    {
+                        "ErrorCode": 406,
+                        "Message": "You tried to send to a recipient that has been marked as "
+                        "inactive.",
+                        "To": message["To"],
+                    }
+                )
+                continue
+            fake.accepted.append((message["To"], message["Metadata"]["jv_delivery"]))
+            results.append(
+                {
+                    "ErrorCode": 0,
+                    "Message": "OK",
+                    "MessageID": f"pm-{fake.requests}-{n}",
+                    "To": message["To"],
+                    "SubmittedAt": "2026-12-01T09:00:00Z",
+                }
+            )
+        fake.bodies.append({"messages": body})
+        _answer(h, 200, results)
+
+    return handle
+
+
 def _take(fake: Fake, body: dict[str, Any]) -> None:
     fake.bodies.append(body)
     for p in body["personalizations"]:
@@ -103,7 +155,7 @@ def _take(fake: Fake, body: dict[str, Any]) -> None:
 def _answer(
     h: BaseHTTPRequestHandler,
     status: int,
-    body: dict[str, Any] | None,
+    body: dict[str, Any] | list[Any] | None,
     headers: dict[str, str] | None = None,
 ) -> None:
     data = json.dumps(body).encode() if body is not None else b""

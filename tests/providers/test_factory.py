@@ -9,6 +9,7 @@ import pytest
 from jvmail.providers.base import ProviderError
 from jvmail.providers.factory import build_provider
 from jvmail.providers.outbox import OutboxProvider
+from jvmail.providers.postmark import PostmarkProvider
 from jvmail.providers.sendgrid import SendGridProvider
 from jvmail.providers.smtp import SmtpProvider
 
@@ -63,6 +64,13 @@ def test_sendgrid_takes_its_key_and_the_partners_name() -> None:
         build_provider("sender", "t@s.example", account, env={})
 
 
+def test_postmark_takes_its_server_token_and_stream() -> None:
+    account = {"kind": "postmark", "server_token_env": "PM_TOKEN", "message_stream": "offers"}
+    provider = build_provider("sender", "t@s.example", account, env={"PM_TOKEN": "tok"})
+    assert isinstance(provider, PostmarkProvider)
+    assert (provider.token, provider.stream) == ("tok", "offers")
+
+
 def test_a_provider_this_version_cannot_send_through_says_so() -> None:
-    with pytest.raises(ProviderError, match="sending through postmark is not available"):
-        build_provider("sender", "t@s.example", {"kind": "postmark"}, env={})
+    with pytest.raises(ProviderError, match="sending through mailgun is not available"):
+        build_provider("sender", "t@s.example", {"kind": "mailgun"}, env={})

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from jvmail.providers.base import Provider, ProviderError
+from jvmail.providers.mailgun import API as MAILGUN_API
+from jvmail.providers.mailgun import MailgunProvider
 from jvmail.providers.outbox import OutboxProvider
 from jvmail.providers.postmark import PostmarkProvider
 from jvmail.providers.sendgrid import SendGridProvider
@@ -70,6 +72,14 @@ def build_provider(
             from_addr=str(account.get("from_email") or contact_email),
             from_name=str(account.get("from_name") or name or partner),
         )
+    if kind == "mailgun":
+        return MailgunProvider(
+            _secret(env, account, "api_key_env", partner),
+            str(account["domain"]),
+            from_addr=str(account.get("from_email") or contact_email),
+            from_name=str(account.get("from_name") or name or partner),
+            api=MAILGUN_API[str(account.get("region", "us"))],
+        )
     if kind == "postmark":
         return PostmarkProvider(
             _secret(env, account, "server_token_env", partner),
@@ -80,6 +90,6 @@ def build_provider(
     raise ProviderError(
         f"partner {partner}: sending through {kind} is not available in this version",
         "send to an outbox (JVMAIL_OUTBOX / jvmail run --outbox DIR), or use an smtp, "
-        "sendgrid or postmark account",
+        "sendgrid, mailgun or postmark account",
         transient=False,
     )

@@ -33,18 +33,23 @@ def post(
     *,
     json: object | None = None,
     data: Mapping[str, Any] | list[tuple[str, str]] | None = None,
+    form: list[tuple[str, str]] | None = None,
     headers: Mapping[str, str] | None = None,
     auth: tuple[str, str] | None = None,
     timeout: tuple[float, float] = TIMEOUT,
 ) -> requests.Response:
-    """POST and return a 2xx answer; anything else raises :class:`ProviderError`."""
+    """POST ``json`` (orjson), ``data`` (form-urlencoded) or ``form`` (multipart/form-data) and
+    return a 2xx answer; anything else raises :class:`ProviderError`."""
     sent_headers = dict(headers or {})
     body: bytes | Mapping[str, Any] | list[tuple[str, str]] | None = data
     if json is not None:
         body = orjson.dumps(json)
         sent_headers["Content-Type"] = "application/json"
+    files = [(k, (None, v)) for k, v in form] if form is not None else None  # multipart
     try:
-        answer = session.post(url, data=body, headers=sent_headers, auth=auth, timeout=timeout)
+        answer = session.post(
+            url, data=body, files=files, headers=sent_headers, auth=auth, timeout=timeout
+        )
     except requests.ConnectionError as exc:
         raise ProviderError(
             f"{name}: cannot connect ({exc.__class__.__name__})",

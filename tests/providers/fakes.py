@@ -9,13 +9,17 @@ can script answers: a status with headers, or a hang past the client's timeout.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import email.policy
 import json
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from email.parser import BytesParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -146,6 +150,75 @@ def postmark_handler(fake: Fake, token: str) -> Callable[[BaseHTTPRequestHandler
     return handle
 
 
+def _multipart(content_type: str, raw: bytes) -> list[tuple[str, str]]:
+    head = f"Content-Type: {content_type}\r\n\r\n".encode()
+    message = BytesParser(policy=email.policy.HTTP).parsebytes(head + raw)
+    fields = []
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True)
+        assert isinstance(name, str)
+        assert isinstance(payload, bytes)
+        fields.append((name, payload.decode()))
+    return fields
+
+
+def mailgun_handler(fake: Fake, key: str, domain: str) -> Callable[[BaseHTTPRequestHandler], None]:
+    spec = json.loads((SPECS / "mailgun" / "messages.openapi.json").read_text())
+    root = dict(spec)
+    root["$ref"] = (
+        "#/components/schemas/POST-v3-domain_name-messages-multipart-form-data-RequestBody"
+    )
+    validator = Draft202012Validator(root)
+    arrays = {"to", "cc", "bcc", "o:tag", "attachment", "inline"}
+    expected_auth = "Basic " + base64.b64encode(f"api:{key}".encode()).decode()
+
+    def handle(h: BaseHTTPRequestHandler) -> None:
+        fake.requests += 1
+        raw = h.rfile.read(int(h.headers.get("Content-Length", "0")))
+        if fake.script:
+            scripted = fake.script.pop(0)
+            time.sleep(scripted.hang)  # the fake provider being slow, not a test waiting
+            _answer(h, scripted.status, scripted.body, scripted.headers)
+            return
+        if h.path != f"/v3/{domain}/messages":
+            _answer(h, 404, {"message": "Domain not found"})
+            return
+        if h.headers.get("Authorization") != expected_auth:
+            _answer(h, 401, "Forbidden")
+            return
+        fields = _multipart(h.headers["Content-Type"], raw)
+        form: dict[str, Any] = {}
+        for name, value in fields:
+            if name in arrays:
+                form.setdefault(name, []).append(value)
+            else:
+                form[name] = value
+        problems = sorted(e.message for e in validator.iter_errors(form))
+        options = sum(len(v) for k, v in form.items() if k[:2] in ("o:", "h:", "v:", "t:"))
+        if options > 16 * 1024:
+            problems.append(
+                "Send options (parameters starting with o:, h:, or v:) are limited to 16KB total"
+            )
+        people = json.loads(form.get("recipient-variables", "{}"))
+        if len(form.get("to", [])) > 1000:
+            problems.append("too many recipients: at most 1000 with recipient-variables")
+        if problems:
+            _answer(h, 400, {"message": "; ".join(problems)})
+            return
+        for to in form["to"]:
+            values = people[to]
+            filled = {
+                k: re.sub(r"%recipient\.([a-z0-9_]+)%", lambda m, v=values: v[m[1]], str(form[k]))
+                for k in ("subject", "text", "html", "h:List-Unsubscribe", "v:jv_delivery")
+            }
+            fake.bodies.append({"to": to, **filled})
+            fake.accepted.append((to, filled["v:jv_delivery"]))
+        _answer(h, 200, {"id": f"<mg{fake.requests}@{domain}>", "message": "Queued. Thank you."})
+
+    return handle
+
+
 def _take(fake: Fake, body: dict[str, Any]) -> None:
     fake.bodies.append(body)
     for p in body["personalizations"]:
@@ -155,7 +228,7 @@ def _take(fake: Fake, body: dict[str, Any]) -> None:
 def _answer(
     h: BaseHTTPRequestHandler,
     status: int,
-    body: dict[str, Any] | list[Any] | None,
+    body: dict[str, Any] | list[Any] | str | None,
     headers: dict[str, str] | None = None,
 ) -> None:
     data = json.dumps(body).encode() if body is not None else b""

@@ -8,6 +8,7 @@ import pytest
 
 from jvmail.providers.base import ProviderError
 from jvmail.providers.factory import build_provider
+from jvmail.providers.mailgun import MailgunProvider
 from jvmail.providers.outbox import OutboxProvider
 from jvmail.providers.postmark import PostmarkProvider
 from jvmail.providers.sendgrid import SendGridProvider
@@ -71,6 +72,17 @@ def test_postmark_takes_its_server_token_and_stream() -> None:
     assert (provider.token, provider.stream) == ("tok", "offers")
 
 
+def test_mailgun_takes_its_key_domain_and_region() -> None:
+    account = {"kind": "mailgun", "api_key_env": "MG_KEY", "domain": "mg.s.example", "region": "eu"}
+    provider = build_provider("sender", "t@s.example", account, env={"MG_KEY": "key-1"})
+    assert isinstance(provider, MailgunProvider)
+    assert (provider.api_key, provider.domain, provider.api) == (
+        "key-1",
+        "mg.s.example",
+        "https://api.eu.mailgun.net",
+    )
+
+
 def test_a_provider_this_version_cannot_send_through_says_so() -> None:
-    with pytest.raises(ProviderError, match="sending through mailgun is not available"):
-        build_provider("sender", "t@s.example", {"kind": "mailgun"}, env={})
+    with pytest.raises(ProviderError, match="sending through ses is not available"):
+        build_provider("sender", "t@s.example", {"kind": "ses"}, env={})

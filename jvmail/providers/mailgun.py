@@ -1,0 +1,82 @@
+"""Mailgun ``POST /v3/{domain}/messages``: one message to up to 1,000 recipients a request.
+
+Batch sending: each address is a ``to`` field, and ``recipient-variables`` gives each its own
+values, which Mailgun substitutes as ``%recipient.NAME%`` (our markers are rewritten to that
+form; the HTML part uses an HTML-escaped copy of each value). With recipient variables every
+recipient gets a message of its own, never seeing the others. The delivery id travels as the
+``v:jv_delivery`` user variable, filled per recipient, so webhooks find their delivery.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from email.utils import formataddr
+
+import orjson
+import requests
+from markupsafe import escape
+
+from jvmail.providers.base import Capabilities, OutboundBatch, Provider, Recipient, Result
+from jvmail.providers.http import TIMEOUT, post
+
+__all__ = ["MailgunProvider"]
+
+API = {"us": "https://api.mailgun.net", "eu": "https://api.eu.mailgun.net"}
+_MARKER = re.compile(r"%%JV_([A-Z0-9_]+)%%")
+
+
+def _vars(part: str, suffix: str) -> str:
+    return _MARKER.sub(lambda m: f"%recipient.{m[1].lower()}{suffix}%", part)
+
+
+class MailgunProvider(Provider):
+    name = "mailgun"
+    capabilities = Capabilities(max_batch=1000, substitution=True, metadata=True)
+
+    def __init__(
+        self,
+        api_key: str,
+        domain: str,
+        *,
+        from_addr: str,
+        from_name: str,
+        api: str = API["us"],
+        timeout: tuple[float, float] = TIMEOUT,
+    ) -> None:
+        self.api_key, self.domain, self.api, self.timeout = api_key, domain, api, timeout
+        self.sender = formataddr((from_name, from_addr))
+        self.http = requests.Session()
+
+    def form(self, batch: OutboundBatch, recipients: Sequence[Recipient]) -> list[tuple[str, str]]:
+        rendered = batch.skeleton.rendered
+        per: dict[str, dict[str, str]] = {}
+        for r in recipients:
+            values = {k.lower(): v for k, v in r.values.items()}
+            values |= {f"{k.lower()}_h": str(escape(v)) for k, v in r.values.items()}
+            per[r.email] = values | {"jv_delivery": str(r.delivery_id)}
+        fields = [("from", self.sender)] + [("to", r.email) for r in recipients]
+        fields += [
+            ("subject", _vars(rendered.subject, "")),
+            ("text", _vars(rendered.text, "")),
+            ("html", _vars(rendered.html, "_h")),
+            ("recipient-variables", orjson.dumps(per).decode()),
+            ("h:List-Unsubscribe", f"<%recipient.unsubscribe%>, <{batch.unsubscribe_mailto}>"),
+            ("h:List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
+            ("v:jv_delivery", "%recipient.jv_delivery%"),
+            ("v:jv_mailing", str(batch.mailing_id)),
+            ("o:tracking", "no"),
+        ]
+        return fields
+
+    def _send(self, batch: OutboundBatch, recipients: Sequence[Recipient]) -> list[Result]:
+        answer = post(
+            self.http,
+            "Mailgun",
+            f"{self.api}/v3/{self.domain}/messages",
+            form=self.form(batch, recipients),
+            auth=("api", self.api_key),
+            timeout=self.timeout,
+        )
+        message_id = str(answer.json().get("id", "")) or None
+        return [Result(r.delivery_id, True, message_id) for r in recipients]

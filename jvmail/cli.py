@@ -37,6 +37,9 @@ from jvmail.db import DEFAULT_DATABASE_URL, make_engine, make_sessionmaker, upgr
 from jvmail.db.migrate import current_revision
 from jvmail.db.models import MailingStatus
 from jvmail.dispatch.actors import QUEUE, Runtime, declare
+from jvmail.dispatch.control import cancel as cancel_mailings
+from jvmail.dispatch.control import pause as pause_mailings
+from jvmail.dispatch.control import resume as resume_mailings
 from jvmail.dispatch.runner import RunReport, run_due
 from jvmail.errors import DatabaseError, JvmailError, UsageError
 from jvmail.faults import fault
@@ -535,6 +538,7 @@ _MAILING_COLS = [
     "promotion",
     "owner",
     "status",
+    "progress",
     "expected_value",
 ]
 
@@ -547,7 +551,13 @@ def _show_mailings(app: App, title: str, rows: list[MailingRow], as_json: bool) 
     if as_json:
         print_json(app.out, [_mailing_json(r) for r in rows])
     else:
-        print_table(app.out, title, [asdict(r) for r in rows], _MAILING_COLS)
+        table = [
+            asdict(r) | {"progress": f"{r.sent:,}/{r.total:,}" if r.total else ""} for r in rows
+        ]
+        print_table(app.out, title, table, _MAILING_COLS)
+        for r in rows:
+            if r.error and r.status in (MailingStatus.FAILED, MailingStatus.PAUSED):
+                app.out.print(f"mailing {r.id} {r.status.value}: {r.error}", soft_wrap=True)
 
 
 @cli.command("mailings")
@@ -668,6 +678,66 @@ def decline(app: App, mailing_ids: tuple[int, ...], reason: str, as_json: bool) 
         rows = decline_mailings(session, mailing_ids, now=dt.datetime.now(dt.UTC), reason=reason)
         session.commit()
     _show_mailings(app, f"Declined {len(rows)} mailings", rows, as_json)
+
+
+_IDS = click.argument("mailing_ids", nargs=-1, required=True, type=int, metavar="MAILING_ID...")
+
+
+@cli.command("pause")
+@_IDS
+@_JSON
+@pass_app
+def pause_(app: App, mailing_ids: tuple[int, ...], as_json: bool) -> None:
+    """Pause mailings waiting or being sent: no further batch is taken for them.
+
+    Batches already handed to a provider finish; `jvmail resume` goes on where it stopped.
+
+    \b
+    Example:
+      jvmail pause 12 13
+    """
+    with app.session() as session:
+        rows = pause_mailings(session, mailing_ids, dt.datetime.now(dt.UTC))
+        session.commit()
+    _show_mailings(app, f"Paused {len(rows)} mailings", rows, as_json)
+
+
+@cli.command("resume")
+@_IDS
+@_JSON
+@pass_app
+def resume_(app: App, mailing_ids: tuple[int, ...], as_json: bool) -> None:
+    """Resume paused mailings: only what was not sent yet goes out, at the next tick or run.
+
+    \b
+    Example:
+      jvmail resume 12 13 && jvmail run
+    """
+    with app.session() as session:
+        rows = resume_mailings(session, mailing_ids, dt.datetime.now(dt.UTC))
+        session.commit()
+    _show_mailings(app, f"Resumed {len(rows)} mailings", rows, as_json)
+
+
+@cli.command("cancel")
+@_IDS
+@click.option("--reason", default="", metavar="TEXT", help="Why, kept with the mailing.")
+@_JSON
+@pass_app
+def cancel_(app: App, mailing_ids: tuple[int, ...], reason: str, as_json: bool) -> None:
+    """Cancel mailings not yet sent (or paused half way): what was not sent never will be.
+
+    If nothing of a mailing went out, its expected value leaves the projected balances (a
+    `correction` entry); it is not counted as a missed commitment.
+
+    \b
+    Example:
+      jvmail cancel 12 --reason "the offer closed early"
+    """
+    with app.session() as session:
+        rows = cancel_mailings(session, mailing_ids, dt.datetime.now(dt.UTC), reason)
+        session.commit()
+    _show_mailings(app, f"Cancelled {len(rows)} mailings", rows, as_json)
 
 
 @cli.group()

@@ -16,10 +16,19 @@ import zoneinfo
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session, aliased
 
-from jvmail.db.models import LedgerKind, Mailing, MailingList, MailingStatus, Partner, Promotion
+from jvmail.db.models import (
+    Delivery,
+    DeliveryStatus,
+    LedgerKind,
+    Mailing,
+    MailingList,
+    MailingStatus,
+    Partner,
+    Promotion,
+)
 from jvmail.errors import UsageError
 from jvmail.ledger import post
 from jvmail.ledger.book import load_entries
@@ -32,6 +41,8 @@ __all__ = [
     "approve",
     "awaiting_approval",
     "decline",
+    "mailings_in",
+    "rows_of",
     "week_mailings",
 ]
 
@@ -53,6 +64,9 @@ class MailingRow:
     status: MailingStatus
     expected_value: float
     review_note: str
+    sent: int = 0  # messages the provider accepted so far
+    total: int = 0  # deliveries made for it (0 until it is dispatched)
+    error: str = ""  # why it failed or was paused
 
 
 _Sender, _Owner = aliased(Partner), aliased(Partner)
@@ -70,8 +84,10 @@ def _query_rows(session: Session, *criteria: ColumnElement[bool]) -> list[Mailin
         .where(*criteria)
         .order_by(Mailing.scheduled_at, MailingList.slug, Mailing.id)
     )
+    found = list(session.execute(query))
+    progress = _progress(session, [m.id for m, *_ in found])
     rows = []
-    for m, sender, timezone, lst, promo, owner in session.execute(query):
+    for m, sender, timezone, lst, promo, owner in found:
         local = _local(m.scheduled_at, timezone)
         rows.append(
             MailingRow(
@@ -85,9 +101,25 @@ def _query_rows(session: Session, *criteria: ColumnElement[bool]) -> list[Mailin
                 status=m.status,
                 expected_value=m.expected_value,
                 review_note=m.review_note,
+                sent=progress.get((m.id, True), 0),
+                total=progress.get((m.id, True), 0) + progress.get((m.id, False), 0),
+                error=m.error or "",
             )
         )
     return rows
+
+
+def _progress(session: Session, ids: list[int]) -> dict[tuple[int, bool], int]:
+    """(mailing, accepted?) -> deliveries."""
+    if not ids:
+        return {}
+    accepted = Delivery.status == DeliveryStatus.ACCEPTED
+    query = (
+        select(Delivery.mailing_id, accepted, func.count())
+        .where(Delivery.mailing_id.in_(ids))
+        .group_by(Delivery.mailing_id, accepted)
+    )
+    return {(m, bool(a)): n for m, a, n in session.execute(query)}
 
 
 def _local(at: dt.datetime, timezone: str) -> dt.datetime:
@@ -142,7 +174,7 @@ def approve(session: Session, ids: Iterable[int], now: dt.datetime) -> list[Mail
         m.status = MailingStatus.APPROVED
         m.reviewed_at = m.updated_at = now
     session.flush()
-    return _rows_of(session, mailings)
+    return rows_of(session, mailings)
 
 
 def decline(
@@ -172,21 +204,39 @@ def decline(
             session, mailing=m, giver=sender, kind=LedgerKind.CORRECTION, value=-current, note=note
         )
     session.flush()
-    return _rows_of(session, mailings)
+    return rows_of(session, mailings)
 
 
 def _awaiting(session: Session, ids: Iterable[int], *, verb: str) -> list[Mailing]:
+    return mailings_in(
+        session, ids, (MailingStatus.AWAITING_APPROVAL,), verb=verb, what="awaiting approval"
+    )
+
+
+def mailings_in(
+    session: Session,
+    ids: Iterable[int],
+    states: Sequence[MailingStatus],
+    *,
+    verb: str,
+    what: str,
+) -> list[Mailing]:
+    """The mailings ``ids``, all in one of ``states`` (described to people as ``what``).
+
+    Raises:
+        UsageError: an id is unknown or its mailing is in another state; nothing changed.
+    """
     wanted = sorted(set(ids))
     found = {m.id: m for m in session.scalars(select(Mailing).where(Mailing.id.in_(wanted)))}
     missing = [i for i in wanted if i not in found]
     if missing:
         raise UsageError(f"no mailing with id {_ids(missing)}", FIND_IDS)
-    done = [found[i] for i in wanted if found[i].status is not MailingStatus.AWAITING_APPROVAL]
+    done = [found[i] for i in wanted if found[i].status not in states]
     if done:
-        states = ", ".join(f"{m.id} is {m.status.value}" for m in done)
+        shown = ", ".join(f"{m.id} is {m.status.value}" for m in done)
         raise UsageError(
-            f"cannot {verb}: {states}, not awaiting approval; nothing was changed",
-            f"{verb} only mailings awaiting approval; {FIND_IDS}",
+            f"cannot {verb}: {shown}, not {what}; nothing was changed",
+            f"{verb} only mailings {what}; {FIND_IDS}",
         )
     return [found[i] for i in wanted]
 
@@ -195,5 +245,5 @@ def _ids(ids: Sequence[int]) -> str:
     return ", ".join(str(i) for i in ids)
 
 
-def _rows_of(session: Session, mailings: list[Mailing]) -> list[MailingRow]:
+def rows_of(session: Session, mailings: list[Mailing]) -> list[MailingRow]:
     return _query_rows(session, Mailing.id.in_([m.id for m in mailings]))

@@ -185,9 +185,13 @@ def claim(
     """Claim the batch's sendable rows (see the module docstring); returns the ones to send."""
     now = _now()
     lo, hi = bounds
+    running = exists().where(
+        Mailing.id == mailing_id, Mailing.status.in_((MailingStatus.QUEUED, MailingStatus.SENDING))
+    )
     free = (
         select(Delivery.id)
         .where(
+            running,  # a pause or cancel committed before this claim is honoured by it
             Delivery.mailing_id == mailing_id,
             Delivery.id.between(lo, hi),
             or_(

@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from jvmail.db.models import Delivery, DeliveryStatus, Mailing, MailingStatus, Promotion
+from jvmail.dispatch.control import resume
 from jvmail.dispatch.deliveries import expire
 from jvmail.dispatch.pipeline import dispatch, due_mailings, send_batch
 from jvmail.providers.base import (
@@ -154,6 +155,10 @@ def test_a_refused_request_leaves_its_rows_and_the_rest_to_send_later_once(
     status = session.get(Mailing, hub.mailing.id).status  # type: ignore[union-attr]
     assert status == (MailingStatus.PAUSED if auth else MailingStatus.QUEUED)
     provider.fail = None
+    if auth:  # a paused mailing takes no batch until someone resumes it
+        assert send_batch(session, provider, hub.mailing.id, bounds).claimed == 0
+        resume(session, [hub.mailing.id], dt.datetime.now(dt.UTC))
+        session.commit()
     send_batch(session, provider, hub.mailing.id, bounds)
     assert _statuses(session, hub.mailing.id) == {"accepted": 24, "failed": 1}
     assert set(provider.seen.values()) == {1}

@@ -1,0 +1,101 @@
+"""Pause, resume and cancel mailings, at any time.
+
+* **pause**: a mailing waiting or being sent stops: no batch is claimed for it any more (the
+  claim itself checks, so a pause committed before a claim is honoured by it). Batches already
+  handed to the provider finish.
+* **resume**: a paused mailing goes on where it stopped: only deliveries not yet sent go out
+  (the next tick dispatches it, or relays its batches).
+* **cancel**: the mailing will not be sent: its deliveries not yet handed over end ``failed``
+  with the reason, and if nothing went out its expected value leaves the projected balances (a
+  ``correction`` entry, as for a declined mailing). A cancelled mailing is not a missed
+  commitment.
+
+Each raises :class:`~jvmail.errors.UsageError` before changing anything when an id is unknown
+or its mailing cannot take that step. Nothing here commits.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from jvmail.db.models import Delivery, DeliveryStatus, LedgerKind, MailingStatus, Partner
+from jvmail.ledger import post
+from jvmail.ledger.book import load_entries
+from jvmail.ledger.postings import effective_values
+from jvmail.mailings import MailingRow, mailings_in, rows_of
+
+__all__ = ["CANCELLABLE", "PAUSABLE", "cancel", "pause", "resume"]
+
+PAUSABLE = (
+    MailingStatus.PLANNED,
+    MailingStatus.APPROVED,
+    MailingStatus.AWAITING_APPROVAL,
+    MailingStatus.QUEUED,
+    MailingStatus.SENDING,
+)
+CANCELLABLE = (*PAUSABLE, MailingStatus.PAUSED)
+
+
+def pause(session: Session, ids: Iterable[int], now: dt.datetime) -> list[MailingRow]:
+    mailings = mailings_in(session, ids, PAUSABLE, verb="pause", what="waiting or being sent")
+    for m in mailings:
+        m.status, m.updated_at = MailingStatus.PAUSED, now
+        m.error = "paused by the coordinator"
+    session.flush()
+    return rows_of(session, mailings)
+
+
+def resume(session: Session, ids: Iterable[int], now: dt.datetime) -> list[MailingRow]:
+    mailings = mailings_in(session, ids, (MailingStatus.PAUSED,), verb="resume", what="paused")
+    for m in mailings:
+        dispatched = session.scalar(select(func.count()).where(Delivery.mailing_id == m.id))
+        if dispatched:
+            m.status = MailingStatus.QUEUED
+        else:
+            m.status = MailingStatus.APPROVED if m.reviewed_at else MailingStatus.PLANNED
+        m.error, m.updated_at = None, now
+    session.flush()
+    return rows_of(session, mailings)
+
+
+def cancel(
+    session: Session, ids: Iterable[int], now: dt.datetime, reason: str = ""
+) -> list[MailingRow]:
+    mailings = mailings_in(session, ids, CANCELLABLE, verb="cancel", what="not yet sent")
+    values = effective_values(load_entries(session, [m.id for m in mailings]))
+    why = f"mailing cancelled: {reason}" if reason else "mailing cancelled"
+    for m in mailings:
+        m.status, m.error, m.updated_at = MailingStatus.CANCELLED, why[:1000], now
+        session.execute(
+            update(Delivery)
+            .where(
+                Delivery.mailing_id == m.id,
+                Delivery.status.in_((DeliveryStatus.PENDING, DeliveryStatus.CLAIMED)),
+            )
+            .values(
+                status=DeliveryStatus.FAILED, error=why[:1000], lease_until=None, updated_at=now
+            )
+        )
+        accepted = session.scalar(
+            select(func.count()).where(
+                Delivery.mailing_id == m.id, Delivery.status == DeliveryStatus.ACCEPTED
+            )
+        )
+        current = values[m.id].value if m.id in values else 0.0
+        if not accepted and current:
+            sender = session.get(Partner, m.sender_id)
+            assert sender is not None, "a mailing always has a sender"
+            post(
+                session,
+                mailing=m,
+                giver=sender,
+                kind=LedgerKind.CORRECTION,
+                value=-current,
+                note=why,
+            )
+    session.flush()
+    return rows_of(session, mailings)

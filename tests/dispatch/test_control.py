@@ -1,0 +1,108 @@
+"""Pause, resume and cancel, at any point of a mailing, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from jvmail.db.models import Delivery, LedgerEntry, LedgerKind, Mailing, MailingStatus
+from jvmail.dispatch.control import cancel, pause, resume
+from jvmail.dispatch.pipeline import dispatch, due_mailings, send_batch
+from jvmail.errors import UsageError
+from jvmail.ledger import post
+from tests.dispatch.conftest import WHEN, Hub
+from tests.dispatch.test_pipeline import Recording
+
+NOW = dt.datetime(2026, 12, 1, 8, tzinfo=dt.UTC)
+
+
+def _statuses(session: Session, mailing_id: int) -> dict[str, int]:
+    session.expire_all()
+    rows = session.execute(
+        select(Delivery.status, func.count())
+        .where(Delivery.mailing_id == mailing_id)
+        .group_by(Delivery.status)
+    ).all()
+    return {str(s): n for s, n in rows}
+
+
+def _status(session: Session, hub: Hub) -> MailingStatus:
+    session.expire_all()
+    mailing = session.get(Mailing, hub.mailing.id)
+    assert mailing is not None
+    return mailing.status
+
+
+def test_a_paused_mailing_takes_no_batch_and_resumes_where_it_stopped(
+    session: Session, hub: Hub, tmp_path: Path
+) -> None:
+    provider = Recording(tmp_path)
+    first, second, third = dispatch(session, hub.mailing.id, batch_size=10)
+    send_batch(session, provider, hub.mailing.id, first)
+    rows = pause(session, [hub.mailing.id], NOW)
+    session.commit()
+    assert [(r.status, r.sent, r.total) for r in rows] == [(MailingStatus.PAUSED, 9, 25)]
+    report = send_batch(session, provider, hub.mailing.id, second)  # a message still queued
+    assert report.claimed == 0
+    assert _statuses(session, hub.mailing.id) == {"accepted": 9, "failed": 1, "pending": 15}
+    (row,) = resume(session, [hub.mailing.id], NOW)
+    session.commit()
+    assert row.status == MailingStatus.QUEUED
+    for bounds in (second, third):
+        send_batch(session, provider, hub.mailing.id, bounds)
+    assert _statuses(session, hub.mailing.id) == {"accepted": 24, "failed": 1}
+    assert set(provider.seen.values()) == {1}
+    assert _status(session, hub) == MailingStatus.SENT
+
+
+def test_a_mailing_paused_before_its_time_is_not_dispatched_until_resumed(
+    session: Session, hub: Hub
+) -> None:
+    pause(session, [hub.mailing.id], NOW)
+    session.commit()
+    assert due_mailings(session, WHEN) == []
+    resume(session, [hub.mailing.id], NOW)
+    session.commit()
+    assert _status(session, hub) == MailingStatus.PLANNED
+    assert due_mailings(session, WHEN) == [hub.mailing.id]
+
+
+def test_cancel_ends_what_was_not_sent_and_cancels_the_value_only_if_nothing_went(
+    session: Session, hub: Hub, tmp_path: Path
+) -> None:
+    post(session, mailing=hub.mailing, giver=hub.sender, kind=LedgerKind.EXPECTED, value=12.0)
+    session.commit()
+    first, _, _ = dispatch(session, hub.mailing.id, batch_size=10)
+    send_batch(session, Recording(tmp_path), hub.mailing.id, first)
+    (row,) = cancel(session, [hub.mailing.id], NOW, reason="offer closed")
+    session.commit()
+    assert row.status == MailingStatus.CANCELLED
+    assert row.error == "mailing cancelled: offer closed"
+    assert _statuses(session, hub.mailing.id) == {"accepted": 9, "failed": 16}
+    kinds = session.scalars(select(LedgerEntry.kind).order_by(LedgerEntry.id)).all()
+    assert kinds == [LedgerKind.EXPECTED]  # messages went out: tracking will measure them
+
+
+def test_cancel_before_sending_drops_the_expected_value(session: Session, hub: Hub) -> None:
+    post(session, mailing=hub.mailing, giver=hub.sender, kind=LedgerKind.EXPECTED, value=12.0)
+    session.commit()
+    cancel(session, [hub.mailing.id], NOW)
+    session.commit()
+    values = session.execute(select(LedgerEntry.kind, LedgerEntry.value).order_by(LedgerEntry.id))
+    assert values.all() == [(LedgerKind.EXPECTED, 12.0), (LedgerKind.CORRECTION, -12.0)]
+
+
+def test_steps_that_do_not_apply_change_nothing(session: Session, hub: Hub) -> None:
+    with pytest.raises(UsageError, match=f"cannot resume: {hub.mailing.id} is planned"):
+        resume(session, [hub.mailing.id], NOW)
+    with pytest.raises(UsageError, match="no mailing with id 999"):
+        pause(session, [hub.mailing.id, 999], NOW)
+    assert _status(session, hub) == MailingStatus.PLANNED
+    cancel(session, [hub.mailing.id], NOW)
+    session.commit()
+    with pytest.raises(UsageError, match="is cancelled, not waiting or being sent"):
+        pause(session, [hub.mailing.id], NOW)

@@ -230,8 +230,45 @@ def send_batch(
     session.commit()
     report.sent = sum(1 for r in results if r.accepted)
     report.refused = len(results) - report.sent
+    if report.refused:
+        _pause_if_failing(session, mailing_id)
     _finish(session, mailing_id)
     return report
+
+
+# A mailing whose provider refuses this share of its recipients stops itself: a list that
+# bounces like this hurts the sender's reputation, and someone should look before it goes on.
+FAILING_SHARE = 0.2
+FAILING_AFTER = 50  # ... judged once this many recipients have an answer
+
+
+def _pause_if_failing(session: Session, mailing_id: int) -> None:
+    answered = dict(
+        session.execute(
+            select(Delivery.status, func.count())
+            .where(
+                Delivery.mailing_id == mailing_id,
+                Delivery.status.in_((DeliveryStatus.ACCEPTED, DeliveryStatus.FAILED)),
+            )
+            .group_by(Delivery.status)
+        ).all()
+    )
+    failed = answered.get(DeliveryStatus.FAILED, 0)
+    total = failed + answered.get(DeliveryStatus.ACCEPTED, 0)
+    left = session.scalar(
+        select(func.count()).where(
+            Delivery.mailing_id == mailing_id, Delivery.status.in_(UNFINISHED)
+        )
+    )
+    if left and total >= FAILING_AFTER and failed > FAILING_SHARE * total:
+        pause_mailing(
+            session,
+            mailing_id,
+            f"paused itself: the provider refused {failed} of {total} recipients "
+            f"(more than {FAILING_SHARE:.0%}); check the list's addresses, then "
+            "`jvmail resume` it or `jvmail cancel` it",
+        )
+        session.commit()
 
 
 def _count(

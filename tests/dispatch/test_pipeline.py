@@ -14,7 +14,14 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from jvmail.db.models import Delivery, DeliveryStatus, Mailing, MailingStatus, Promotion
+from jvmail.db.models import (
+    Delivery,
+    DeliveryStatus,
+    Mailing,
+    MailingStatus,
+    Promotion,
+    Subscriber,
+)
 from jvmail.dispatch.control import resume
 from jvmail.dispatch.deliveries import expire
 from jvmail.dispatch.pipeline import dispatch, due_mailings, send_batch
@@ -44,6 +51,7 @@ class Recording(OutboxProvider):
         self.calls = 0
         self.fail: ProviderError | None = None
         self.fail_on_call = 1
+        self.refuse: tuple[str, ...] = ("reader7@",)  # addresses it answers 550 for
 
     def _send(self, batch: OutboundBatch, recipients: Sequence[Recipient]) -> list[Result]:
         self.calls += 1
@@ -53,7 +61,7 @@ class Recording(OutboxProvider):
         results = super()._send(batch, recipients)
         return [
             Result(r.delivery_id, False, error="550 mailbox unavailable")
-            if r.email.startswith("reader7@")
+            if r.email.startswith(self.refuse)
             else res
             for r, res in zip(recipients, results, strict=True)
         ]
@@ -183,3 +191,24 @@ def test_a_request_that_may_have_left_is_never_sent_again(
     assert _statuses(session, hub.mailing.id) == {"accepted": 14, "failed": 1, "unknown": 10}
     assert set(provider.seen.values()) == {1}
     assert len(provider.seen) == 15  # the doubtful ten were never handed over again
+
+
+def test_a_mailing_the_provider_keeps_refusing_pauses_itself(
+    session: Session, hub: Hub, tmp_path: Path
+) -> None:
+    for n in range(45):
+        session.add(
+            Subscriber(list_id=hub.lists[0].id, email=f"old{n}@gone.example", attributes={})
+        )
+    session.commit()
+    provider = Recording(tmp_path)
+    provider.refuse = ("old",)  # 45 of 70 recipients bounce
+    batches = dispatch(session, hub.mailing.id, batch_size=20)
+    for bounds in batches:
+        send_batch(session, provider, hub.mailing.id, bounds)
+    session.expire_all()
+    mailing = session.get(Mailing, hub.mailing.id)
+    assert mailing is not None
+    assert mailing.status == MailingStatus.PAUSED
+    assert "paused itself: the provider refused 35 of 60 recipients" in (mailing.error or "")
+    assert _statuses(session, hub.mailing.id) == {"accepted": 25, "failed": 35, "pending": 10}

@@ -140,6 +140,9 @@ class HubFile(_Strict):
 class _Account(_Strict):
     from_email: EmailStr | None = None
     from_name: Text | None = None
+    # The account's own sending limits: messages per second, and per day (UTC days).
+    max_per_second: Annotated[float, Field(gt=0, le=100_000)] | None = None
+    max_per_day: Annotated[int, Field(ge=1)] | None = None
 
 
 class OutboxAccount(_Account):

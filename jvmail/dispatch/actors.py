@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from jvmail.db import make_engine, make_sessionmaker
 from jvmail.db.models import Delivery, DeliveryStatus, Mailing, MailingStatus
 from jvmail.dispatch.deliveries import batch_bounds, expire
+from jvmail.dispatch.limits import Limiter, MemoryLimiter
 from jvmail.dispatch.pipeline import (
     LEASE,
     dispatch,
@@ -59,6 +60,7 @@ class Runtime:
     provider: Callable[[int], Provider]
     now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
     lease: dt.timedelta = LEASE  # how long a claimed batch is a worker's alone
+    limiter: Limiter = field(default_factory=MemoryLimiter)  # the accounts' pace and quota
     relay_after: dt.timedelta = RELAY_AFTER  # a queued mailing this still is re-enqueued
     _engine: Engine | None = field(default=None, repr=False)
     _maker: sessionmaker[Session] | None = field(default=None, repr=False)
@@ -94,7 +96,14 @@ def declare(broker: dramatiq.Broker, runtime: Runtime) -> Actors:
                 (pause_mailing if exc.auth else fail_mailing)(session, mailing_id, why)
                 session.commit()
                 return
-            report = send_batch(session, provider, mailing_id, (lo, hi), lease=runtime.lease)
+            report = send_batch(
+                session,
+                provider,
+                mailing_id,
+                (lo, hi),
+                lease=runtime.lease,
+                limiter=runtime.limiter,
+            )
             if report.error and report.retry:
                 raise TryLater(report.error)
 

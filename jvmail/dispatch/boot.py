@@ -17,12 +17,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import dramatiq
+from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy import select
 
 from jvmail.broker import make_broker
 from jvmail.db import DEFAULT_DATABASE_URL
 from jvmail.db.models import Mailing, Partner
 from jvmail.dispatch.actors import Actors, Runtime, declare
+from jvmail.dispatch.limits import RedisLimiter
 from jvmail.providers.base import Provider
 from jvmail.providers.factory import build_provider
 
@@ -72,9 +74,10 @@ def _no_provider() -> Provider:
     raise AssertionError("replaced in runtime_from_env")
 
 
-broker = make_broker(
-    os.environ.get("JVMAIL_REDIS_URL"),
-    namespace=os.environ.get("JVMAIL_REDIS_NAMESPACE", "jvmail"),
-)
+_namespace = os.environ.get("JVMAIL_REDIS_NAMESPACE", "jvmail")
+broker = make_broker(os.environ.get("JVMAIL_REDIS_URL"), namespace=_namespace)
 dramatiq.set_broker(broker)
-actors: Actors = declare(broker, runtime_from_env())
+_runtime = runtime_from_env()
+if isinstance(broker, RedisBroker):  # every worker machine shares each account's pace
+    _runtime.limiter = RedisLimiter(broker.client, namespace=_namespace)
+actors: Actors = declare(broker, _runtime)

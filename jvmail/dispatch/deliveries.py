@@ -70,6 +70,7 @@ __all__ = [
     "record",
     "release",
     "start",
+    "unclaim",
 ]
 
 SENDABLE = (MailingStatus.PLANNED, MailingStatus.APPROVED)
@@ -266,6 +267,22 @@ def start(session: Session, held: Sequence[Claimed]) -> list[Claimed]:
         )
     )
     return [c for c in held if c.delivery_id in moved]
+
+
+def unclaim(session: Session, held: Sequence[Claimed]) -> int:
+    """Give claimed rows back (fenced) without sending them: they are pending again."""
+    if not held:
+        return 0
+    stmt = (
+        update(Delivery)
+        .where(
+            tuple_(Delivery.id, Delivery.fence).in_([(c.delivery_id, c.fence) for c in held]),
+            Delivery.status == DeliveryStatus.CLAIMED,
+        )
+        .values(status=DeliveryStatus.PENDING, lease_until=None, updated_at=_now())
+        .execution_options(preserve_rowcount=True)
+    )
+    return session.connection().execute(stmt).rowcount
 
 
 def release(session: Session, held: Sequence[Claimed]) -> int:

@@ -17,6 +17,7 @@ Each step is its own transaction, so a crash anywhere leaves rows either claimab
 from __future__ import annotations
 
 import datetime as dt
+import time
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
@@ -35,6 +36,7 @@ from jvmail.db.models import (
 )
 from jvmail.dispatch.deliveries import (
     SENDABLE,
+    Claimed,
     Outcome,
     batch_bounds,
     claim,
@@ -42,7 +44,9 @@ from jvmail.dispatch.deliveries import (
     record,
     release,
     start,
+    unclaim,
 )
+from jvmail.dispatch.limits import Limiter
 from jvmail.dispatch.mime import Skeleton, skeleton
 from jvmail.dispatch.render import Mailer, TemplateProblem, markers, render
 from jvmail.faults import fault
@@ -73,6 +77,9 @@ class Message:
     base_url: str
     key: bytes
     sender_email: str
+    sender_id: int = 0
+    per_second: float | None = None  # the sender's account limits
+    per_day: int | None = None
 
     def recipient(self, delivery_id: int, email: str, first_name: str) -> Recipient:
         count = len(self.skeleton.rendered.links)
@@ -154,8 +161,16 @@ def load_message(session: Session, mailing_id: int) -> Message:
         mailing_id=mailing.id,
         domain=domain,
     )
+    account = sender.provider
     return Message(
-        mailing.id, layout, hub.base_url, bytes.fromhex(hub.link_keys[0]), sender.contact_email
+        mailing.id,
+        layout,
+        hub.base_url,
+        bytes.fromhex(hub.link_keys[0]),
+        sender.contact_email,
+        sender.id,
+        account.get("max_per_second"),
+        account.get("max_per_day"),
     )
 
 
@@ -167,6 +182,7 @@ def send_batch(
     *,
     limit: int = 1000,
     lease: dt.timedelta = LEASE,
+    limiter: Limiter | None = None,
 ) -> BatchReport:
     """Send one batch of one mailing through ``provider`` (see the module docstring)."""
     report = BatchReport()
@@ -183,6 +199,8 @@ def send_batch(
     except TemplateProblem as exc:
         fail_mailing(session, mailing_id, f"{exc.message} (fix: {exc.fix})")
         report.error = exc.message
+        return report
+    if limiter is not None and not _paced(session, limiter, message, held, report):
         return report
     going = start(session, held)
     session.commit()
@@ -269,6 +287,40 @@ def _pause_if_failing(session: Session, mailing_id: int) -> None:
             "`jvmail resume` it or `jvmail cancel` it",
         )
         session.commit()
+
+
+MAX_PACE_WAIT = 30.0  # seconds a worker waits for its account's pace; longer: retried later
+
+
+def _paced(
+    session: Session, limiter: Limiter, message: Message, held: list[Claimed], report: BatchReport
+) -> bool:
+    """Book the batch against the sender's limits and wait for its turn; False when it must
+    wait longer (the rows go back to pending, unsent, for a later try)."""
+    if message.per_second is None and message.per_day is None:
+        return True
+    booking = limiter.reserve(
+        f"partner:{message.sender_id}",
+        len(held),
+        per_second=message.per_second,
+        per_day=message.per_day,
+        now=time.time(),
+        max_wait=MAX_PACE_WAIT,
+    )
+    if booking.booked:
+        if booking.wait > 0:
+            time.sleep(booking.wait)  # keeping the account's pace: the rows stay claimed
+        return True
+    unclaim(session, held)
+    session.commit()
+    report.retry = not booking.quota  # pace: soon; daily quota: a tick after midnight
+    report.error = (
+        f"the sender's account has sent its {message.per_day:,} messages for today; "
+        "the rest go after midnight UTC"
+        if booking.quota
+        else f"the sender's account is at its pace of {message.per_second:g}/s; retried later"
+    )
+    return False
 
 
 def _count(

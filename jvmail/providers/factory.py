@@ -87,9 +87,19 @@ def build_provider(
             from_name=str(account.get("from_name") or name or partner),
             stream=str(account.get("message_stream", "broadcast")),
         )
+    if kind == "ses":
+        from jvmail.providers.ses import SesProvider  # boto3: the optional `ses` extra
+
+        return SesProvider(
+            str(account["region"]),
+            from_addr=str(account.get("from_email") or contact_email),
+            from_name=str(account.get("from_name") or name or partner),
+            access_key_id=_secret(env, account, "access_key_id_env", partner) or None,
+            secret_access_key=_secret(env, account, "secret_access_key_env", partner) or None,
+            configuration_set=account.get("configuration_set"),
+        )
     raise ProviderError(
         f"partner {partner}: sending through {kind} is not available in this version",
-        "send to an outbox (JVMAIL_OUTBOX / jvmail run --outbox DIR), or use an smtp, "
-        "sendgrid, mailgun or postmark account",
+        "use one of outbox, smtp, sendgrid, mailgun, postmark or ses, then `jvmail sync`",
         transient=False,
     )

@@ -219,6 +219,68 @@ def mailgun_handler(fake: Fake, key: str, domain: str) -> Callable[[BaseHTTPRequ
     return handle
 
 
+def ses_handler(fake: Fake, key_id: str) -> Callable[[BaseHTTPRequestHandler], None]:
+    """SES v2 SendBulkEmail (REST-JSON). boto3 checks the request against SES's own model
+    before it leaves; here the signature's key id, the 50-destination limit and answers."""
+
+    def handle(h: BaseHTTPRequestHandler) -> None:
+        fake.requests += 1
+        raw = h.rfile.read(int(h.headers.get("Content-Length", "0")))
+        if fake.script:
+            scripted = fake.script.pop(0)
+            time.sleep(scripted.hang)  # the fake provider being slow, not a test waiting
+            _answer(h, scripted.status, scripted.body, scripted.headers)
+            return
+        if h.path != "/v2/email/outbound-bulk-emails":
+            _answer(h, 404, {"message": "not found"}, {"x-amzn-ErrorType": "NotFoundException"})
+            return
+        if f"Credential={key_id}/" not in h.headers.get("Authorization", ""):
+            _answer(
+                h,
+                403,
+                {"message": "The security token included in the request is invalid."},
+                {"x-amzn-ErrorType": "UnrecognizedClientException"},
+            )
+            return
+        body = json.loads(raw)
+        entries = body["BulkEmailEntries"]
+        if len(entries) > 50:
+            _answer(
+                h,
+                400,
+                {"message": f"{len(entries)} destinations; at most 50"},
+                {"x-amzn-ErrorType": "BadRequestException"},
+            )
+            return
+        content = body["DefaultContent"]["Template"]["TemplateContent"]
+        results = []
+        for n, entry in enumerate(entries):
+            (to,) = entry["Destination"]["ToAddresses"]
+            if to.startswith("reject"):
+                results.append(
+                    {
+                        "Status": "MESSAGE_REJECTED",
+                        "Error": "Email address is on the suppression list",
+                    }
+                )
+                continue
+            data = json.loads(
+                entry["ReplacementEmailContent"]["ReplacementTemplate"]["ReplacementTemplateData"]
+            )
+            filled = {
+                k: re.sub(r"\{\{([a-z0-9_]+)\}\}", lambda m, d=data: d[m[1]], v)
+                for k, v in content.items()
+            }
+            headers = {x["Name"]: x["Value"] for x in entry["ReplacementHeaders"]}
+            delivery = {t["Name"]: t["Value"] for t in entry["ReplacementTags"]}["jv_delivery"]
+            fake.bodies.append({"to": to, **filled, **headers})
+            fake.accepted.append((to, delivery))
+            results.append({"Status": "SUCCESS", "MessageId": f"ses-{fake.requests}-{n}"})
+        _answer(h, 200, {"BulkEmailEntryResults": results})
+
+    return handle
+
+
 def _take(fake: Fake, body: dict[str, Any]) -> None:
     fake.bodies.append(body)
     for p in body["personalizations"]:

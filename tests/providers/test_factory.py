@@ -12,6 +12,7 @@ from jvmail.providers.mailgun import MailgunProvider
 from jvmail.providers.outbox import OutboxProvider
 from jvmail.providers.postmark import PostmarkProvider
 from jvmail.providers.sendgrid import SendGridProvider
+from jvmail.providers.ses import SesProvider
 from jvmail.providers.smtp import SmtpProvider
 
 SMTP = {
@@ -83,6 +84,23 @@ def test_mailgun_takes_its_key_domain_and_region() -> None:
     )
 
 
-def test_a_provider_this_version_cannot_send_through_says_so() -> None:
-    with pytest.raises(ProviderError, match="sending through ses is not available"):
-        build_provider("sender", "t@s.example", {"kind": "ses"}, env={})
+def test_ses_takes_its_region_keys_and_configuration_set() -> None:
+    account = {
+        "kind": "ses",
+        "region": "eu-west-1",
+        "access_key_id_env": "AWS_ID",
+        "secret_access_key_env": "AWS_SECRET",
+        "configuration_set": "jvmail-events",
+    }
+    env = {"AWS_ID": "AKIA1", "AWS_SECRET": "s"}
+    provider = build_provider("sender", "t@s.example", account, env=env)
+    assert isinstance(provider, SesProvider)
+    assert provider.configuration_set == "jvmail-events"
+    assert provider.client.meta.region_name == "eu-west-1"
+    with pytest.raises(ProviderError, match="AWS_SECRET"):
+        build_provider("sender", "t@s.example", account, env={"AWS_ID": "AKIA1"})
+
+
+def test_an_unknown_kind_says_so() -> None:
+    with pytest.raises(ProviderError, match="sending through carrier-pigeon is not available"):
+        build_provider("sender", "t@s.example", {"kind": "carrier-pigeon"}, env={})

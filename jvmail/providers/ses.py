@@ -1,0 +1,201 @@
+"""Amazon SES v2 ``SendBulkEmail``: up to 50 destinations a request, through boto3.
+
+The message goes once per request as inline template content; each destination gets its own
+replacement data (our markers become ``{{name}}`` variables; the HTML part uses HTML-escaped
+copies, since inline templates are filled by plain substitution), its own unsubscribe headers,
+and the delivery id as a message tag, which SES puts on every event it publishes.
+
+Per-destination answers: SUCCESS is accepted; MESSAGE_REJECTED, INVALID_PARAMETER and FAILED
+refuse that recipient; throttling and TRANSIENT_FAILURE send it later (SES asks that throttled
+mail be deferred, not failed); a suspended or paused account, or an unverified domain, pauses
+the account's mailings.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from email.utils import formataddr
+from typing import Any
+
+import orjson
+from markupsafe import escape
+
+from jvmail.providers.base import (
+    Capabilities,
+    OutboundBatch,
+    Provider,
+    ProviderError,
+    Recipient,
+    Result,
+)
+
+__all__ = ["SesProvider"]
+
+_MARKER = re.compile(r"%%JV_([A-Z0-9_]+)%%")
+_LATER = {"ACCOUNT_THROTTLED", "ACCOUNT_DAILY_QUOTA_EXCEEDED", "TRANSIENT_FAILURE"}
+_ACCOUNT = {
+    "ACCOUNT_SUSPENDED",
+    "ACCOUNT_SENDING_PAUSED",
+    "MAIL_FROM_DOMAIN_NOT_VERIFIED",
+    "CONFIGURATION_SET_NOT_FOUND",
+    "CONFIGURATION_SET_SENDING_PAUSED",
+}
+_TRANSIENT_ERRORS = {
+    "TooManyRequestsException",
+    "ThrottlingException",
+    "LimitExceededException",
+    "InternalServiceErrorException",
+    "ServiceUnavailable",
+}
+_ACCOUNT_ERRORS = {
+    "AccountSuspendedException",
+    "SendingPausedException",
+    "MailFromDomainNotVerifiedException",
+    "UnrecognizedClientException",
+    "InvalidClientTokenId",
+    "SignatureDoesNotMatch",
+    "AccessDeniedException",
+}
+
+
+def _vars(part: str, suffix: str) -> str:
+    return _MARKER.sub(lambda m: "{{" + m[1].lower() + suffix + "}}", part)
+
+
+class SesProvider(Provider):
+    name = "ses"
+    capabilities = Capabilities(max_batch=50, substitution=True, metadata=True)
+
+    def __init__(
+        self,
+        region: str,
+        *,
+        from_addr: str,
+        from_name: str,
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+        configuration_set: str | None = None,
+        endpoint_url: str | None = None,
+        timeout: tuple[float, float] = (5.0, 30.0),
+    ) -> None:
+        import boto3  # the optional `ses` extra
+        from botocore.config import Config
+
+        self.sender = formataddr((from_name, from_addr))
+        self.configuration_set = configuration_set
+        self.client = boto3.client(
+            "sesv2",
+            region_name=region,
+            aws_access_key_id=access_key_id,
+            aws_secret_access_key=secret_access_key,
+            endpoint_url=endpoint_url,
+            config=Config(
+                connect_timeout=timeout[0], read_timeout=timeout[1], retries={"max_attempts": 0}
+            ),
+        )
+
+    def request(self, batch: OutboundBatch, recipients: Sequence[Recipient]) -> dict[str, Any]:
+        rendered = batch.skeleton.rendered
+        entries = []
+        for r in recipients:
+            data = {k.lower(): v for k, v in r.values.items()}
+            data |= {f"{k.lower()}_h": str(escape(v)) for k, v in r.values.items()}
+            unsubscribe = f"<{r.values['UNSUBSCRIBE']}>, <{batch.unsubscribe_mailto}>"
+            entries.append(
+                {
+                    "Destination": {"ToAddresses": [r.email]},
+                    "ReplacementTags": [{"Name": "jv_delivery", "Value": str(r.delivery_id)}],
+                    "ReplacementEmailContent": {
+                        "ReplacementTemplate": {
+                            "ReplacementTemplateData": orjson.dumps(data).decode()
+                        }
+                    },
+                    "ReplacementHeaders": [
+                        {"Name": "List-Unsubscribe", "Value": unsubscribe},
+                        {"Name": "List-Unsubscribe-Post", "Value": "List-Unsubscribe=One-Click"},
+                    ],
+                }
+            )
+        request: dict[str, Any] = {
+            "FromEmailAddress": self.sender,
+            "DefaultContent": {
+                "Template": {
+                    "TemplateContent": {
+                        "Subject": _vars(rendered.subject, ""),
+                        "Text": _vars(rendered.text, ""),
+                        "Html": _vars(rendered.html, "_h"),
+                    },
+                    "TemplateData": "{}",
+                }
+            },
+            "DefaultEmailTags": [{"Name": "jv_mailing", "Value": str(batch.mailing_id)}],
+            "BulkEmailEntries": entries,
+        }
+        if self.configuration_set:
+            request["ConfigurationSetName"] = self.configuration_set
+        return request
+
+    def _send(self, batch: OutboundBatch, recipients: Sequence[Recipient]) -> list[Result]:
+        from botocore.exceptions import (
+            ClientError,
+            ConnectTimeoutError,
+            EndpointConnectionError,
+            ReadTimeoutError,
+        )
+
+        try:
+            answer = self.client.send_bulk_email(**self.request(batch, recipients))
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            said = str(exc.response.get("Error", {}).get("Message", ""))[:300]
+            if code in _ACCOUNT_ERRORS:
+                raise ProviderError(
+                    f"SES: the account cannot send ({code}: {said})",
+                    "check the account's credentials and status in the SES console; its "
+                    "mailings are paused",
+                    transient=False,
+                    auth=True,
+                ) from exc
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 400))
+            raise ProviderError(
+                f"SES: {code or status}: {said}",
+                "a passing refusal; the batch is retried later"
+                if code in _TRANSIENT_ERRORS or status >= 500
+                else "the message above says what to change",
+                transient=code in _TRANSIENT_ERRORS or status >= 500,
+            ) from exc
+        except (EndpointConnectionError, ConnectTimeoutError) as exc:
+            raise ProviderError(
+                f"SES: cannot connect ({exc})", "retried later", transient=True
+            ) from exc
+        except ReadTimeoutError as exc:
+            raise ProviderError(
+                "SES: no answer after sending",
+                "the messages may have gone: they wait for SES's events, not resent",
+                transient=True,
+                maybe_sent=True,
+            ) from exc
+        results = answer.get("BulkEmailEntryResults", [])
+        if any(str(e.get("Status")) in _ACCOUNT for e in results):
+            why = next(str(e.get("Status")) for e in results if e.get("Status") in _ACCOUNT)
+            raise ProviderError(
+                f"SES: the account cannot send ({why})",
+                "fix the account in the SES console; its mailings are paused",
+                transient=False,
+                auth=True,
+                partial=[
+                    _result(r, e)
+                    for r, e in zip(recipients, results, strict=True)
+                    if e.get("Status") == "SUCCESS"
+                ],
+            )
+        return [_result(r, e) for r, e in zip(recipients, results, strict=True)]
+
+
+def _result(r: Recipient, entry: dict[str, Any]) -> Result:
+    status = str(entry.get("Status"))
+    if status == "SUCCESS":
+        return Result(r.delivery_id, True, str(entry.get("MessageId")))
+    error = f"{status}: {entry.get('Error', '')}".strip(": ")
+    return Result(r.delivery_id, False, error=error, retry=status in _LATER)

@@ -1,0 +1,107 @@
+"""SES v2 through boto3 against a local endpoint speaking SendBulkEmail.
+
+moto's server (5.2) implements SES v2 SendEmail but not SendBulkEmail, so the bulk call is
+served here; boto3 still validates every request against SES's own service model first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from jvmail.dispatch.mime import skeleton
+from jvmail.dispatch.render import Mailer, markers, render
+from jvmail.providers.base import OutboundBatch, Recipient
+from jvmail.providers.ses import SesProvider
+from tests.providers.fakes import Fake, Scripted, serve, ses_handler
+
+KEY_ID = "AKIATESTKEY"
+MAILER = Mailer("Sender Co", "1 Canal Street, Springfield", "Weekly", "Owner Inc")
+
+
+@pytest.fixture
+def fake() -> Iterator[Fake]:
+    state = Fake()
+    with serve(ses_handler(state, KEY_ID), state):
+        yield state
+
+
+def _batch(emails: list[str]) -> OutboundBatch:
+    rendered = render(
+        "offer",
+        "Hi {{ first_name }}",
+        "<p>Hi {{ first_name }} <a href='https://o.example/x'>x</a></p>",
+        "Hi {{ first_name }} https://o.example/x",
+        MAILER,
+    )
+    layout = skeleton(
+        rendered,
+        from_name="Sender Co",
+        from_addr="news@s.example",
+        mailing_id=6,
+        domain="jv.example",
+    )
+    people = tuple(
+        Recipient(
+            n,
+            e,
+            markers(f"<R{n}>", [f"https://jv.example/c/{n}"], f"https://jv.example/u/{n}", "o"),
+        )
+        for n, e in enumerate(emails, start=1)
+    )
+    return OutboundBatch(6, layout, "mailto:news@s.example", people)
+
+
+def _provider(fake: Fake, key_id: str = KEY_ID) -> SesProvider:
+    return SesProvider(
+        "eu-west-1",
+        from_addr="news@s.example",
+        from_name="Sender Co",
+        access_key_id=key_id,
+        secret_access_key="secret",
+        endpoint_url=fake.url,
+    )
+
+
+def test_fifty_destinations_a_request_each_with_its_own_values(fake: Fake) -> None:
+    emails = [f"r{n}@mail.example" for n in range(1, 121)]
+    sent = _provider(fake).send(_batch(emails))
+    assert sent.error is None
+    assert fake.requests == 3  # 50 + 50 + 20
+    assert [r.accepted for r in sent.results] == [True] * 120
+    assert sorted(int(d) for _, d in fake.accepted) == list(range(1, 121))
+    first = fake.bodies[0]
+    assert first["Subject"] == "Hi <R1>"
+    assert "Hi &lt;R1&gt;" in first["Html"]
+    assert "https://jv.example/c/1" in first["Text"]
+    assert first["List-Unsubscribe"] == "<https://jv.example/u/1>, <mailto:news@s.example>"
+    assert first["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+
+
+def test_each_destination_gets_its_own_answer(fake: Fake) -> None:
+    sent = _provider(fake).send(_batch(["a@mail.example", "rejected@mail.example"]))
+    ok, refused = sent.results
+    assert ok.accepted
+    assert not refused.accepted
+    assert not refused.retry
+    assert refused.error == "MESSAGE_REJECTED: Email address is on the suppression list"
+
+
+def test_throttling_retries_and_a_bad_key_pauses(fake: Fake) -> None:
+    fake.script.append(
+        Scripted(
+            429,
+            {"x-amzn-ErrorType": "TooManyRequestsException"},
+            {"message": "Too many requests"},
+        )
+    )
+    sent = _provider(fake).send(_batch(["a@mail.example"]))
+    assert sent.error is not None
+    assert sent.error.transient
+    assert sent.untried == [1]
+    sent = _provider(fake, key_id="AKIAWRONG").send(_batch(["a@mail.example"]))
+    assert sent.error is not None
+    assert sent.error.auth
+    assert "UnrecognizedClientException" in sent.error.message
+    assert not fake.accepted

@@ -30,6 +30,7 @@ test: lint typecheck pytest
 bench: $(BIN)/jvmail
 	$(BIN)/python bench/import_subscribers.py
 	$(BIN)/python bench/scheduler.py
+	$(BIN)/python bench/send.py
 
 clean:
 	rm -rf $(VENV) .jvmail-demo .mypy_cache .pytest_cache .ruff_cache

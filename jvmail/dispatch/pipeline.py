@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
-from sqlalchemy import func, select, update
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session, aliased
 
 from jvmail.db.models import (
@@ -131,8 +131,32 @@ def dispatch(session: Session, mailing_id: int, batch_size: int) -> list[tuple[i
     return bounds
 
 
+# (database, mailing, promotion and sender versions) -> the mailing's rendered message
+_RENDERED: dict[tuple[str, int, object, object], Message] = {}
+_RENDERED_MAX = 64
+
+
 def load_message(session: Session, mailing_id: int) -> Message:
-    """Render the mailing's message (raises :class:`TemplateProblem` for a broken template)."""
+    """The mailing's message, rendered once per process and kept while its promotion and its
+    sender's settings stay as they are; raises :class:`TemplateProblem` for a broken
+    template."""
+    versions = session.execute(
+        select(Promotion.updated_at, Partner.updated_at)
+        .join(Mailing, Mailing.promotion_id == Promotion.id)
+        .join(Partner, Partner.id == Mailing.sender_id)
+        .where(Mailing.id == mailing_id)
+    ).one()
+    key = (str(session.connection().engine.url), mailing_id, versions[0], versions[1])
+    cached = _RENDERED.get(key)
+    if cached is None:
+        cached = _render_message(session, mailing_id)
+        if len(_RENDERED) >= _RENDERED_MAX:
+            _RENDERED.pop(next(iter(_RENDERED)))
+        _RENDERED[key] = cached
+    return cached
+
+
+def _render_message(session: Session, mailing_id: int) -> Message:
     owner = aliased(Partner)
     row = session.execute(
         select(Mailing, Promotion, MailingList, Partner, owner)
@@ -273,12 +297,11 @@ def _pause_if_failing(session: Session, mailing_id: int) -> None:
     )
     failed = answered.get(DeliveryStatus.FAILED, 0)
     total = failed + answered.get(DeliveryStatus.ACCEPTED, 0)
-    left = session.scalar(
-        select(func.count()).where(
-            Delivery.mailing_id == mailing_id, Delivery.status.in_(UNFINISHED)
-        )
-    )
-    if left and total >= FAILING_AFTER and failed > FAILING_SHARE * total:
+    if (
+        _unfinished(session, mailing_id)
+        and total >= FAILING_AFTER
+        and failed > FAILING_SHARE * total
+    ):
         pause_mailing(
             session,
             mailing_id,
@@ -339,13 +362,9 @@ def _count(
 
 
 def _finish(session: Session, mailing_id: int) -> None:
-    """Mark the mailing sent once none of its deliveries is unfinished."""
-    left = session.scalar(
-        select(func.count()).where(
-            Delivery.mailing_id == mailing_id, Delivery.status.in_(UNFINISHED)
-        )
-    )
-    if not left:
+    """Mark the mailing sent once none of its deliveries is unfinished (an EXISTS probe: it
+    stops at the first unfinished row, where a count would read them all after every batch)."""
+    if not _unfinished(session, mailing_id):
         session.execute(
             update(Mailing)
             .where(
@@ -355,6 +374,13 @@ def _finish(session: Session, mailing_id: int) -> None:
             .values(status=MailingStatus.SENT, updated_at=dt.datetime.now(dt.UTC))
         )
         session.commit()
+
+
+def _unfinished(session: Session, mailing_id: int) -> bool:
+    probe = select(Delivery.id).where(
+        Delivery.mailing_id == mailing_id, Delivery.status.in_(UNFINISHED)
+    )
+    return bool(session.scalar(select(exists(probe))))
 
 
 def pause_mailing(session: Session, mailing_id: int, why: str) -> None:

@@ -373,6 +373,11 @@ def _from_side(pair: dict[str, Any], partner: str) -> dict[str, Any]:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the week's problem as JSON (for bug reports and benchmarks).",
 )
+@click.option(
+    "--no-bound",
+    is_flag=True,
+    help="Skip V_max and the LP bound (minutes on a hub of thousands of partners).",
+)
 @_JSON
 @pass_app
 def plan(
@@ -383,6 +388,7 @@ def plan(
     explain: bool,
     problem_file: Path | None,
     export_problem: Path | None,
+    no_bound: bool,
     as_json: bool,
 ) -> None:
     """Plan a week of mailings: who mails whose promotion, on which list and day.
@@ -394,11 +400,14 @@ def plan(
     table of why promotions got fewer mailings than they wanted (no-eligible-list, window,
     lists-exhausted, capacity, pair-cap, balance); --json always includes those reasons.
 
+    --no-bound leaves out V_max and the LP bound (and so V / V_max and the gap): on a hub of
+    thousands of partners they take minutes, the plan itself seconds.
+
     \b
     Examples:
       jvmail plan --week 2026-W49 --dry-run --explain
       jvmail plan --week 2026-W49 --export-problem week49.json
-      jvmail plan --problem week49.json --json
+      jvmail plan --problem week49.json --json --no-bound
     """
     if problem_file is not None:
         problem = _read_problem(problem_file)
@@ -413,6 +422,7 @@ def plan(
             saved=False,
             explain=explain,
             footer=footer,
+            bound=not no_bound,
         )
         return
     if week is None:
@@ -435,6 +445,7 @@ def plan(
         saved=not dry_run,
         explain=explain,
         footer=footer,
+        bound=not no_bound,
     )
 
 
@@ -509,18 +520,22 @@ def _report_plan(
     saved: bool,
     explain: bool = False,
     footer: str = "",
+    bound: bool = True,
 ) -> None:
-    value_only = Problem(
-        problem.week_start,
-        problem.lists,
-        problem.promotions,
-        niche_groups=problem.niche_groups,
-        settings=Settings(pair_cap=problem.settings.pair_cap, balance_weight=0, excess_weight=0),
-    )
-    v_max = sum(a.value for a in solve(value_only).assignments)
-    figures = plan_figures(
-        problem, chosen, value_max=v_max, bound=lp_bound(problem), solve_seconds=took
-    )
+    v_max = lp = None
+    if bound:
+        value_only = Problem(
+            problem.week_start,
+            problem.lists,
+            problem.promotions,
+            niche_groups=problem.niche_groups,
+            settings=Settings(
+                pair_cap=problem.settings.pair_cap, balance_weight=0, excess_weight=0
+            ),
+        )
+        v_max = sum(a.value for a in solve(value_only).assignments)
+        lp = lp_bound(problem)
+    figures = plan_figures(problem, chosen, value_max=v_max, bound=lp, solve_seconds=took)
     short = shortfalls(problem, chosen)
     if as_json:
         print_json(app.out, plan_json(problem, chosen, figures, short, saved=saved))

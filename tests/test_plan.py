@@ -64,6 +64,17 @@ def test_dry_run_and_exported_problems_reproduce_the_plan(
     code, again, _ = run(capsys, "plan", "--problem", str(problem_file), "--json")
     assert code == 0
     assert json.loads(again)["mailings"] == json.loads(first)["mailings"]
+    full = json.loads(again)
+    assert full["bound"] is not None
+    assert full["gap"] is not None
+    assert full["solve_seconds"] > 0
+    # --no-bound: the same plan, without V_max, the LP bound and the gap.
+    code, quick, _ = run(capsys, "plan", "--problem", str(problem_file), "--json", "--no-bound")
+    assert code == 0
+    lean = json.loads(quick)
+    assert lean["mailings"] == full["mailings"]
+    assert (lean["bound"], lean["gap"], lean["value_max"]) == (None, None, None)
+    assert lean["sum_abs_balance_over_value"] == full["sum_abs_balance_over_value"]
 
 
 def test_bad_week_and_bad_problem_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

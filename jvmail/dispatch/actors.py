@@ -62,6 +62,7 @@ class Runtime:
     lease: dt.timedelta = LEASE  # how long a claimed batch is a worker's alone
     limiter: Limiter = field(default_factory=MemoryLimiter)  # the accounts' pace and quota
     relay_after: dt.timedelta = RELAY_AFTER  # a queued mailing this still is re-enqueued
+    batch: int = BATCH  # deliveries per batch message
     _engine: Engine | None = field(default=None, repr=False)
     _maker: sessionmaker[Session] | None = field(default=None, repr=False)
 
@@ -101,6 +102,7 @@ def declare(broker: dramatiq.Broker, runtime: Runtime) -> Actors:
                 provider,
                 mailing_id,
                 (lo, hi),
+                limit=runtime.batch,
                 lease=runtime.lease,
                 limiter=runtime.limiter,
             )
@@ -109,7 +111,7 @@ def declare(broker: dramatiq.Broker, runtime: Runtime) -> Actors:
 
     def jv_dispatch(mailing_id: int) -> None:
         with runtime.session() as session:
-            bounds = dispatch(session, mailing_id, BATCH)
+            bounds = dispatch(session, mailing_id, runtime.batch)
         for lo, hi in bounds:
             send.send(mailing_id, lo, hi)
 
@@ -120,7 +122,7 @@ def declare(broker: dramatiq.Broker, runtime: Runtime) -> Actors:
             session.commit()
             due = due_mailings(session, dt.datetime.fromisoformat(until) if until else now)
             stalled = _stalled(session, now - runtime.relay_after)
-            relayed = [(m, b) for m in stalled for b in batch_bounds(session, m, BATCH)]
+            relayed = [(m, b) for m in stalled for b in batch_bounds(session, m, runtime.batch)]
         for mailing_id in due:
             dispatch_.send(mailing_id)
         for mailing_id, (lo, hi) in relayed:

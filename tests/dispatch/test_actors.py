@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from jvmail.db.models import Delivery, Mailing, MailingStatus
+from jvmail.db.models import (
+    Delivery,
+    Mailing,
+    MailingStatus,
+    Subscriber,
+    Suppression,
+    SuppressionReason,
+)
 from jvmail.dispatch.actors import Runtime
 from jvmail.dispatch.runner import run_due
-from jvmail.providers.base import Provider, ProviderError
+from jvmail.providers.base import OutboundBatch, Provider, ProviderError, Recipient, Result
 from tests.dispatch.conftest import WHEN, Hub
 from tests.dispatch.test_pipeline import Recording
 
@@ -69,3 +77,41 @@ def test_a_sender_without_its_secret_fails_its_mailing_naming_the_variable(
     assert "SENDER_SMTP_PASSWORD is not set" in (mailing.error or "")
     assert _statuses(session) == {"failed": 25}
     assert report.sent == 0
+
+
+def test_an_unsubscribe_committed_during_a_mailing_stops_its_later_batches(
+    session: Session, hub: Hub, db_url: str, tmp_path: Path
+) -> None:
+    late = "reader24@mail.example"  # in the mailing's last batch (of 10, 10 and 5)
+
+    class Unsubscribing(Recording):
+        def _send(self, batch: OutboundBatch, recipients: Sequence[Recipient]) -> list[Result]:
+            if self.calls == 0:  # while the first batch is with the provider, a reader leaves
+                with Session(session.get_bind()) as other:
+                    other.add(
+                        Suppression(
+                            partner_id=hub.sender.id,
+                            email=late,
+                            reason=SuppressionReason.UNSUBSCRIBED,
+                        )
+                    )
+                    other.commit()
+            return super()._send(batch, recipients)
+
+    sending = Unsubscribing(tmp_path)
+    runtime = Runtime(db_url, lambda _m: sending, batch=10)
+    try:
+        run_due(runtime, WHEN)
+    finally:
+        runtime.close()
+    assert _statuses(session) == {"accepted": 23, "failed": 1, "suppressed": 1}
+    sent_to = {
+        e
+        for (e,) in session.execute(
+            select(Subscriber.email)
+            .join(Delivery, Delivery.subscriber_id == Subscriber.id)
+            .where(Delivery.status == "accepted")
+        )
+    }
+    assert late not in sent_to
+    assert set(sending.seen.values()) == {1}

@@ -36,11 +36,11 @@ def runtime_from_env() -> Runtime:
     lease = dt.timedelta(seconds=float(os.environ.get("JVMAIL_LEASE_SECONDS", "600")))
     runtime = Runtime(
         os.environ.get("JVMAIL_DATABASE_URL", DEFAULT_DATABASE_URL),
-        lambda _mailing: _no_provider(),
+        lambda mailing: pick(mailing),  # noqa: PLW0108 - `pick` is bound below (late)
         lease=lease,
         relay_after=max(lease / 5, dt.timedelta(seconds=1)),
     )
-    runtime.provider = senders_accounts(runtime, Path(outbox) if outbox else None)
+    pick = senders_accounts(runtime, Path(outbox) if outbox else None)
     return runtime
 
 
@@ -68,10 +68,6 @@ def senders_accounts(runtime: Runtime, outbox: Path | None) -> Callable[[int], P
             return cache[sender.id]
 
     return provider
-
-
-def _no_provider() -> Provider:
-    raise AssertionError("replaced in runtime_from_env")
 
 
 _namespace = os.environ.get("JVMAIL_REDIS_NAMESPACE", "jvmail")

@@ -271,30 +271,23 @@ def start(session: Session, held: Sequence[Claimed]) -> list[Claimed]:
 
 def unclaim(session: Session, held: Sequence[Claimed]) -> int:
     """Give claimed rows back (fenced) without sending them: they are pending again."""
-    if not held:
-        return 0
-    stmt = (
-        update(Delivery)
-        .where(
-            tuple_(Delivery.id, Delivery.fence).in_([(c.delivery_id, c.fence) for c in held]),
-            Delivery.status == DeliveryStatus.CLAIMED,
-        )
-        .values(status=DeliveryStatus.PENDING, lease_until=None, updated_at=_now())
-        .execution_options(preserve_rowcount=True)
-    )
-    return session.connection().execute(stmt).rowcount
+    return _back_to_pending(session, held, DeliveryStatus.CLAIMED)
 
 
 def release(session: Session, held: Sequence[Claimed]) -> int:
     """Put in-flight rows back to ``pending`` (fenced): the provider refused the request as a
     whole and answered so, so nothing left; a later batch may send them."""
+    return _back_to_pending(session, held, DeliveryStatus.SENDING)
+
+
+def _back_to_pending(session: Session, held: Sequence[Claimed], now: DeliveryStatus) -> int:
     if not held:
         return 0
     stmt = (
         update(Delivery)
         .where(
             tuple_(Delivery.id, Delivery.fence).in_([(c.delivery_id, c.fence) for c in held]),
-            Delivery.status == DeliveryStatus.SENDING,
+            Delivery.status == now,
         )
         .values(status=DeliveryStatus.PENDING, lease_until=None, updated_at=_now())
         .execution_options(preserve_rowcount=True)

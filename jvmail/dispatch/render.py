@@ -39,7 +39,9 @@ __all__ = [
     "Mailer",
     "Rendered",
     "TemplateProblem",
+    "both_forms",
     "fill",
+    "for_provider",
     "markers",
     "render",
     "templates_dir",
@@ -223,6 +225,21 @@ def markers(first_name: str, links: list[str], unsubscribe: str, open_pixel: str
     values = {"FIRST_NAME": first_name or "there", "UNSUBSCRIBE": unsubscribe, "OPEN": open_pixel}
     values |= {f"LINK_{n}": url for n, url in enumerate(links, start=1)}
     return values
+
+
+def for_provider(rendered: Rendered, name: Callable[[str], str]) -> tuple[str, str, str]:
+    """(subject, text, html) with each marker written as ``name(MARKER)`` for a provider that
+    substitutes values itself; in the HTML part the marker names the ``_H`` copy (see
+    :func:`both_forms`), since such providers substitute the same raw text everywhere."""
+    text_parts = (rendered.subject, rendered.text)
+    subject, text = (_MARKER.sub(lambda m: name(m[1]), part) for part in text_parts)
+    html = _MARKER.sub(lambda m: name(f"{m[1]}_H"), rendered.html)
+    return subject, text, html
+
+
+def both_forms(values: Mapping[str, str]) -> dict[str, str]:
+    """One recipient's values as plain text, and HTML-escaped under ``NAME_H``."""
+    return {**values, **{f"{k}_H": str(escape(v)) for k, v in values.items()}}
 
 
 def fill(part: str, values: Mapping[str, str], *, html: bool) -> str:

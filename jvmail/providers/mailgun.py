@@ -9,25 +9,23 @@ recipient gets a message of its own, never seeing the others. The delivery id tr
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from email.utils import formataddr
 
 import orjson
 import requests
-from markupsafe import escape
 
+from jvmail.dispatch.render import both_forms, for_provider
 from jvmail.providers.base import Capabilities, OutboundBatch, Provider, Recipient, Result
 from jvmail.providers.http import TIMEOUT, post
 
 __all__ = ["MailgunProvider"]
 
 API = {"us": "https://api.mailgun.net", "eu": "https://api.eu.mailgun.net"}
-_MARKER = re.compile(r"%%JV_([A-Z0-9_]+)%%")
 
 
-def _vars(part: str, suffix: str) -> str:
-    return _MARKER.sub(lambda m: f"%recipient.{m[1].lower()}{suffix}%", part)
+def _var(name: str) -> str:
+    return f"%recipient.{name.lower()}%"
 
 
 class MailgunProvider(Provider):
@@ -49,17 +47,16 @@ class MailgunProvider(Provider):
         self.http = requests.Session()
 
     def form(self, batch: OutboundBatch, recipients: Sequence[Recipient]) -> list[tuple[str, str]]:
-        rendered = batch.skeleton.rendered
+        subject, text, html = for_provider(batch.skeleton.rendered, _var)
         per: dict[str, dict[str, str]] = {}
         for r in recipients:
-            values = {k.lower(): v for k, v in r.values.items()}
-            values |= {f"{k.lower()}_h": str(escape(v)) for k, v in r.values.items()}
+            values = {k.lower(): v for k, v in both_forms(r.values).items()}
             per[r.email] = values | {"jv_delivery": str(r.delivery_id)}
         fields = [("from", self.sender)] + [("to", r.email) for r in recipients]
         fields += [
-            ("subject", _vars(rendered.subject, "")),
-            ("text", _vars(rendered.text, "")),
-            ("html", _vars(rendered.html, "_h")),
+            ("subject", subject),
+            ("text", text),
+            ("html", html),
             ("recipient-variables", orjson.dumps(per).decode()),
             ("h:List-Unsubscribe", f"<%recipient.unsubscribe%>, <{batch.unsubscribe_mailto}>"),
             ("h:List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),

@@ -4,8 +4,8 @@ The message is sent once per request; each recipient is a personalization with i
 substitutions (our per-recipient markers), its own unsubscribe headers and the delivery and
 mailing ids as custom args (numbers only: custom args are kept long-term, so no address or
 partner name goes there; the published schema types the top-level ``custom_args`` as a string,
-so they sit on each personalization). A marker appears in the HTML part under another key
-(``%%JVH_...``) so its value can be HTML-escaped there and plain in the text part.
+so they sit on each personalization). A marker appears in the HTML part under its ``_H`` key, so its
+value is HTML-escaped there and plain in the text part.
 """
 
 from __future__ import annotations
@@ -14,14 +14,18 @@ from collections.abc import Sequence
 from typing import Any
 
 import requests
-from markupsafe import escape
 
+from jvmail.dispatch.render import both_forms, for_provider
 from jvmail.providers.base import Capabilities, OutboundBatch, Provider, Recipient, Result
 from jvmail.providers.http import TIMEOUT, post
 
 __all__ = ["SendGridProvider"]
 
 API = "https://api.sendgrid.com"
+
+
+def _key(name: str) -> str:
+    return f"%%JV_{name}%%"
 
 
 class SendGridProvider(Provider):
@@ -42,11 +46,10 @@ class SendGridProvider(Provider):
         self.http = requests.Session()
 
     def body(self, batch: OutboundBatch, recipients: Sequence[Recipient]) -> dict[str, Any]:
-        rendered = batch.skeleton.rendered
+        subject, text, html = for_provider(batch.skeleton.rendered, _key)
         personalizations = []
         for r in recipients:
-            subs = {f"%%JV_{k}%%": v for k, v in r.values.items()}
-            subs |= {f"%%JVH_{k}%%": str(escape(v)) for k, v in r.values.items()}
+            subs = {_key(k): v for k, v in both_forms(r.values).items()}
             personalizations.append(
                 {
                     "to": [{"email": r.email}],
@@ -66,10 +69,10 @@ class SendGridProvider(Provider):
         return {
             "personalizations": personalizations,
             "from": {"email": self.from_addr, "name": self.from_name},
-            "subject": rendered.subject,
+            "subject": subject,
             "content": [
-                {"type": "text/plain", "value": rendered.text},
-                {"type": "text/html", "value": rendered.html.replace("%%JV_", "%%JVH_")},
+                {"type": "text/plain", "value": text},
+                {"type": "text/html", "value": html},
             ],
         }
 

@@ -13,14 +13,13 @@ the account's mailings.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from email.utils import formataddr
 from typing import Any
 
 import orjson
-from markupsafe import escape
 
+from jvmail.dispatch.render import both_forms, for_provider
 from jvmail.providers.base import (
     Capabilities,
     OutboundBatch,
@@ -32,7 +31,6 @@ from jvmail.providers.base import (
 
 __all__ = ["SesProvider"]
 
-_MARKER = re.compile(r"%%JV_([A-Z0-9_]+)%%")
 _LATER = {"ACCOUNT_THROTTLED", "ACCOUNT_DAILY_QUOTA_EXCEEDED", "TRANSIENT_FAILURE"}
 _ACCOUNT = {
     "ACCOUNT_SUSPENDED",
@@ -59,8 +57,8 @@ _ACCOUNT_ERRORS = {
 }
 
 
-def _vars(part: str, suffix: str) -> str:
-    return _MARKER.sub(lambda m: "{{" + m[1].lower() + suffix + "}}", part)
+def _var(name: str) -> str:
+    return "{{" + name.lower() + "}}"
 
 
 class SesProvider(Provider):
@@ -96,11 +94,10 @@ class SesProvider(Provider):
         )
 
     def request(self, batch: OutboundBatch, recipients: Sequence[Recipient]) -> dict[str, Any]:
-        rendered = batch.skeleton.rendered
+        subject, text, html = for_provider(batch.skeleton.rendered, _var)
         entries = []
         for r in recipients:
-            data = {k.lower(): v for k, v in r.values.items()}
-            data |= {f"{k.lower()}_h": str(escape(v)) for k, v in r.values.items()}
+            data = {k.lower(): v for k, v in both_forms(r.values).items()}
             unsubscribe = f"<{r.values['UNSUBSCRIBE']}>, <{batch.unsubscribe_mailto}>"
             entries.append(
                 {
@@ -122,9 +119,9 @@ class SesProvider(Provider):
             "DefaultContent": {
                 "Template": {
                     "TemplateContent": {
-                        "Subject": _vars(rendered.subject, ""),
-                        "Text": _vars(rendered.text, ""),
-                        "Html": _vars(rendered.html, "_h"),
+                        "Subject": subject,
+                        "Text": text,
+                        "Html": html,
                     },
                     "TemplateData": "{}",
                 }

@@ -26,7 +26,50 @@ from typing import Any
 
 from jsonschema import Draft4Validator, Draft202012Validator
 
+from jvmail.dispatch.mime import skeleton
+from jvmail.dispatch.render import Mailer, markers, render
+from jvmail.providers.base import OutboundBatch, Recipient
+
 SPECS = Path(__file__).parent / "specs"
+MAILER = Mailer("Sender Co", "1 Canal Street, Springfield", "Weekly", "Owner Inc")
+
+
+def sample_batch(
+    emails: list[str], mailing_id: int, name: Callable[[int], str] = lambda n: f"<R{n}>"
+) -> OutboundBatch:
+    """A rendered mailing with one link, to ``emails``: recipient n (from 1) is called
+    ``name(n)`` and has the links https://jv.example/c/n and /u/n."""
+    rendered = render(
+        "offer",
+        "Hi {{ first_name }}",
+        "<p>Hi {{ first_name }}, <a href='https://o.example/x'>x</a></p>",
+        "Hi {{ first_name }}, https://o.example/x",
+        MAILER,
+    )
+    layout = skeleton(
+        rendered,
+        from_name="Sender Co",
+        from_addr="news@s.example",
+        mailing_id=mailing_id,
+        domain="jv.example",
+    )
+    people = tuple(
+        Recipient(
+            n, e, markers(name(n), [f"https://jv.example/c/{n}"], f"https://jv.example/u/{n}", "o")
+        )
+        for n, e in enumerate(emails, start=1)
+    )
+    return OutboundBatch(mailing_id, layout, "mailto:news@s.example", people)
+
+
+def _scripted(fake: Fake, h: BaseHTTPRequestHandler) -> Scripted | None:
+    """Answer with the next scripted answer, if the test queued one (after its hang)."""
+    if not fake.script:
+        return None
+    scripted = fake.script.pop(0)
+    time.sleep(scripted.hang)  # the fake provider being slow, not a test waiting
+    _answer(h, scripted.status, scripted.body, scripted.headers)
+    return scripted
 
 
 @dataclass
@@ -63,13 +106,10 @@ def sendgrid_handler(fake: Fake, key: str) -> Callable[[BaseHTTPRequestHandler],
     def handle(h: BaseHTTPRequestHandler) -> None:
         fake.requests += 1
         raw = h.rfile.read(int(h.headers.get("Content-Length", "0")))
-        if fake.script:
-            scripted = fake.script.pop(0)
-            if scripted.hang:
-                time.sleep(scripted.hang)  # the fake provider being slow, not a test waiting
-                if scripted.status == 202:
-                    _take(fake, json.loads(raw))
-            _answer(h, scripted.status, scripted.body, scripted.headers)
+        scripted = _scripted(fake, h)
+        if scripted is not None:
+            if scripted.status == 202:  # taken, though the answer came too late
+                _take(fake, json.loads(raw))
             return
         if h.path != "/v3/mail/send":
             _answer(h, 404, _error("not found"))
@@ -107,10 +147,7 @@ def postmark_handler(fake: Fake, token: str) -> Callable[[BaseHTTPRequestHandler
     def handle(h: BaseHTTPRequestHandler) -> None:
         fake.requests += 1
         raw = h.rfile.read(int(h.headers.get("Content-Length", "0")))
-        if fake.script:
-            scripted = fake.script.pop(0)
-            time.sleep(scripted.hang)  # the fake provider being slow, not a test waiting
-            _answer(h, scripted.status, scripted.body, scripted.headers)
+        if _scripted(fake, h) is not None:
             return
         if h.headers.get("X-Postmark-Server-Token") != token:
             _answer(h, 401, {"ErrorCode": 10, "Message": "Bad or missing Server API token."})
@@ -176,10 +213,7 @@ def mailgun_handler(fake: Fake, key: str, domain: str) -> Callable[[BaseHTTPRequ
     def handle(h: BaseHTTPRequestHandler) -> None:
         fake.requests += 1
         raw = h.rfile.read(int(h.headers.get("Content-Length", "0")))
-        if fake.script:
-            scripted = fake.script.pop(0)
-            time.sleep(scripted.hang)  # the fake provider being slow, not a test waiting
-            _answer(h, scripted.status, scripted.body, scripted.headers)
+        if _scripted(fake, h) is not None:
             return
         if h.path != f"/v3/{domain}/messages":
             _answer(h, 404, {"message": "Domain not found"})
@@ -226,10 +260,7 @@ def ses_handler(fake: Fake, key_id: str) -> Callable[[BaseHTTPRequestHandler], N
     def handle(h: BaseHTTPRequestHandler) -> None:
         fake.requests += 1
         raw = h.rfile.read(int(h.headers.get("Content-Length", "0")))
-        if fake.script:
-            scripted = fake.script.pop(0)
-            time.sleep(scripted.hang)  # the fake provider being slow, not a test waiting
-            _answer(h, scripted.status, scripted.body, scripted.headers)
+        if _scripted(fake, h) is not None:
             return
         if h.path != "/v2/email/outbound-bulk-emails":
             _answer(h, 404, {"message": "not found"}, {"x-amzn-ErrorType": "NotFoundException"})

@@ -6,15 +6,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from jvmail.dispatch.mime import skeleton
-from jvmail.dispatch.render import Mailer, markers, render
-from jvmail.providers.base import OutboundBatch, Recipient
+from jvmail.providers.base import OutboundBatch
 from jvmail.providers.mailgun import MailgunProvider
-from tests.providers.fakes import Fake, Scripted, mailgun_handler, serve
+from tests.providers.fakes import Fake, Scripted, mailgun_handler, sample_batch, serve
 
 KEY = "key-test"
 DOMAIN = "mg.sender.example"
-MAILER = Mailer("Sender Co", "1 Canal Street, Springfield", "Weekly", "Owner Inc")
 
 
 @pytest.fixture
@@ -25,29 +22,7 @@ def fake() -> Iterator[Fake]:
 
 
 def _batch(count: int) -> OutboundBatch:
-    rendered = render(
-        "offer",
-        "Hi {{ first_name }}",
-        "<p>Hi {{ first_name }} <a href='https://o.example/x'>x</a></p>",
-        "Hi {{ first_name }} https://o.example/x",
-        MAILER,
-    )
-    layout = skeleton(
-        rendered,
-        from_name="Sender Co",
-        from_addr="news@s.example",
-        mailing_id=5,
-        domain="jv.example",
-    )
-    people = tuple(
-        Recipient(
-            n,
-            f"r{n}@mail.example",
-            markers(f"<R{n}>", [f"https://jv.example/c/{n}"], f"https://jv.example/u/{n}", "o"),
-        )
-        for n in range(1, count + 1)
-    )
-    return OutboundBatch(5, layout, "mailto:news@s.example", people)
+    return sample_batch([f"r{n}@mail.example" for n in range(1, count + 1)], 5)
 
 
 def _provider(fake: Fake, key: str = KEY) -> MailgunProvider:

@@ -6,14 +6,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from jvmail.dispatch.mime import skeleton
-from jvmail.dispatch.render import Mailer, markers, render
-from jvmail.providers.base import OutboundBatch, Recipient
+from jvmail.providers.base import OutboundBatch
 from jvmail.providers.postmark import PostmarkProvider
-from tests.providers.fakes import Fake, Scripted, postmark_handler, serve
+from tests.providers.fakes import Fake, Scripted, postmark_handler, sample_batch, serve
 
 TOKEN = "pm-server-token"
-MAILER = Mailer("Sender Co", "1 Canal Street, Springfield", "Weekly", "Owner Inc")
 
 
 @pytest.fixture
@@ -24,21 +21,7 @@ def fake() -> Iterator[Fake]:
 
 
 def _batch(emails: list[str]) -> OutboundBatch:
-    rendered = render(
-        "offer", "Hi {{ first_name }}", "<p>Hi {{ first_name }}</p>", "Hi {{ first_name }}", MAILER
-    )
-    layout = skeleton(
-        rendered,
-        from_name="Sender Co",
-        from_addr="news@s.example",
-        mailing_id=4,
-        domain="jv.example",
-    )
-    people = tuple(
-        Recipient(n, e, markers(f"<R{n}>", [], f"https://jv.example/u/{n}", "o"))
-        for n, e in enumerate(emails, start=1)
-    )
-    return OutboundBatch(4, layout, "mailto:news@s.example", people)
+    return sample_batch(emails, 4)
 
 
 def _provider(fake: Fake, token: str = TOKEN) -> PostmarkProvider:

@@ -6,14 +6,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from jvmail.dispatch.mime import skeleton
-from jvmail.dispatch.render import Mailer, markers, render
-from jvmail.providers.base import OutboundBatch, Recipient
+from jvmail.providers.base import OutboundBatch
 from jvmail.providers.sendgrid import SendGridProvider
-from tests.providers.fakes import Fake, Scripted, sendgrid_handler, serve
+from tests.providers.fakes import Fake, Scripted, sample_batch, sendgrid_handler, serve
 
 KEY = "SG.test-key"
-MAILER = Mailer("Sender Co", "1 Canal Street, Springfield", "Weekly", "Owner Inc")
 
 
 @pytest.fixture
@@ -24,34 +21,8 @@ def fake() -> Iterator[Fake]:
 
 
 def _batch(count: int) -> OutboundBatch:
-    rendered = render(
-        "offer",
-        "Hi {{ first_name }}",
-        "<p>Hi {{ first_name }}, <a href='https://o.example/x'>x</a></p>",
-        "Hi {{ first_name }}, https://o.example/x",
-        MAILER,
-    )
-    layout = skeleton(
-        rendered,
-        from_name="Sender Co",
-        from_addr="news@s.example",
-        mailing_id=9,
-        domain="jv.example",
-    )
-    people = tuple(
-        Recipient(
-            n,
-            f"r{n}@mail.example",
-            markers(
-                "<Bo>" if n == 1 else f"R{n}",
-                [f"https://jv.example/c/{n}"],
-                f"https://jv.example/u/{n}",
-                "o",
-            ),
-        )
-        for n in range(1, count + 1)
-    )
-    return OutboundBatch(9, layout, "mailto:news@s.example", people)
+    emails = [f"r{n}@mail.example" for n in range(1, count + 1)]
+    return sample_batch(emails, 9, lambda n: "<Bo>" if n == 1 else f"R{n}")
 
 
 def _provider(fake: Fake, key: str = KEY) -> SendGridProvider:

@@ -10,14 +10,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from jvmail.dispatch.mime import skeleton
-from jvmail.dispatch.render import Mailer, markers, render
-from jvmail.providers.base import OutboundBatch, Recipient
+from jvmail.providers.base import OutboundBatch
 from jvmail.providers.ses import SesProvider
-from tests.providers.fakes import Fake, Scripted, serve, ses_handler
+from tests.providers.fakes import Fake, Scripted, sample_batch, serve, ses_handler
 
 KEY_ID = "AKIATESTKEY"
-MAILER = Mailer("Sender Co", "1 Canal Street, Springfield", "Weekly", "Owner Inc")
 
 
 @pytest.fixture
@@ -28,29 +25,7 @@ def fake() -> Iterator[Fake]:
 
 
 def _batch(emails: list[str]) -> OutboundBatch:
-    rendered = render(
-        "offer",
-        "Hi {{ first_name }}",
-        "<p>Hi {{ first_name }} <a href='https://o.example/x'>x</a></p>",
-        "Hi {{ first_name }} https://o.example/x",
-        MAILER,
-    )
-    layout = skeleton(
-        rendered,
-        from_name="Sender Co",
-        from_addr="news@s.example",
-        mailing_id=6,
-        domain="jv.example",
-    )
-    people = tuple(
-        Recipient(
-            n,
-            e,
-            markers(f"<R{n}>", [f"https://jv.example/c/{n}"], f"https://jv.example/u/{n}", "o"),
-        )
-        for n, e in enumerate(emails, start=1)
-    )
-    return OutboundBatch(6, layout, "mailto:news@s.example", people)
+    return sample_batch(emails, 6)
 
 
 def _provider(fake: Fake, key_id: str = KEY_ID) -> SesProvider:

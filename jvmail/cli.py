@@ -1039,3 +1039,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         print_error(err, wrapped)
         sys.exit(1)
+
+
+# Commands defined in their own modules register themselves on `cli` when imported.
+from jvmail import cli_tracking  # noqa: E402, F401

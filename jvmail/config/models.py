@@ -112,6 +112,9 @@ class HubSettings(_Strict):
     value_metric: ValueMetric = ValueMetric.CLICKS
     report_day: Weekday = "mon"
     credit_window_days: Annotated[int, Field(ge=1, le=90)] = 14
+    # An address that soft-bounces on this many distinct days (no delivery in between) is
+    # suppressed for that list owner.
+    soft_bounce_days: Annotated[int, Field(ge=1, le=30)] = 3
     database_url: str | None = None
     redis_url: str | None = None
 
@@ -268,5 +271,7 @@ class PartnerConfig(_Strict):
     wants_to_meet: SlugList = []
     provider: ProviderAccount
     approve_mailings: bool = False
+    # The env var holding the secret this partner's conversion postbacks are signed with.
+    postback_secret_env: EnvVarName | None = None
     lists: list[ListConfig] = []
     promotions: list[PromotionConfig] = []

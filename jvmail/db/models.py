@@ -165,6 +165,7 @@ class HubRecord(Base):
     value_metric: Mapped[str] = mapped_column(String(16))
     report_day: Mapped[str] = mapped_column(String(3))
     credit_window_days: Mapped[int]
+    soft_bounce_days: Mapped[int] = mapped_column(default=3, server_default="3")
     scheduler: Mapped[JsonDict]
     # HMAC keys for tracking links, hex, newest first: made at the first sync, never synced
     # from config (a secret does not belong in files that get shared).
@@ -189,6 +190,8 @@ class Partner(Base):
     provider: Mapped[JsonDict]
     # Mailings planned onto its lists wait for its approval before they are sent.
     approve_mailings: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # The env var holding the secret its conversion postbacks are signed with.
+    postback_secret_env: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[Stamp]
     updated_at: Mapped[Stamp]
     archived_at: Mapped[MaybeStamp]
@@ -304,6 +307,9 @@ class Mailing(Base):
     reviewed_at: Mapped[MaybeStamp]  # when the sender approved or declined it
     review_note: Mapped[str] = mapped_column(String(500), default="", server_default="")
     error: Mapped[str | None] = mapped_column(String(1000))  # why it failed or paused
+    # Where its links go, registered when it is first rendered: a click on link n goes to
+    # links[n - 1], whatever the token says.
+    links: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True))
     created_at: Mapped[Stamp]
     updated_at: Mapped[Stamp]
 
@@ -345,9 +351,22 @@ class TrackingEvent(Base):
     provider_event_id: Mapped[str] = mapped_column(String(255))
     recipient_hash: Mapped[str] = mapped_column(String(64), default="")
     human: Mapped[bool] = mapped_column(default=True)
+    bounce: Mapped[str] = mapped_column(String(16), default="none", server_default="none")
+    link_index: Mapped[int | None]  # which link a click was on
+    amount: Mapped[float | None]  # a conversion's amount (negative: a refund)
     occurred_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     received_at: Mapped[Stamp]
     raw: Mapped[JsonDict]
+
+
+class WebhookNonce(Base):
+    """A signed webhook's one-time token (Mailgun's), kept to refuse a replay of it."""
+
+    __tablename__ = "webhook_nonce"
+
+    provider: Mapped[str] = mapped_column(String(16), primary_key=True)
+    token: Mapped[str] = mapped_column(String(255), primary_key=True)
+    seen_at: Mapped[Stamp]
 
 
 class LedgerEntry(Base):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
@@ -51,7 +52,7 @@ from jvmail.dispatch.mime import Skeleton, skeleton
 from jvmail.dispatch.render import Mailer, TemplateProblem, markers, render
 from jvmail.faults import fault
 from jvmail.providers.base import OutboundBatch, Provider, Recipient
-from jvmail.tracking.links import click_url, open_url, unsubscribe_url
+from jvmail.tracking.links import Keyring, click_url, open_url, unsubscribe_url
 
 __all__ = [
     "BatchReport",
@@ -75,7 +76,7 @@ class Message:
     mailing_id: int
     skeleton: Skeleton
     base_url: str
-    key: bytes
+    keys: Keyring
     sender_email: str
     sender_id: int = 0
     per_second: float | None = None  # the sender's account limits
@@ -83,12 +84,13 @@ class Message:
 
     def recipient(self, delivery_id: int, email: str, first_name: str) -> Recipient:
         count = len(self.skeleton.rendered.links)
-        links = [click_url(self.base_url, self.key, delivery_id, n) for n in range(1, count + 1)]
+        base, keys, mailing = self.base_url, self.keys, self.mailing_id
+        links = [click_url(base, keys, mailing, delivery_id, n) for n in range(1, count + 1)]
         values = markers(
             first_name,
             links,
-            unsubscribe_url(self.base_url, self.key, delivery_id),
-            open_url(self.base_url, self.key, delivery_id),
+            unsubscribe_url(base, keys, mailing, delivery_id),
+            open_url(base, keys, mailing, delivery_id),
         )
         return Recipient(delivery_id, email, values)
 
@@ -131,8 +133,8 @@ def dispatch(session: Session, mailing_id: int, batch_size: int) -> list[tuple[i
     return bounds
 
 
-# (database, mailing, promotion and sender versions) -> the mailing's rendered message
-_RENDERED: dict[tuple[str, int, object, object], Message] = {}
+# (database, mailing, promotion, sender and hub versions) -> the mailing's rendered message
+_RENDERED: dict[tuple[str, int, object, object, object], Message] = {}
 _RENDERED_MAX = 64
 
 
@@ -141,15 +143,17 @@ def load_message(session: Session, mailing_id: int) -> Message:
     sender's settings stay as they are; raises :class:`TemplateProblem` for a broken
     template."""
     versions = session.execute(
-        select(Promotion.updated_at, Partner.updated_at)
+        select(Promotion.updated_at, Partner.updated_at, HubRecord.updated_at)
         .join(Mailing, Mailing.promotion_id == Promotion.id)
         .join(Partner, Partner.id == Mailing.sender_id)
+        .join(HubRecord, HubRecord.id == 1)
         .where(Mailing.id == mailing_id)
     ).one()
-    key = (str(session.connection().engine.url), mailing_id, versions[0], versions[1])
+    key = (str(session.connection().engine.url), mailing_id, *versions)
     cached = _RENDERED.get(key)
     if cached is None:
         cached = _render_message(session, mailing_id)
+        register_links(session, mailing_id, cached.skeleton.rendered.links)
         if len(_RENDERED) >= _RENDERED_MAX:
             _RENDERED.pop(next(iter(_RENDERED)))
         _RENDERED[key] = cached
@@ -190,12 +194,30 @@ def _render_message(session: Session, mailing_id: int) -> Message:
         mailing.id,
         layout,
         hub.base_url,
-        bytes.fromhex(hub.link_keys[0]),
+        Keyring.from_hex(hub.link_keys),
         sender.contact_email,
         sender.id,
         account.get("max_per_second"),
         account.get("max_per_day"),
     )
+
+
+def register_links(session: Session, mailing_id: int, links: Sequence[str]) -> None:
+    """Record where the mailing's links go, once: the tracking server redirects a click on link
+    n to the n-th URL here and nowhere else. A later render must find the same links (a
+    promotion edited mid-mailing would send old clicks to new pages): it fails the mailing."""
+    session.execute(
+        update(Mailing)
+        .where(Mailing.id == mailing_id, Mailing.links.is_(None))
+        .values(links=list(links))
+    )
+    session.commit()
+    stored = session.scalar(select(Mailing.links).where(Mailing.id == mailing_id))
+    if stored != list(links):
+        raise TemplateProblem(
+            "the promotion's links changed after this mailing started sending",
+            "cancel this mailing (`jvmail cancel`) and plan the promotion again",
+        )
 
 
 def send_batch(

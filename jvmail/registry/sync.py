@@ -180,6 +180,7 @@ def _sync_hub_record(session: Session, hub: Hub, report: SyncReport, now: dt.dat
         "value_metric": hub.settings.value_metric.value,
         "report_day": hub.settings.report_day,
         "credit_window_days": hub.settings.credit_window_days,
+        "soft_bounce_days": hub.settings.soft_bounce_days,
         "scheduler": hub.scheduler.model_dump(mode="json"),
     }
     row = session.get(HubRecord, 1)
@@ -214,6 +215,7 @@ def _partner_values(p: PartnerConfig) -> dict[str, Any]:
         "provider_kind": p.provider.kind,
         "provider": p.provider.model_dump(mode="json"),
         "approve_mailings": p.approve_mailings,
+        "postback_secret_env": p.postback_secret_env,
     }
 
 

@@ -1,10 +1,15 @@
-"""The one place tracking URLs are made: click, open and unsubscribe links, signed.
+"""The one place tracking URLs are made and read: click, open and unsubscribe links, signed.
 
-A token is ``<payload>.<signature>``, both base64url without padding: the payload packs the
-delivery id and the link's index as unsigned varints, the signature is the first 12 bytes of
-HMAC-SHA256 over the payload with the hub's signing key. A token says which delivery and which
-link; the URL a click goes to is always the one registered for that link, looked up on the
+A token is ``<payload>.<signature>``, both base64url without padding. The payload packs, as
+unsigned varints, the number of the key that signed it, the mailing, the delivery and the link's
+index (0 for the unsubscribe and open links, links counted from 1); the signature is the first
+12 bytes of HMAC-SHA256 over the payload. A token says which delivery and which link; the URL a
+click goes to is always the one registered for that link of that mailing, looked up on the
 server, never read from the token.
+
+Keys rotate: the hub keeps its keys newest first (``hub.link_keys``); the newest signs, and any
+of them verifies, so links in mail sent before a rotation keep working until the old key is
+retired.
 """
 
 from __future__ import annotations
@@ -12,11 +17,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
 
-__all__ = ["click_url", "make_token", "open_url", "read_token", "unsubscribe_url"]
+__all__ = ["Keyring", "Link", "click_url", "open_url", "unsubscribe_url"]
 
 _SIG_BYTES = 12
 UNSUBSCRIBE = 0  # the "link index" of an unsubscribe token: links are numbered from 1
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{4,60}\.[A-Za-z0-9_-]{16}")
 
 
 def _b64(data: bytes) -> str:
@@ -36,42 +46,72 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def make_token(key: bytes, delivery_id: int, index: int) -> str:
-    payload = _varint(delivery_id) + _varint(index)
-    sig = hmac.new(key, payload, hashlib.sha256).digest()[:_SIG_BYTES]
-    return f"{_b64(payload)}.{_b64(sig)}"
+class Link(NamedTuple):
+    mailing: int
+    delivery: int
+    link: int  # 0: the unsubscribe or open link; links are counted from 1
 
 
-def read_token(key: bytes, token: str) -> tuple[int, int] | None:
-    """(delivery id, link index) of a genuine token, or None for anything else."""
-    try:
-        head, sig = token.split(".")
-        payload, got = _unb64(head), _unb64(sig)
-    except ValueError:
-        return None
-    want = hmac.new(key, payload, hashlib.sha256).digest()[:_SIG_BYTES]
-    if not hmac.compare_digest(got, want):
-        return None
+def _numbers(payload: bytes) -> list[int] | None:
     numbers: list[int] = []
     value = shift = 0
     for byte in payload:
         value |= (byte & 0x7F) << shift
         shift += 7
+        if shift > 63:
+            return None
         if not byte & 0x80:
             numbers.append(value)
             value = shift = 0
-    if len(numbers) != 2 or shift:
-        return None
-    return numbers[0], numbers[1]
+    return None if shift else numbers
 
 
-def click_url(base_url: str, key: bytes, delivery_id: int, index: int) -> str:
-    return f"{base_url}/c/{make_token(key, delivery_id, index)}"
+@dataclass(frozen=True)
+class Keyring:
+    """The hub's link keys, oldest first: a key's number is its place here, so adding a key
+    leaves the numbers of the others as they were."""
+
+    keys: tuple[bytes, ...]
+
+    @classmethod
+    def from_hex(cls, newest_first: Sequence[str]) -> Keyring:
+        if not newest_first:
+            raise ValueError("the hub has no link keys yet: run `jvmail sync CONFIG_DIR` first")
+        return cls(tuple(bytes.fromhex(k) for k in reversed(newest_first)))
+
+    def _sig(self, number: int, payload: bytes) -> bytes:
+        return hmac.new(self.keys[number], payload, hashlib.sha256).digest()[:_SIG_BYTES]
+
+    def sign(self, mailing: int, delivery: int, index: int) -> str:
+        number = len(self.keys) - 1
+        payload = b"".join(_varint(n) for n in (number, mailing, delivery, index))
+        return f"{_b64(payload)}.{_b64(self._sig(number, payload))}"
+
+    def read(self, token: str) -> Link | None:
+        """The link a genuine token stands for; None for anything tampered, truncated or signed
+        with a key the hub no longer has."""
+        if not _TOKEN.fullmatch(token):
+            return None
+        try:
+            head, sig = token.split(".")
+            payload, got = _unb64(head), _unb64(sig)
+        except ValueError:
+            return None
+        numbers = _numbers(payload)
+        if numbers is None or len(numbers) != 4 or numbers[0] >= len(self.keys):
+            return None
+        if not hmac.compare_digest(got, self._sig(numbers[0], payload)):
+            return None
+        return Link(numbers[1], numbers[2], numbers[3])
 
 
-def open_url(base_url: str, key: bytes, delivery_id: int) -> str:
-    return f"{base_url}/o/{make_token(key, delivery_id, UNSUBSCRIBE)}.gif"
+def click_url(base_url: str, keys: Keyring, mailing: int, delivery: int, index: int) -> str:
+    return f"{base_url}/c/{keys.sign(mailing, delivery, index)}"
 
 
-def unsubscribe_url(base_url: str, key: bytes, delivery_id: int) -> str:
-    return f"{base_url}/u/{make_token(key, delivery_id, UNSUBSCRIBE)}"
+def open_url(base_url: str, keys: Keyring, mailing: int, delivery: int) -> str:
+    return f"{base_url}/o/{keys.sign(mailing, delivery, UNSUBSCRIBE)}.gif"
+
+
+def unsubscribe_url(base_url: str, keys: Keyring, mailing: int, delivery: int) -> str:
+    return f"{base_url}/u/{keys.sign(mailing, delivery, UNSUBSCRIBE)}"

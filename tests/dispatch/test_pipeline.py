@@ -34,10 +34,10 @@ from jvmail.providers.base import (
     Result,
 )
 from jvmail.providers.outbox import OutboxProvider
-from jvmail.tracking.links import read_token
+from jvmail.tracking.links import Keyring, Link
 from tests.dispatch.conftest import WHEN, Hub, mailing
 
-KEY = bytes.fromhex("ab" * 32)
+KEY = Keyring((bytes.fromhex("ab" * 32),))
 
 
 class Recording(OutboxProvider):
@@ -109,7 +109,7 @@ def test_a_mailing_becomes_one_eml_per_recipient_with_its_own_links(
         assert f"Hi {name}," in html
         assert "1 Example Street, Springfield" in html
         token = html.split("https://jv.example/c/")[1].split('"')[0]
-        assert read_token(KEY, token) == (delivery, 1)
+        assert KEY.read(token) == Link(hub.mailing.id, delivery, 1)
     # Run again: nothing is due, nothing is sent twice.
     assert due_mailings(session, WHEN) == []
     _send_all(session, provider, hub.mailing.id)

@@ -10,7 +10,7 @@ import pytest
 
 from jvmail.dispatch.mime import skeleton
 from jvmail.dispatch.render import Limits, Mailer, TemplateProblem, fill, markers, render
-from jvmail.tracking.links import click_url, read_token, unsubscribe_url
+from jvmail.tracking.links import Keyring, Link, click_url, unsubscribe_url
 
 MAILER = Mailer("Sender & Co", "1 Canal Street, Springfield", "Sender Weekly", "Owner Inc")
 HTML = (
@@ -20,7 +20,7 @@ HTML = (
     '<a href="https://owner.example/more">more</a></p>'
 )
 TEXT = "Hi {{ first_name }},\nsee https://owner.example/offer?a=1&b=2.\n"
-KEY = b"k" * 32
+KEY = Keyring((b"k" * 32,))
 
 
 def _render(html: str = HTML, text: str = TEXT, subject: str = "For {{ first_name }}") -> object:
@@ -90,8 +90,8 @@ def test_a_message_per_recipient_carries_its_own_signed_links_and_both_unsubscri
     base = "https://jv.example"
     messages = {}
     for delivery, name in ((101, "Ann"), (102, "Zoë")):
-        links = [click_url(base, KEY, delivery, n) for n in range(1, len(r.links) + 1)]
-        values = markers(name, links, unsubscribe_url(base, KEY, delivery), f"{base}/o/x.gif")
+        links = [click_url(base, KEY, 7, delivery, n) for n in range(1, len(r.links) + 1)]
+        values = markers(name, links, unsubscribe_url(base, KEY, 7, delivery), f"{base}/o/x.gif")
         raw = sk.message(
             delivery,
             f"{name.lower()}@mail.example",
@@ -104,7 +104,7 @@ def test_a_message_per_recipient_carries_its_own_signed_links_and_both_unsubscri
     for delivery, msg in messages.items():
         assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
         https, mailto = (part.strip(" <>") for part in msg["List-Unsubscribe"].split(","))
-        assert read_token(KEY, https.rsplit("/", 1)[1]) == (delivery, 0)
+        assert KEY.read(https.rsplit("/", 1)[1]) == Link(7, delivery, 0)
         assert mailto.startswith("mailto:")
         assert msg["Message-ID"] == f"<jv.{delivery}@jv.example>"
         html = msg.get_body(("html",)).get_content()  # type: ignore[union-attr]
@@ -112,17 +112,31 @@ def test_a_message_per_recipient_carries_its_own_signed_links_and_both_unsubscri
         assert "1 Canal Street, Springfield" in html
         assert "1 Canal Street, Springfield" in text
         tokens = [u.rsplit("/", 1)[1] for u in text.split() if "/c/" in u]
-        assert [read_token(KEY, t.rstrip(".")) for t in tokens] == [(delivery, 1)]
+        assert [KEY.read(t.rstrip(".")) for t in tokens] == [Link(7, delivery, 1)]
     assert messages[102]["Subject"] == "For Zoë"
     assert "Hello Zoë" in messages[102].get_body(("html",)).get_content()  # type: ignore[union-attr]
 
 
 def test_tokens_refuse_tampering() -> None:
-    token = click_url("https://jv.example", KEY, 123456, 3).rsplit("/", 1)[1]
-    assert read_token(KEY, token) == (123456, 3)
-    assert read_token(b"other" * 8, token) is None
+    token = click_url("https://jv.example", KEY, 42, 123456, 3).rsplit("/", 1)[1]
+    assert KEY.read(token) == Link(42, 123456, 3)
+    assert Keyring((b"other" * 8,)).read(token) is None
     head, sig = token.split(".")
-    assert read_token(KEY, head[:-1] + ("A" if head[-1] != "A" else "B") + "." + sig) is None
-    assert read_token(KEY, token[:-2]) is None
-    assert read_token(KEY, "garbage") is None
-    assert read_token(KEY, "") is None
+    assert KEY.read(head[:-1] + ("A" if head[-1] != "A" else "B") + "." + sig) is None
+    assert KEY.read(token[:-2]) is None
+    assert KEY.read(token + "=") is None
+    assert KEY.read("garbage") is None
+    assert KEY.read("") is None
+
+
+def test_tokens_survive_a_key_rotation() -> None:
+    old = Keyring.from_hex(["aa" * 32])
+    token = old.sign(1, 2, 3)
+    rotated = Keyring.from_hex(["bb" * 32, "aa" * 32])  # newest first, as the hub keeps them
+    assert rotated.read(token) == Link(1, 2, 3)
+    fresh = rotated.sign(1, 2, 3)
+    assert fresh != token
+    assert rotated.read(fresh) == Link(1, 2, 3)
+    assert old.read(fresh) is None  # signed with a key the old ring never had
+    retired = Keyring.from_hex(["bb" * 32])
+    assert retired.read(token) is None

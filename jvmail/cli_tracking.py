@@ -1,0 +1,140 @@
+"""Tracking commands: `jvmail serve`, `credit`, `suppress` and `rotate-link-key`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+
+import click
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy import select
+
+from jvmail.cli import _JSON, App, cli, pass_app
+from jvmail.console import print_json, print_table
+from jvmail.db import DEFAULT_DATABASE_URL
+from jvmail.db.models import HubRecord, Partner, SuppressionReason
+from jvmail.errors import UsageError
+from jvmail.tracking.credit import credit_measured
+from jvmail.tracking.store import suppress as suppress_address
+
+KEYS_KEPT = 3  # link keys a hub keeps: the newest signs, all of them verify
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True)
+@pass_app
+def serve(app: App, host: str, port: int, workers: int) -> None:
+    """Serve clicks, opens, unsubscribes, provider webhooks and conversion postbacks.
+
+    Put it behind your HTTPS proxy at the hub's base_url. Provider webhooks go to
+    {base_url}/webhooks/{provider}/{partner id}; conversion postbacks to
+    {base_url}/postback/{promotion id}.
+
+    \b
+    Example:
+      JVMAIL_DATABASE_URL=postgresql://jvmail@db/jvmail jvmail serve --port 8000 --workers 4
+    """
+    import os
+
+    import uvicorn
+
+    app.engine()  # fail here, clearly, if the database is unreachable; migrate it once
+    os.environ["JVMAIL_DATABASE_URL"] = app.database_url or DEFAULT_DATABASE_URL
+    app.close()
+    uvicorn.run(
+        "jvmail.tracking.serve:app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        proxy_headers=True,
+        log_level="info",
+    )
+
+
+@cli.command()
+@pass_app
+def credit(app: App) -> None:
+    """Credit the ledger with what tracking measured so far (a `pending` entry per mailing
+    whose measured value changed). Run it as often as you like: nothing changes twice.
+
+    \b
+    Example:
+      jvmail credit && jvmail ledger
+    """
+    with app.session() as session:
+        posted = credit_measured(session)
+        session.commit()
+    app.out.print(f"{posted} mailing(s) credited with their measured value")
+
+
+@cli.command()
+@click.argument("partner")
+@click.argument("emails", nargs=-1, required=True)
+@click.option(
+    "--reason",
+    type=click.Choice([r.value for r in SuppressionReason]),
+    default=SuppressionReason.UNSUBSCRIBED.value,
+    show_default=True,
+)
+@_JSON
+@pass_app
+def suppress(app: App, partner: str, emails: tuple[str, ...], reason: str, as_json: bool) -> None:
+    """Stop mailing addresses from PARTNER's lists, for good (a re-import never undoes it).
+
+    This is the path for unsubscribe requests that arrive by email: the List-Unsubscribe
+    mailto address of each message is the sending partner's contact address.
+
+    \b
+    Example:
+      jvmail suppress acme-coaching reader@example.com
+    """
+    addresses = []
+    for raw in emails:
+        try:
+            addresses.append(validate_email(raw, check_deliverability=False).normalized.lower())
+        except EmailNotValidError as exc:
+            raise UsageError(
+                f"{raw!r} is not an email address: {exc}", "check the address"
+            ) from exc
+    with app.session() as session:
+        owner = session.scalar(select(Partner.id).where(Partner.slug == partner))
+        if owner is None:
+            raise UsageError(f"no partner {partner!r}", "`jvmail partners` lists their ids")
+        rows = [
+            {
+                "email": email,
+                "new": suppress_address(
+                    session, owner, email, SuppressionReason(reason), source="manual"
+                ),
+            }
+            for email in addresses
+        ]
+        session.commit()
+    if as_json:
+        print_json(app.out, rows)
+        return
+    print_table(app.out, f"Suppressed for {partner} ({reason})", rows, ["email", "new"])
+
+
+@cli.command("rotate-link-key")
+@pass_app
+def rotate_link_key(app: App) -> None:
+    """Sign new tracking links with a new key. Links already sent keep working while their key
+    is among the newest three; `jvmail serve` picks the new key up within a minute.
+
+    \b
+    Example:
+      jvmail rotate-link-key
+    """
+    with app.session() as session:
+        hub = session.get(HubRecord, 1)
+        if hub is None:
+            raise UsageError("the hub has no settings yet", "run `jvmail sync CONFIG_DIR` first")
+        hub.link_keys = [secrets.token_hex(32), *hub.link_keys][:KEYS_KEPT]
+        hub.updated_at = dt.datetime.now(dt.UTC)  # workers render new messages with it
+        session.commit()
+        kept = len(hub.link_keys)
+    app.out.print(f"new link key in use; {kept} key(s) verify links")

@@ -1,0 +1,230 @@
+"""Signed provider webhooks through the real app, on SQLite and PostgreSQL: stored once, acted on
+once (suppression policy, unknown deliveries), and nothing written for a forged request."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+from starlette.testclient import TestClient
+
+from jvmail.db.models import (
+    Delivery,
+    DeliveryStatus,
+    Partner,
+    Subscriber,
+    Suppression,
+    SuppressionReason,
+    TrackingEvent,
+)
+from jvmail.dispatch.pipeline import dispatch, send_batch
+from jvmail.providers.outbox import OutboxProvider
+from jvmail.tracking.app import Settings, create_app
+from tests.dispatch.conftest import Hub, build_hub
+from tests.tracking.signing import ec_key, mailgun_body, sendgrid_headers, unix
+
+NOW = dt.datetime.now(dt.UTC)
+
+
+@dataclass
+class Webhooks:
+    client: TestClient
+    session: Session
+    hub: Hub
+    deliveries: dict[str, int]
+    key: ec.EllipticCurvePrivateKey  # the sender's SendGrid signing key
+
+    def post(
+        self, events: list[dict[str, Any]], *, account: str = "sender", key: Any = None
+    ) -> Any:
+        body = orjson.dumps(events)
+        headers = sendgrid_headers(key or self.key, body, NOW)
+        return self.client.post(f"/webhooks/sendgrid/{account}", content=body, headers=headers)
+
+    def event(
+        self, kind: str, email: str, n: int, at: dt.datetime = NOW, **fields: Any
+    ) -> dict[str, Any]:
+        return {
+            "email": email,
+            "timestamp": unix(at),
+            "event": kind,
+            "sg_event_id": f"ev-{n}",
+            "sg_message_id": "msg.filter0001",
+            "jv_delivery": str(self.deliveries[email]),
+            **fields,
+        }
+
+    def stored(self) -> int:
+        self.session.commit()
+        return int(self.session.scalar(select(func.count()).select_from(TrackingEvent)) or 0)
+
+    def suppressed(self) -> dict[str, SuppressionReason]:
+        self.session.commit()
+        rows = self.session.execute(select(Suppression.email, Suppression.reason)).all()
+        return dict(rows)
+
+
+def _account(session: Session, slug: str, provider: dict[str, Any]) -> None:
+    partner = session.scalars(select(Partner).where(Partner.slug == slug)).one()
+    partner.provider_kind = provider["kind"]
+    partner.provider = provider
+    session.commit()
+
+
+@pytest.fixture
+def hooks(db_url: str, session: Session, tmp_path: Path) -> Iterator[Webhooks]:
+    hub = build_hub(session)
+    for bounds in dispatch(session, hub.mailing.id, batch_size=100):
+        send_batch(session, OutboxProvider(tmp_path), hub.mailing.id, bounds)
+    rows = session.execute(
+        select(Subscriber.email, Delivery.id)
+        .join(Delivery, Delivery.subscriber_id == Subscriber.id)
+        .where(Delivery.mailing_id == hub.mailing.id)
+    )
+    deliveries = dict(rows.all())
+    sender_key, sender_public = ec_key()
+    _, owner_public = ec_key()
+    sendgrid = {"kind": "sendgrid", "api_key_env": "SG_API"}
+    _account(session, "sender", sendgrid | {"webhook_public_key_env": "SENDER_SG_HOOK"})
+    _account(session, "owner", sendgrid | {"webhook_public_key_env": "OWNER_SG_HOOK"})
+    env = {"SENDER_SG_HOOK": f"{ec_key()[1]},{sender_public}", "OWNER_SG_HOOK": owner_public}
+    with TestClient(create_app(Settings(db_url, env=env))) as client:
+        yield Webhooks(client, session, hub, deliveries, sender_key)
+
+
+def test_a_signed_batch_is_stored_once_even_sent_three_times_at_once(hooks: Webhooks) -> None:
+    events = [
+        hooks.event("delivered", "reader1@mail.example", 1),
+        hooks.event("bounce", "reader2@mail.example", 2, type="bounce", status="5.1.1"),
+        hooks.event("spamreport", "reader3@mail.example", 3),
+        hooks.event("open", "reader4@mail.example", 4, sg_machine_open=True),
+    ]
+    with ThreadPoolExecutor(3) as pool:
+        answers = list(pool.map(lambda _: hooks.post(events), range(3)))
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert sum(a.json()["stored"] for a in answers) == 4
+    assert sum(a.json()["duplicates"] for a in answers) == 8
+    assert hooks.stored() == 4
+    assert hooks.suppressed() == {
+        "reader2@mail.example": SuppressionReason.BOUNCED,
+        "reader3@mail.example": SuppressionReason.COMPLAINED,
+    }
+    machine = hooks.session.scalars(
+        select(TrackingEvent.human).where(TrackingEvent.provider_event_id == "ev-4")
+    ).one()
+    assert machine is False
+
+
+def test_forged_stale_and_misdirected_webhooks_write_nothing(hooks: Webhooks) -> None:
+    events = [hooks.event("bounce", "reader2@mail.example", 1, type="bounce")]
+    stranger, _ = ec_key()
+    assert hooks.post(events, key=stranger).status_code == 403
+    body = orjson.dumps(events)
+    headers = sendgrid_headers(hooks.key, body, NOW)
+    tampered = body.replace(b"reader2", b"reader9")
+    answer = hooks.client.post("/webhooks/sendgrid/sender", content=tampered, headers=headers)
+    assert answer.status_code == 403
+    stale = sendgrid_headers(hooks.key, body, NOW - dt.timedelta(days=3))
+    assert (
+        hooks.client.post("/webhooks/sendgrid/sender", content=body, headers=stale).status_code
+        == 403
+    )
+    assert hooks.client.post("/webhooks/sendgrid/sender", content=body).status_code == 401
+    assert hooks.client.post("/webhooks/mailgun/sender", content=body).status_code == 404
+    assert hooks.client.post("/webhooks/sendgrid/nobody", content=body).status_code == 404
+    # A genuine request of the sender's account, posted on the owner's URL: the owner's key
+    # does not verify it.
+    assert hooks.post(events, account="owner").status_code == 403
+    assert hooks.stored() == 0
+    assert hooks.suppressed() == {}
+
+
+def test_events_about_another_accounts_deliveries_are_ignored(hooks: Webhooks) -> None:
+    owner_key, owner_public = ec_key()
+    hooks.client.app.state.tracker.settings.env["OWNER_SG_HOOK"] = owner_public  # type: ignore[attr-defined]
+    events = [hooks.event("bounce", "reader2@mail.example", 1, type="bounce")]
+    answer = hooks.post(events, account="owner", key=owner_key)
+    assert answer.status_code == 200
+    assert answer.json() == {"stored": 0, "duplicates": 0, "ignored": 1, "confirmed": False}
+    assert hooks.stored() == 0
+    assert hooks.suppressed() == {}
+
+
+def test_soft_bounces_on_three_distinct_days_suppress_and_a_delivery_resets_them(
+    hooks: Webhooks,
+) -> None:
+    email = "reader5@mail.example"
+    day = dt.timedelta(days=1)
+    start = NOW - 6 * day
+
+    def soft(n: int, at: dt.datetime) -> dict[str, Any]:
+        return hooks.event("bounce", email, n, at, type="blocked", reason="554 try later")
+
+    hooks.post([soft(1, start), soft(2, start + dt.timedelta(hours=1)), soft(3, start + day)])
+    assert hooks.suppressed() == {}  # two days (two bounces on the first)
+    hooks.post([hooks.event("delivered", email, 4, start + 1.5 * day)])
+    hooks.post([soft(5, start + 2 * day), soft(6, start + 3 * day)])
+    hooks.post([soft(5, start + 2 * day), soft(6, start + 3 * day)])  # duplicates count once
+    assert hooks.suppressed() == {}  # two days since the delivery
+    hooks.post([soft(7, start + 4 * day)])
+    assert hooks.suppressed() == {email: SuppressionReason.BOUNCED}
+
+
+def test_an_unknown_delivery_is_resolved_by_its_webhook(hooks: Webhooks) -> None:
+    ids = [hooks.deliveries["reader6@mail.example"], hooks.deliveries["reader7@mail.example"]]
+    for delivery_id in ids:
+        row = hooks.session.get(Delivery, delivery_id)
+        assert row is not None
+        row.status = DeliveryStatus.UNKNOWN
+    hooks.session.commit()
+    hooks.post(
+        [
+            hooks.event("delivered", "reader6@mail.example", 1),
+            hooks.event("dropped", "reader7@mail.example", 2, reason="Invalid"),
+        ]
+    )
+    hooks.session.commit()
+    hooks.session.expire_all()
+    statuses = [hooks.session.get(Delivery, d).status for d in ids]  # type: ignore[union-attr]
+    assert statuses == [DeliveryStatus.ACCEPTED, DeliveryStatus.FAILED]
+
+
+def test_a_replayed_mailgun_request_is_refused(hooks: Webhooks) -> None:
+    _account(
+        hooks.session,
+        "sender",
+        {
+            "kind": "mailgun",
+            "domain": "mg.sender.example",
+            "api_key_env": "MG_API",
+            "webhook_signing_key_env": "MG_HOOK",
+        },
+    )
+    key = secrets.token_hex(16)
+    hooks.client.app.state.tracker.settings.env["MG_HOOK"] = key  # type: ignore[attr-defined]
+    data = {
+        "event": "failed",
+        "severity": "permanent",
+        "id": "abc",
+        "timestamp": unix(NOW),
+        "recipient": "reader8@mail.example",
+        "user-variables": {"jv_delivery": str(hooks.deliveries["reader8@mail.example"])},
+        "delivery-status": {"code": 550, "message": "no such user"},
+    }
+    body = mailgun_body(key, data, secrets.token_hex(25), NOW)
+    first = hooks.client.post("/webhooks/mailgun/sender", content=body)
+    assert first.status_code == 200
+    assert first.json()["stored"] == 1
+    assert hooks.client.post("/webhooks/mailgun/sender", content=body).status_code == 406
+    assert hooks.stored() == 1
+    assert hooks.suppressed() == {"reader8@mail.example": SuppressionReason.BOUNCED}

@@ -1,9 +1,11 @@
-"""Tracking commands: `jvmail serve`, `credit`, `suppress` and `rotate-link-key`."""
+"""Tracking commands: `jvmail serve`, `credit`, `suppress`, `rotate-link-key` and `reconcile`."""
 
 from __future__ import annotations
 
 import datetime as dt
 import secrets
+from dataclasses import asdict
+from pathlib import Path
 
 import click
 from email_validator import EmailNotValidError, validate_email
@@ -13,6 +15,7 @@ from jvmail.cli import _JSON, App, cli, pass_app
 from jvmail.console import print_json, print_table
 from jvmail.db import DEFAULT_DATABASE_URL
 from jvmail.db.models import HubRecord, Partner, SuppressionReason
+from jvmail.dispatch.reconcile import GIVE_UP, reconcile
 from jvmail.errors import UsageError
 from jvmail.tracking.credit import credit_measured
 from jvmail.tracking.store import suppress as suppress_address
@@ -138,3 +141,40 @@ def rotate_link_key(app: App) -> None:
         session.commit()
         kept = len(hub.link_keys)
     app.out.print(f"new link key in use; {kept} key(s) verify links")
+
+
+@cli.command("reconcile")
+@click.option(
+    "--outbox",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The outbox folder the mailings went to: its journal settles what it holds.",
+)
+@click.option(
+    "--give-up-days",
+    type=click.IntRange(1, 60),
+    default=GIVE_UP.days,
+    show_default=True,
+    help="Unknown deliveries older than this, with no provider event, become dead.",
+)
+@_JSON
+@pass_app
+def reconcile_command(app: App, outbox: Path | None, give_up_days: int, as_json: bool) -> None:
+    """Settle deliveries left `unknown` by an interrupted send: from provider events, or the
+    outbox journal; never by resending blindly. Workers do it on every tick too.
+
+    \b
+    Example:
+      jvmail reconcile --json
+    """
+    with app.session() as session:
+        done = reconcile(
+            session,
+            dt.datetime.now(dt.UTC),
+            outbox=outbox,
+            give_up=dt.timedelta(days=give_up_days),
+        )
+        session.commit()
+    if as_json:
+        print_json(app.out, asdict(done))
+        return
+    print_table(app.out, "Unknown deliveries settled", [asdict(done)], list(asdict(done)))

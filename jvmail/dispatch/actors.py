@@ -1,7 +1,9 @@
 """The dramatiq actors of the send pipeline. Messages carry ids and batch bounds, never bodies.
 
 * ``jv_tick(until=None)`` (the periodic job): mark in-flight rows past their lease
-  ``unknown``, dispatch what is due (by ``until``, an ISO time, or now), and relay: re-enqueue
+  ``unknown`` and settle the unknown ones the provider has reported on
+  (:mod:`jvmail.dispatch.reconcile`), dispatch what is due (by ``until``, an ISO time, or
+  now), and relay: re-enqueue
   the batches of queued mailings that still have rows to send and have not moved for a while
   (their messages were lost: Redis restarted empty, or the in-process broker went with its
   process). A relayed batch that someone else is sending finds nothing to claim and returns at
@@ -39,6 +41,7 @@ from jvmail.dispatch.pipeline import (
     pause_mailing,
     send_batch,
 )
+from jvmail.dispatch.reconcile import reconcile
 from jvmail.providers.base import Provider, ProviderError
 
 __all__ = ["Actors", "Runtime", "TryLater", "declare"]
@@ -119,6 +122,7 @@ def declare(broker: dramatiq.Broker, runtime: Runtime) -> Actors:
         now = runtime.now()
         with runtime.session() as session:
             expire(session, now)
+            reconcile(session, now)
             session.commit()
             due = due_mailings(session, dt.datetime.fromisoformat(until) if until else now)
             stalled = _stalled(session, now - runtime.relay_after)

@@ -29,9 +29,18 @@ from jvmail.db.models import (
 )
 from jvmail.dispatch.pipeline import dispatch, send_batch
 from jvmail.providers.outbox import OutboxProvider
+from jvmail.tracking.accounts import SnsPolicy
 from jvmail.tracking.app import Settings, create_app
+from jvmail.tracking.webhooks import ses
 from tests.dispatch.conftest import Hub, build_hub
-from tests.tracking.signing import ec_key, mailgun_body, sendgrid_headers, unix
+from tests.tracking.signing import (
+    SnsSigner,
+    basic_auth,
+    ec_key,
+    mailgun_body,
+    sendgrid_headers,
+    unix,
+)
 
 NOW = dt.datetime.now(dt.UTC)
 
@@ -228,3 +237,122 @@ def test_a_replayed_mailgun_request_is_refused(hooks: Webhooks) -> None:
     assert hooks.client.post("/webhooks/mailgun/sender", content=body).status_code == 406
     assert hooks.stored() == 1
     assert hooks.suppressed() == {"reader8@mail.example": SuppressionReason.BOUNCED}
+
+
+def test_ses_through_sns_confirms_its_subscription_and_stores_bounces(
+    db_url: str, hooks: Webhooks
+) -> None:
+    topic = "arn:aws:sns:eu-west-1:123456789012:jv-sender"
+    _account(
+        hooks.session, "sender", {"kind": "ses", "region": "eu-west-1", "sns_topic_arn": topic}
+    )
+    signer = SnsSigner.create()
+    ses.clear_certificate_cache()  # another test's signer used the same certificate URL
+    fetched: list[str] = []
+    confirmed: list[str] = []
+
+    def fetch(url: str) -> bytes:
+        fetched.append(url)
+        return signer.pem
+
+    sns = SnsPolicy(fetch=fetch, confirm=confirmed.append)
+    stamp = NOW.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    subscribe_url = (
+        "https://sns.eu-west-1.amazonaws.com/?Action=ConfirmSubscription"
+        f"&TopicArn={topic}&Token=abc"
+    )
+    with TestClient(create_app(Settings(db_url, sns=sns))) as client:
+        confirm = signer.sign(
+            {
+                "Type": "SubscriptionConfirmation",
+                "MessageId": "m-0",
+                "Token": "abc",
+                "TopicArn": topic,
+                "Message": "You have chosen to subscribe",
+                "SubscribeURL": subscribe_url,
+                "Timestamp": stamp,
+            }
+        )
+        answer = client.post("/webhooks/ses/sender", content=orjson.dumps(confirm))
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["confirmed"] is True
+        assert confirmed == [subscribe_url]
+        email = "reader9@mail.example"
+        ses_event = {
+            "eventType": "Bounce",
+            "bounce": {
+                "bounceType": "Permanent",
+                "bounceSubType": "General",
+                "bouncedRecipients": [{"emailAddress": email}],
+                "timestamp": stamp,
+                "feedbackId": "f-1",
+            },
+            "mail": {
+                "timestamp": stamp,
+                "messageId": "ses-1",
+                "destination": [email],
+                "tags": {"jv_delivery": [str(hooks.deliveries[email])]},
+            },
+        }
+        note = signer.sign(
+            {
+                "Type": "Notification",
+                "MessageId": "m-1",
+                "TopicArn": topic,
+                "Message": orjson.dumps(ses_event).decode(),
+                "Timestamp": stamp,
+            }
+        )
+        for _ in range(2):  # SNS retries with the same MessageId: stored once
+            assert (
+                client.post("/webhooks/ses/sender", content=orjson.dumps(note)).status_code == 200
+            )
+        other_topic = signer.sign(note | {"TopicArn": topic + "-other"})
+        assert (
+            client.post("/webhooks/ses/sender", content=orjson.dumps(other_topic)).status_code
+            == 403
+        )
+    assert fetched
+    assert all(u.startswith("https://sns.eu-west-1.amazonaws.com/") for u in fetched)
+    assert hooks.stored() == 1
+    assert hooks.suppressed() == {email: SuppressionReason.BOUNCED}
+
+
+def test_postmark_needs_its_basic_auth(db_url: str, hooks: Webhooks) -> None:
+    _account(
+        hooks.session,
+        "sender",
+        {
+            "kind": "postmark",
+            "server_token_env": "PM",
+            "webhook_username": "jv",
+            "webhook_password_env": "PM_HOOK",
+        },
+    )
+    env = {"PM_HOOK": "old-secret,new-secret"}
+    email = "reader10@mail.example"
+    record = {
+        "RecordType": "SpamComplaint",
+        "ID": 42,
+        "Type": "SpamComplaint",
+        "Email": email,
+        "MessageID": "pm-1",
+        "BouncedAt": NOW.isoformat(),
+        "Metadata": {"jv_delivery": str(hooks.deliveries[email])},
+    }
+    body = orjson.dumps(record)
+    with TestClient(create_app(Settings(db_url, env=env))) as client:
+        url = "/webhooks/postmark/sender"
+        assert client.post(url, content=body).status_code == 401
+        assert client.post(url, content=body, headers=basic_auth("jv", "wrong")).status_code == 401
+        assert hooks.stored() == 0
+        assert (
+            client.post(url, content=body, headers=basic_auth("jv", "old-secret")).status_code
+            == 200
+        )
+        assert (
+            client.post(url, content=body, headers=basic_auth("jv", "new-secret")).status_code
+            == 200
+        )
+    assert hooks.stored() == 1
+    assert hooks.suppressed() == {email: SuppressionReason.COMPLAINED}

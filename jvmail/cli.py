@@ -1000,6 +1000,10 @@ def demo(app: App, directory: Path) -> None:
     outbox = directory / "outbox"
     app.out.print(f"[bold]5. Send[/] the week's mailings into {outbox}/")
     _print_run(app, _send_due(app, outbox, _week_end(DEMO_WEEK), quiet=False), outbox)
+    from jvmail.cli_tracking import demo_readers
+
+    demo_readers(app, outbox, step=6)
+    click.get_current_context().invoke(ledger, partner=None, view="measured", as_json=False)
     db = f"--db {app.database_url}"
     app.out.print(
         f"\n[bold]Done.[/] Config: {hub_dir}\nDatabase: {app.database_url}\n"

@@ -178,3 +178,39 @@ def reconcile_command(app: App, outbox: Path | None, give_up_days: int, as_json:
         print_json(app.out, asdict(done))
         return
     print_table(app.out, "Unknown deliveries settled", [asdict(done)], list(asdict(done)))
+
+
+def demo_readers(app: App, outbox: Path, step: int) -> None:
+    """The demo's readers click and unsubscribe over HTTP; the ledger is credited with it."""
+    from rich.progress import Progress
+
+    from jvmail.tracking.readers import local_server, simulate_readers
+
+    app.out.print(
+        f"[bold]{step}. Readers[/] open their mail and click, through the tracking server"
+    )
+    url = app.database_url or DEFAULT_DATABASE_URL
+    with app.session() as session:
+        hub = session.get(HubRecord, 1)
+        assert hub is not None, "the demo has synced its hub"
+        base = hub.base_url
+    with (
+        local_server(url, base) as server,
+        app.session() as session,
+        Progress(console=app.err, transient=True) as bar,
+    ):
+        task = bar.add_task("readers", total=None)
+        readers = simulate_readers(
+            session,
+            outbox,
+            server,
+            base,
+            progress=lambda n, total: bar.update(task, completed=n, total=total),
+        )
+    with app.session() as session:
+        credited = credit_measured(session)
+        session.commit()
+    app.out.print(
+        f"{readers.clicks:,} clicks and {readers.unsubscribes:,} one-click unsubscribes over "
+        f"HTTP to {server}; {credited} mailing(s) credited with their unique human clicks."
+    )

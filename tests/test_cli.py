@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from sqlalchemy import func, select
 
 from jvmail.cli import cli, main
 from jvmail.db import make_engine, make_sessionmaker, upgrade
-from jvmail.db.models import Partner, Subscriber
+from jvmail.db.models import Partner, Subscriber, Suppression
 from jvmail.errors import ConfigError
 
 
@@ -29,7 +30,7 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def _count(db_url: str, model: type[Partner] | type[Subscriber]) -> int:
+def _count(db_url: str, model: type[Partner] | type[Subscriber] | type[Suppression]) -> int:
     engine = make_engine(db_url)
     upgrade(engine)
     with make_sessionmaker(engine)() as session:
@@ -152,8 +153,19 @@ def test_demo_runs_twice_and_the_second_sync_changes_nothing(
     assert "Saved as planned mailings; awaiting their sender's approval: 1 " in out
     db_url = f"sqlite:///{(tmp_path / 'demo' / 'jvmail.db').resolve()}"
     assert _count(db_url, Partner) >= 10
+    # The readers clicked over HTTP, and the ledger was credited with it.
+    clicks = re.search(r"([\d,]+) clicks and ([\d,]+) one-click unsubscribes over HTTP", out)
+    assert clicks is not None
+    assert int(clicks[1].replace(",", "")) > 1000
+    assert int(clicks[2].replace(",", "")) > 0
+    credited = re.search(r"(\d+) mailing\(s\) credited", out)
+    assert credited is not None
+    assert int(credited[1]) > 0
+    assert "Balances (measured)" in out
+    assert 0 < _count(db_url, Suppression) <= int(clicks[2].replace(",", ""))
     code, out, _ = run(capsys, "demo", "--dir", str(tmp_path / "demo"))
     assert code == 0
+    assert "0 mailing(s) credited" in out  # the same readers: nothing new to credit
     assert "Nothing changed" in out
     assert "planned by an earlier demo run" in out
     assert f"Database: {db_url}" in out

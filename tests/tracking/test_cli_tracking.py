@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import requests
 from click.testing import CliRunner
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from jvmail.cli import cli
-from jvmail.db import make_engine, make_sessionmaker, upgrade
+from jvmail.db import make_engine, make_sessionmaker
 from jvmail.db.models import (
-    Delivery,
     EventType,
     HubRecord,
     Subscriber,
@@ -25,30 +19,12 @@ from jvmail.db.models import (
     Suppression,
     TrackingEvent,
 )
-from jvmail.dispatch.pipeline import dispatch, send_batch
-from jvmail.providers.outbox import OutboxProvider
 from jvmail.tracking.links import Keyring
-from tests.dispatch.conftest import build_hub
-
-
-def _hub(tmp_path: Path) -> tuple[str, int, int]:
-    """A SQLite hub whose mailing went out: (url, mailing id, first delivery id)."""
-    url = f"sqlite:///{tmp_path / 'hub.db'}"
-    engine = make_engine(url)
-    upgrade(engine)
-    with make_sessionmaker(engine)() as session:
-        hub = build_hub(session)
-        for bounds in dispatch(session, hub.mailing.id, batch_size=100):
-            send_batch(session, OutboxProvider(tmp_path / "out"), hub.mailing.id, bounds)
-        first = session.scalar(select(func.min(Delivery.id)))
-        mailing = hub.mailing.id
-    engine.dispose()
-    assert first is not None
-    return url, mailing, first
+from tests.tracking.serving import sent_hub, serving
 
 
 def test_suppress_by_hand_and_its_errors(tmp_path: Path) -> None:
-    url, _, _ = _hub(tmp_path)
+    url, _, _ = sent_hub(tmp_path)
     runner = CliRunner()
     done = runner.invoke(cli, ["--db", url, "suppress", "sender", "Reader3@Mail.example"])
     assert done.exit_code == 0, done.output
@@ -68,7 +44,7 @@ def test_suppress_by_hand_and_its_errors(tmp_path: Path) -> None:
 
 
 def test_rotating_the_link_key_keeps_old_links_valid(tmp_path: Path) -> None:
-    url, _, _ = _hub(tmp_path)
+    url, _, _ = sent_hub(tmp_path)
     engine = make_engine(url)
     sessions = make_sessionmaker(engine)
     with sessions() as session:
@@ -84,25 +60,9 @@ def test_rotating_the_link_key_keeps_old_links_valid(tmp_path: Path) -> None:
     assert Keyring.from_hex(keys).read(one_back.sign(1, 2, 3)) is not None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_serve_answers_clicks_and_writes_them_before_it_stops(tmp_path: Path) -> None:
-    url, mailing, delivery = _hub(tmp_path)
-    port = _free_port()
-    env = os.environ | {"JVMAIL_DATABASE_URL": url}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "jvmail", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait_ready(server, base)
+    url, mailing, delivery = sent_hub(tmp_path)
+    with serving(url) as (base, output):
         token = Keyring.from_hex(["ab" * 32]).sign(mailing, delivery, 1)
         answer = requests.get(
             f"{base}/c/{token}",
@@ -113,12 +73,9 @@ def test_serve_answers_clicks_and_writes_them_before_it_stops(tmp_path: Path) ->
         assert answer.status_code == 302
         assert answer.headers["location"] == "https://owner.example/offer"
         assert requests.get(f"{base}/c/{token[:-3]}", timeout=5).status_code == 404
-    finally:
-        server.send_signal(signal.SIGTERM)
-        output = server.communicate(timeout=30)[0].decode()
     # uvicorn shuts down gracefully, then exits as the signal asked
-    assert server.returncode in (0, -signal.SIGTERM), output
-    assert "Application shutdown complete" in output
+    assert output[-1] in ("exit 0", f"exit {-signal.SIGTERM}"), output
+    assert any("Application shutdown complete" in line for line in output)
     engine = make_engine(url)
     with make_sessionmaker(engine)() as session:
         clicks = session.scalars(
@@ -126,19 +83,3 @@ def test_serve_answers_clicks_and_writes_them_before_it_stops(tmp_path: Path) ->
         ).all()
     engine.dispose()
     assert clicks == [delivery]
-
-
-def _wait_ready(server: subprocess.Popen[bytes], base: str) -> None:
-    """Until the server answers its health check (or has died: then its output says why)."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{base}/healthz", timeout=0.5).status_code == 200:
-                return
-        except requests.ConnectionError:
-            try:
-                server.wait(timeout=0.1)  # not up yet: wait on the process itself
-            except subprocess.TimeoutExpired:
-                continue
-            raise AssertionError(server.communicate()[0].decode()) from None
-    raise AssertionError("jvmail serve did not answer within 30 s")

@@ -14,10 +14,12 @@ from sqlalchemy import select
 from jvmail.cli import _JSON, App, cli, pass_app
 from jvmail.console import print_json, print_table
 from jvmail.db import DEFAULT_DATABASE_URL
-from jvmail.db.models import HubRecord, Partner, SuppressionReason
+from jvmail.db.models import HubRecord, Mailing, Partner, SuppressionReason
 from jvmail.dispatch.reconcile import GIVE_UP, reconcile
 from jvmail.errors import UsageError
+from jvmail.mailings import awaiting_approval, rows_of
 from jvmail.tracking.credit import credit_measured
+from jvmail.tracking.links import Keyring, review_url
 from jvmail.tracking.store import suppress as suppress_address
 
 KEYS_KEPT = 3  # link keys a hub keeps: the newest signs, all of them verify
@@ -214,3 +216,42 @@ def demo_readers(app: App, outbox: Path, step: int) -> None:
         f"{readers.clicks:,} clicks and {readers.unsubscribes:,} one-click unsubscribes over "
         f"HTTP to {server}; {credited} mailing(s) credited with their unique human clicks."
     )
+
+
+@cli.command("review-links")
+@click.option("--partner", metavar="ID", help="Only the mailings onto this partner's lists.")
+@_JSON
+@pass_app
+def review_links(app: App, partner: str | None, as_json: bool) -> None:
+    """Signed links that let a partner approve or decline, in a browser, each mailing awaiting
+    its approval (served by `jvmail serve`; opening one decides nothing, its buttons do).
+
+    \b
+    Example:
+      jvmail review-links --partner pixel-and-pine
+    """
+    with app.session() as session:
+        hub = session.get(HubRecord, 1)
+        if hub is None:
+            raise UsageError("the hub has no settings yet", "run `jvmail sync CONFIG_DIR` first")
+        keys = Keyring.from_hex(hub.link_keys)
+        rows = [
+            {
+                "id": r.id,
+                "sender": r.sender,
+                "send_time": r.send_time,
+                "promotion": r.promotion,
+                "url": review_url(hub.base_url, keys, r.id),
+            }
+            for r in rows_of(
+                session,
+                [session.get_one(Mailing, i) for i in awaiting_approval(session, sender=partner)],
+            )
+        ]
+    if as_json:
+        print_json(app.out, rows)
+        return
+    if not rows:
+        app.out.print("No mailing is awaiting approval.")
+        return
+    print_table(app.out, "Awaiting approval", rows, ["id", "sender", "send_time", "url"])

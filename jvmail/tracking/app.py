@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from jvmail.db import make_engine, make_sessionmaker
@@ -57,6 +57,8 @@ from jvmail.tracking import accounts
 from jvmail.tracking.events import Rejected
 from jvmail.tracking.human import machine_request
 from jvmail.tracking.links import Keyring, Link
+from jvmail.tracking.pages import NO_STORE, not_found, page
+from jvmail.tracking.review import review_action, review_page
 from jvmail.tracking.store import (
     flag_link_sweeps,
     recipient_hash,
@@ -73,7 +75,6 @@ log = logging.getLogger("jvmail.tracking")
 PIXEL = bytes.fromhex(
     "47494638396101000100800000000000ffffff21f90401000000002c000000000100010000020144003b"
 )
-NO_STORE = {"Cache-Control": "no-store, private", "Referrer-Policy": "no-referrer"}
 MAX_BODY = 5 * 1024 * 1024  # larger webhook bodies are refused (413)
 POSTBACK_MAX_AGE = dt.timedelta(minutes=5)
 
@@ -204,26 +205,6 @@ class Tracker:
 # -- pages --------------------------------------------------------------------------------
 
 
-def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
-    page = (
-        "<!doctype html><html lang=en><head><meta charset=utf-8>"
-        '<meta name=viewport content="width=device-width,initial-scale=1">'
-        f"<title>{html.escape(title)}</title><style>"
-        "body{font:16px/1.5 system-ui,sans-serif;max-width:32rem;margin:3rem auto;padding:0 1rem;"
-        "color:#222}button{font:inherit;padding:.6rem 1.2rem;border:0;border-radius:6px;"
-        "background:#1f5fbf;color:#fff;cursor:pointer}</style></head>"
-        f"<body>{body}</body></html>"
-    )
-    return HTMLResponse(page, status, headers=NO_STORE)
-
-
-NOT_FOUND = "This link is not valid. If you copied it, check that it is complete."
-
-
-def _not_found() -> HTMLResponse:
-    return _page("Not found", f"<h1>Link not found</h1><p>{NOT_FOUND}</p>", 404)
-
-
 @dataclass(frozen=True)
 class _Recipient:
     owner_id: int
@@ -275,7 +256,7 @@ async def click(request: Request) -> Response:
     link = await tracker.link(request.path_params["token"])
     url = await tracker.target(link) if link else None
     if link is None or url is None:
-        return _not_found()
+        return not_found()
     tracker.hit(EventType.CLICKED, link, request)
     return RedirectResponse(url, 302, headers=NO_STORE)
 
@@ -294,12 +275,12 @@ async def unsubscribe_page(request: Request) -> Response:
     tracker: Tracker = request.app.state.tracker
     link = await tracker.link(request.path_params["token"])
     if link is None or link.link != 0:
-        return _not_found()
+        return not_found()
     who = await run_in_threadpool(_lookup, tracker, link)
     if who is None:
-        return _not_found()
+        return not_found()
     owner, lst = html.escape(who.owner), html.escape(who.list_name)
-    return _page(
+    return page(
         f"Unsubscribe from {who.owner}",
         f"<h1>Unsubscribe</h1><p>Stop all email from <b>{owner}</b> (you are on its list "
         f"<i>{lst}</i>)?</p><form method=post>"
@@ -312,13 +293,13 @@ async def unsubscribe(request: Request) -> Response:
     tracker: Tracker = request.app.state.tracker
     link = await tracker.link(request.path_params["token"])
     if link is None or link.link != 0:
-        return _not_found()
+        return not_found()
     try:
         form = await request.form()
     except Exception:
         form = None
     if form is None or form.get("List-Unsubscribe") != "One-Click":
-        return _page(
+        return page(
             "Bad request",
             "<h1>Nothing changed</h1><p>The request must carry "
             "<code>List-Unsubscribe=One-Click</code>.</p>",
@@ -326,8 +307,8 @@ async def unsubscribe(request: Request) -> Response:
         )
     who = await run_in_threadpool(_unsubscribe, tracker, link)
     if who is None:
-        return _not_found()
-    return _page(
+        return not_found()
+    return page(
         "Unsubscribed",
         f"<h1>You are unsubscribed</h1><p><b>{html.escape(who.owner)}</b> will not email "
         "you again.</p>",
@@ -396,6 +377,8 @@ def create_app(settings: Settings) -> Starlette:
             Route("/u/{token}", unsubscribe, methods=["POST"]),
             Route("/webhooks/{provider}/{account}", webhook, methods=["POST"]),
             Route("/postback/{promotion}", postback, methods=["POST"]),
+            Route("/review/{token}", review_page, methods=["GET"]),
+            Route("/review/{token}", review_action, methods=["POST"]),
             Route("/healthz", lambda r: JSONResponse({"ok": True}), methods=["GET"]),
         ],
         lifespan=lifespan,

@@ -22,10 +22,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-__all__ = ["Keyring", "Link", "click_url", "open_url", "unsubscribe_url"]
+__all__ = ["REVIEW", "Keyring", "Link", "click_url", "open_url", "review_url", "unsubscribe_url"]
 
 _SIG_BYTES = 12
 UNSUBSCRIBE = 0  # the "link index" of an unsubscribe token: links are numbered from 1
+REVIEW = 0  # the "delivery" of a sender's approve/decline token: deliveries start at 1
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{4,60}\.[A-Za-z0-9_-]{16}")
 
 
@@ -115,3 +116,9 @@ def open_url(base_url: str, keys: Keyring, mailing: int, delivery: int) -> str:
 
 def unsubscribe_url(base_url: str, keys: Keyring, mailing: int, delivery: int) -> str:
     return f"{base_url}/u/{keys.sign(mailing, delivery, UNSUBSCRIBE)}"
+
+
+def review_url(base_url: str, keys: Keyring, mailing: int) -> str:
+    """The sender's page to approve or decline ``mailing`` (no delivery: it is about the whole
+    mailing, and no delivery token opens it)."""
+    return f"{base_url}/review/{keys.sign(mailing, REVIEW, 0)}"

@@ -34,7 +34,7 @@ from jvmail.dispatch.pipeline import dispatch, send_batch
 from jvmail.providers.outbox import OutboxProvider
 from jvmail.tracking.app import Settings, Tracker, create_app, postback_signature
 from jvmail.tracking.credit import credit_measured
-from jvmail.tracking.links import Keyring
+from jvmail.tracking.links import Keyring, review_url
 from tests.dispatch.conftest import Hub, build_hub, mailing
 
 KEYS = Keyring.from_hex(["ab" * 32])
@@ -310,3 +310,36 @@ def test_conversions_and_refunds_by_signed_postback(served: Served) -> None:
     assert _postback(served, {"click": click, "id": "order-5"}) == 400
     amounts = sorted(e.amount or 0.0 for e in served.events(EventType.CONVERTED))
     assert amounts == [-49.0, 49.0]
+
+
+def test_a_sender_approves_or_declines_by_its_signed_link(served: Served) -> None:
+    session = served.session
+    promo = session.get(Promotion, served.hub.promotion.id)
+    assert promo is not None
+    waiting = [mailing(session, promo, served.hub.lists[1]) for _ in range(2)]
+    for m in waiting:
+        m.status = MailingStatus.AWAITING_APPROVAL
+    session.commit()
+    first, second = (review_url("", KEYS, m.id) for m in waiting)
+    page = served.client.get(first)
+    assert page.status_code == 200
+    assert "<b>owner</b> asks <b>sender</b>" in page.text
+    assert "<i>sender-extra</i>" in page.text
+    session.commit()
+    assert session.get(Mailing, waiting[0].id).status == MailingStatus.AWAITING_APPROVAL  # type: ignore[union-attr]
+    assert served.client.post(first, data={"action": "approve"}).status_code == 200
+    assert served.client.post(first, data={"action": "decline"}).status_code == 409
+    declined = served.client.post(second, data={"action": "decline", "reason": "full week"})
+    assert declined.status_code == 200
+    assert served.client.post(second, data={"action": "maybe"}).status_code == 400
+    session.commit()
+    session.expire_all()
+    assert [session.get(Mailing, m.id).status for m in waiting] == [  # type: ignore[union-attr]
+        MailingStatus.APPROVED,
+        MailingStatus.DECLINED,
+    ]
+    assert session.get(Mailing, waiting[1].id).review_note == "full week"  # type: ignore[union-attr]
+    # A delivery's token does not open a review page, nor does a tampered one.
+    click = KEYS.sign(served.hub.mailing.id, served.deliveries["reader1@mail.example"], 0)
+    assert served.client.get(f"/review/{click}").status_code == 404
+    assert served.client.post(first[:-2], data={"action": "approve"}).status_code == 404

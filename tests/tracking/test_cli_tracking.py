@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from jvmail.db import make_engine, make_sessionmaker
 from jvmail.db.models import (
     EventType,
     HubRecord,
+    Mailing,
+    MailingStatus,
     Subscriber,
     SubscriberStatus,
     Suppression,
@@ -83,3 +86,23 @@ def test_serve_answers_clicks_and_writes_them_before_it_stops(tmp_path: Path) ->
         ).all()
     engine.dispose()
     assert clicks == [delivery]
+
+
+def test_review_links_lists_the_mailings_awaiting_approval(tmp_path: Path) -> None:
+    url, mailing, _ = sent_hub(tmp_path)
+    runner = CliRunner()
+    none = runner.invoke(cli, ["--db", url, "review-links"])
+    assert none.exit_code == 0
+    assert "No mailing is awaiting approval" in none.output
+    engine = make_engine(url)
+    with make_sessionmaker(engine)() as session:
+        row = session.get(Mailing, mailing)
+        assert row is not None
+        row.status = MailingStatus.AWAITING_APPROVAL
+        session.commit()
+    engine.dispose()
+    listed = runner.invoke(cli, ["--db", url, "review-links", "--json"])
+    assert listed.exit_code == 0, listed.output
+    (link,) = json.loads(listed.output)
+    token = link["url"].removeprefix("https://jv.example/review/")
+    assert Keyring.from_hex(["ab" * 32]).read(token) == (mailing, 0, 0)

@@ -1,6 +1,8 @@
 """Real signatures for webhook tests: ECDSA for SendGrid, HMAC for Mailgun, basic auth for
 Postmark, and an RSA key with a self-signed certificate for SNS. Built here independently of the
-parsers, from the providers' descriptions, so a parser bug cannot sign its own way to green."""
+parsers, from the providers' descriptions, so a parser bug cannot sign its own way to green.
+
+The payloads they sign are the provider samples in tests/fixtures/webhooks (see its README)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import hashlib
 import hmac
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -22,6 +25,21 @@ NOW = dt.datetime(2024, 5, 14, 12, 0, 0, tzinfo=dt.UTC)
 
 def unix(when: dt.datetime) -> int:
     return int(when.timestamp())
+
+
+# Provider samples ----------------------------------------------------------------------------
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "webhooks"
+
+
+def fixture_names(provider: str) -> list[str]:
+    """The sample files of ``provider`` (sendgrid, mailgun, postmark, ses), sorted."""
+    return sorted(path.name for path in (FIXTURES / provider).glob("*.json"))
+
+
+def load_fixture(provider: str, name: str) -> Any:
+    """A fresh copy of one unsigned provider sample."""
+    return json.loads((FIXTURES / provider / name).read_text(encoding="utf-8"))
 
 
 # SendGrid ----------------------------------------------------------------------------------

@@ -22,7 +22,9 @@ Mapping (``event`` decides, then the fields named):
 - ``open`` is opened, by a machine when ``sg_machine_open`` is true (Apple MPP); ``click`` is
   clicked with its ``url``.
 - ``spamreport`` is complained; ``unsubscribe`` and ``group_unsubscribe`` are unsubscribed.
-- Any other event name (``group_resubscribe``, future ones) is kept as unknown.
+- Any other event name (``group_resubscribe``, future ones) is kept as unknown; one about the
+  account rather than a message (``account_status_change``, which has no ``email``) too, with
+  no recipient, so it never refuses the deliveries' events batched with it.
 
 Ids: ``event_id`` is ``sg_event_id`` (a digest of the event's fields when absent);
 ``message_id`` is the ``X-Message-Id`` jvmail kept from the send answer: ``sg_message_id`` up to
@@ -139,7 +141,11 @@ def _public_key(b64_der: str) -> ec.EllipticCurvePublicKey:
 def _event(item: Mapping[str, Any]) -> Event:
     name = text(item, "event")
     kind, bounce = _classify(name, item)
-    address = recipient(item.get("email"))
+    if "email" not in item and name not in _TYPES:  # about the account (account_status_change)
+        kind, bounce = EventType.UNKNOWN, BounceClass.NONE
+        address = ""
+    else:
+        address = recipient(item.get("email"))
     occurred_at = from_unix(item.get("timestamp"))
     return Event(
         provider=PROVIDER,
@@ -176,7 +182,7 @@ def _bounce_class(item: Mapping[str, Any]) -> BounceClass:
 
 def _message_id(item: Mapping[str, Any]) -> str | None:
     sg_message_id = optional_text(item, "sg_message_id")
-    return sg_message_id.split(".", 1)[0] if sg_message_id else None
+    return sg_message_id.strip().split(".", 1)[0] if sg_message_id else None
 
 
 def _digest(name: str, address: str, occurred_at: dt.datetime, item: Mapping[str, Any]) -> str:

@@ -23,13 +23,14 @@ Mapping (the SES event's ``eventType``, or ``notificationType`` for identity not
 
 - Send queued (SES accepted it, as SendGrid ``processed``); Delivery delivered; Reject and
   Rendering Failure rejected; DeliveryDelay deferred (soft); Complaint complained (complaint);
-  Open opened; Click clicked (``click.link``). SES has no machine flag.
+  Open opened; Click clicked (``click.link``); made by a machine when SES says
+  ``isBotEvent`` is "Likely".
 - Bounce by ``bounceType``: Permanent bounced hard; Undetermined bounced soft; Transient
   deferred (soft). SES files out-of-office replies, full mailboxes and other temporary causes
   as Transient, and says mail to the address may succeed later: counting them as bounces would
   inflate the bounce rate, so the delivery stays open until a later event or reconciliation.
 - Subscription unsubscribed when the new preferences unsubscribe from all or opt out of a
-  topic, else unknown. Anything else is unknown.
+  topic that was not opted out before, else unknown. Anything else is unknown.
 
 One SNS message covers several recipients: Delivery, Bounce, Complaint and DeliveryDelay give
 one event per recipient they list, the other types one per ``mail.destination``. ``raw`` is the
@@ -277,6 +278,7 @@ def _events(message: Mapping[str, Any]) -> list[Event]:
             delivery_id=_delivery_id(mail),
             message_id=optional_text(mail, "messageId"),
             bounce=bounce,
+            machine=detail.get("isBotEvent") in ("Likely", True),
             url=optional_text(detail, "link") if kind is EventType.CLICKED else None,
             user_agent=optional_text(detail, "userAgent"),
             raw=ses,
@@ -293,13 +295,21 @@ def _classify(name: str, detail: Mapping[str, Any]) -> tuple[EventType, BounceCl
     return _TYPES.get(name, _UNKNOWN)
 
 
+def _opted_out(preferences: Mapping[str, Any]) -> set[str]:
+    topics = preferences.get("topicSubscriptionStatus")
+    if not isinstance(topics, list):
+        return set()
+    return {
+        str(t.get("topicName"))
+        for t in topics
+        if isinstance(t, dict) and t.get("subscriptionStatus") == "OptOut"
+    }
+
+
 def _subscription(detail: Mapping[str, Any]) -> tuple[EventType, BounceClass]:
     preferences = child(detail, "newTopicPreferences")
-    topics = preferences.get("topicSubscriptionStatus")
-    opted_out = isinstance(topics, list) and any(
-        isinstance(t, dict) and t.get("subscriptionStatus") == "OptOut" for t in topics
-    )
-    if preferences.get("unsubscribeAll") is True or opted_out:
+    newly = _opted_out(preferences) - _opted_out(child(detail, "oldTopicPreferences"))
+    if preferences.get("unsubscribeAll") is True or newly:
         return EventType.UNSUBSCRIBED, BounceClass.NONE
     return _UNKNOWN
 

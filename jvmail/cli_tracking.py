@@ -29,8 +29,9 @@ KEYS_KEPT = 3  # link keys a hub keeps: the newest signs, all of them verify
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True)
+@click.option("--access-log", is_flag=True, help="Log every request (costs about a sixth).")
 @pass_app
-def serve(app: App, host: str, port: int, workers: int) -> None:
+def serve(app: App, host: str, port: int, workers: int, access_log: bool) -> None:
     """Serve clicks, opens, unsubscribes, provider webhooks and conversion postbacks.
 
     Put it behind your HTTPS proxy at the hub's base_url. Provider webhooks go to
@@ -55,6 +56,7 @@ def serve(app: App, host: str, port: int, workers: int) -> None:
         port=port,
         workers=workers,
         proxy_headers=True,
+        access_log=access_log,
         log_level="info",
     )
 

@@ -60,6 +60,7 @@ from jvmail.tracking.links import Keyring, Link
 from jvmail.tracking.pages import NO_STORE, not_found, page
 from jvmail.tracking.review import review_action, review_page
 from jvmail.tracking.store import (
+    _targets,
     flag_link_sweeps,
     recipient_hash,
     refuse_replay,
@@ -103,6 +104,7 @@ class Tracker:
         self.buffer: list[dict[str, Any]] = []
         self.counter = itertools.count()
         self.wake = asyncio.Event()
+        self.stopping = False
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[Session]:
@@ -181,13 +183,9 @@ class Tracker:
 
     def _write_hits(self, rows: list[dict[str, Any]]) -> int:
         with self.writing() as session:
-            known = set(
-                session.scalars(
-                    select(Delivery.id).where(Delivery.id.in_({r["delivery_id"] for r in rows}))
-                )
-            )
-            rows = [r for r in rows if r["delivery_id"] in known]
-            stored = store_rows(session, rows)
+            targets = _targets(session, {r["delivery_id"] for r in rows})
+            rows = [r for r in rows if r["delivery_id"] in targets]
+            stored = store_rows(session, rows, targets=targets)
             clicked = [r["delivery_id"] for r in rows if r["type"] == EventType.CLICKED]
             counts = {m: len(urls) for m, urls in self.links.items()}
             flag_link_sweeps(session, counts, clicked)
@@ -195,7 +193,7 @@ class Tracker:
         return stored.new
 
     async def flusher(self) -> None:
-        while True:
+        while not self.stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), self.settings.flush_seconds)
             self.wake.clear()
@@ -363,9 +361,9 @@ def create_app(settings: Settings) -> Starlette:
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            tracker.stopping = True  # the flusher ends after the write in flight, if any
+            tracker.wake.set()
+            await task
             await tracker.flush()
             tracker.engine.dispose()
 

@@ -20,7 +20,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Row, select, update
+import orjson
+from sqlalchemy import BigInteger, Row, any_, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -104,9 +105,17 @@ def _targets(session: Session, delivery_ids: Iterable[int]) -> dict[int, _Target
         )
         .join(Mailing, Mailing.id == Delivery.mailing_id)
         .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
-        .where(Delivery.id.in_(ids))
+        .where(_among(session, Delivery.id, ids))
     )
     return {r[0]: _Target(*r) for r in rows}
+
+
+def _among(session: Session, column: Any, ids: list[int]) -> Any:
+    """``column IN ids``; on PostgreSQL one array parameter (``= ANY``), not one per id: the
+    statement stays short, and is converted and planned once."""
+    if session.get_bind().dialect.name == "postgresql":
+        return column == any_(bindparam("ids", ids, type_=postgresql.ARRAY(BigInteger)))
+    return column.in_(ids)
 
 
 def store_events(
@@ -165,7 +174,11 @@ def store_rows(
             TrackingEvent.occurred_at,
         )
     )
-    new = session.execute(stmt, [dict(r) for r in rows]).all()
+    new: Sequence[Any] = (
+        _insert_pg(session, rows)
+        if session.get_bind().dialect.name == "postgresql"
+        else session.execute(stmt, [dict(r) for r in rows]).all()
+    )
     stored.new, stored.duplicate = len(new), len(rows) - len(new)
     about = [r for r in new if r.delivery_id is not None]
     if not about:
@@ -175,6 +188,53 @@ def store_rows(
     _resolve_unknown(session, about, targets)
     _apply_policy(session, about, targets, soft_bounce_days, stored)
     return stored
+
+
+_PG_COLUMNS: tuple[tuple[str, str, object], ...] = (
+    ("delivery_id", "bigint", None),
+    ("mailing_id", "bigint", None),
+    ("type", "varchar", None),
+    ("provider", "varchar", None),
+    ("provider_event_id", "varchar", None),
+    ("recipient_hash", "varchar", ""),
+    ("human", "boolean", True),
+    ("bounce", "varchar", "none"),
+    ("link_index", "integer", None),
+    ("amount", "float8", None),
+    ("occurred_at", "timestamptz", None),
+    ("raw", "json", {}),
+)
+_PG_INSERT = (
+    "INSERT INTO tracking_event ("
+    + ", ".join(c for c, _, _ in _PG_COLUMNS)
+    + ") SELECT * FROM unnest("
+    + ", ".join(f"%b::{t}[]" for _, t, _ in _PG_COLUMNS)
+    + ") ON CONFLICT (provider, provider_event_id, recipient_hash, type) DO NOTHING"
+    " RETURNING delivery_id, type, bounce, occurred_at"
+)
+
+
+def _insert_pg(session: Session, rows: Sequence[Mapping[str, Any]]) -> list[Any]:
+    """One statement for the whole batch: the columns as arrays, unnested by the server."""
+    arrays: list[list[Any]] = [[] for _ in _PG_COLUMNS]
+    for r in rows:
+        for values, (name, _, default) in zip(arrays, _PG_COLUMNS, strict=True):
+            values.append(r.get(name, default))
+    arrays[2] = [str(t) for t in arrays[2]]
+    arrays[11] = [orjson.dumps(v).decode() for v in arrays[11]]
+    driver = session.connection().connection.driver_connection
+    with driver.cursor(binary=True) as cursor:  # type: ignore[union-attr]
+        cursor.execute(_PG_INSERT, tuple(arrays))
+        got = cursor.fetchall()
+    return [_New(d, EventType(t), b, at) for d, t, b, at in got]
+
+
+@dataclass(frozen=True)
+class _New:
+    delivery_id: int | None
+    type: EventType
+    bounce: str
+    occurred_at: dt.datetime
 
 
 def _resolve_unknown(
@@ -207,12 +267,13 @@ def _resolve_unknown(
 
 def _apply_policy(
     session: Session,
-    new: Sequence[Row[Any]],
+    new: Sequence[Any],
     targets: Mapping[int, _Target],
     soft_bounce_days: int,
     stored: Stored,
 ) -> None:
-    soft: set[tuple[int, str]] = set()
+    hits: dict[tuple[int, SuppressionReason], dict[str, str]] = {}
+    soft: dict[int, set[str]] = {}
     for r in new:
         target = targets.get(r.delivery_id)
         if target is None:
@@ -223,41 +284,89 @@ def _apply_policy(
         if reason is None and r.bounce == BounceClass.HARD:
             reason = SuppressionReason.BOUNCED
         if reason is not None:
-            if suppress(session, target.sender, target.email, reason, source=str(r.type)):
-                stored.suppressed.append(f"{target.sender}:{reason}")
+            hits.setdefault((target.sender, reason), {}).setdefault(target.email, str(r.type))
         elif r.bounce == BounceClass.SOFT:
-            soft.add((target.sender, target.email))
-    for owner, email in sorted(soft):
-        if _soft_bounce_days(session, owner, email) >= soft_bounce_days and suppress(
-            session, owner, email, SuppressionReason.BOUNCED, source="soft bounces"
-        ):
+            soft.setdefault(target.sender, set()).add(target.email)
+    for (owner, reason), emails in sorted(hits.items()):
+        stored.suppressed += [f"{owner}:{reason}"] * len(
+            suppress_many(session, owner, emails, reason)
+        )
+    for owner, addresses in sorted(soft.items()):
+        days = _soft_bounce_days(session, owner, sorted(addresses))
+        over = {e: "soft bounces" for e, n in days.items() if n >= soft_bounce_days}
+        for _ in suppress_many(session, owner, over, SuppressionReason.BOUNCED):
             stored.suppressed.append(f"{owner}:{SuppressionReason.BOUNCED}")
 
 
-def _soft_bounce_days(session: Session, owner: int, email: str) -> int:
-    """Distinct UTC days with a soft bounce for ``email`` on ``owner``'s mail since the last
-    delivery to it: a delivery in between starts the count again. Duplicates count once (they
-    are stored once), and several soft bounces on one day count as one day."""
-    of_address = (
-        select(TrackingEvent.occurred_at, TrackingEvent.type, TrackingEvent.bounce)
+def _soft_bounce_days(session: Session, owner: int, emails: Sequence[str]) -> dict[str, int]:
+    """Per address: distinct UTC days with a soft bounce on ``owner``'s mail since the last
+    delivery to it (a delivery in between starts the count again), for all in one query that
+    reaches the subscribers through the (list_id, email) key of the owner's lists."""
+    lists = select(MailingList.id).where(MailingList.partner_id == owner)
+    of_addresses = (
+        select(
+            Subscriber.email, TrackingEvent.occurred_at, TrackingEvent.type, TrackingEvent.bounce
+        )
         .join(Delivery, Delivery.id == TrackingEvent.delivery_id)
         .join(Mailing, Mailing.id == Delivery.mailing_id)
         .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
         .where(
             Mailing.sender_id == owner,
-            Subscriber.email == email,
+            Subscriber.list_id.in_(lists),
+            Subscriber.email.in_(emails),
             TrackingEvent.type.in_((EventType.DELIVERED, EventType.BOUNCED, EventType.DEFERRED)),
         )
     )
-    events = session.execute(of_address).all()
-    delivered = [_utc(e.occurred_at) for e in events if e.type == EventType.DELIVERED]
-    since = max(delivered, default=None)
-    days = {
-        _utc(e.occurred_at).date()
-        for e in events
-        if e.bounce == BounceClass.SOFT and (since is None or _utc(e.occurred_at) > since)
-    }
-    return len(days)
+    by_email: dict[str, list[Any]] = {}
+    for e in session.execute(of_addresses):
+        by_email.setdefault(e.email, []).append(e)
+    counts = {}
+    for email, events in by_email.items():
+        delivered = [_utc(e.occurred_at) for e in events if e.type == EventType.DELIVERED]
+        since = max(delivered, default=None)
+        counts[email] = len(
+            {
+                _utc(e.occurred_at).date()
+                for e in events
+                if e.bounce == BounceClass.SOFT and (since is None or _utc(e.occurred_at) > since)
+            }
+        )
+    return counts
+
+
+def suppress_many(
+    session: Session, owner: int, emails: Mapping[str, str], reason: SuppressionReason
+) -> list[str]:
+    """Suppress several addresses (address -> source) for ``owner``, all its lists, in two
+    statements; returns those that are new."""
+    if not emails:
+        return []
+    rows = [
+        {"partner_id": owner, "email": e.strip().lower(), "reason": reason, "source": s[:64]}
+        for e, s in emails.items()
+    ]
+    inserted = (
+        session.execute(
+            _insert(session, Suppression)
+            .values(rows)
+            .on_conflict_do_nothing(index_elements=["partner_id", "email"])
+            .returning(Suppression.email)
+        )
+        .scalars()
+        .all()
+    )
+    lists = select(MailingList.id).where(MailingList.partner_id == owner)
+    now = dt.datetime.now(dt.UTC)
+    session.execute(
+        update(Subscriber)
+        .where(
+            Subscriber.list_id.in_(lists),
+            Subscriber.email.in_([r["email"] for r in rows]),
+            Subscriber.status == SubscriberStatus.SUBSCRIBED,
+        )
+        .values(status=_SUBSCRIBER_STATUS[reason], status_changed_at=now, updated_at=now)
+    )
+    return list(inserted)
 
 
 def _utc(at: dt.datetime) -> dt.datetime:
@@ -269,28 +378,7 @@ def suppress(
 ) -> bool:
     """Suppress ``email`` for list owner ``owner`` (all its lists); True when it is new. Every
     batch claimed after this commits skips the address; a re-import never undoes it."""
-    email = email.strip().lower()
-    inserted = session.execute(
-        _insert(session, Suppression)
-        .values(partner_id=owner, email=email, reason=reason, source=source[:64])
-        .on_conflict_do_nothing(index_elements=["partner_id", "email"])
-        .returning(Suppression.id)
-    ).first()
-    lists = select(MailingList.id).where(MailingList.partner_id == owner)
-    session.execute(
-        update(Subscriber)
-        .where(
-            Subscriber.list_id.in_(lists),
-            Subscriber.email == email,
-            Subscriber.status == SubscriberStatus.SUBSCRIBED,
-        )
-        .values(
-            status=_SUBSCRIBER_STATUS[reason],
-            status_changed_at=dt.datetime.now(dt.UTC),
-            updated_at=dt.datetime.now(dt.UTC),
-        )
-    )
-    return inserted is not None
+    return bool(suppress_many(session, owner, {email: source}, reason))
 
 
 def refuse_replay(session: Session, provider: str, token: str) -> bool:

@@ -38,6 +38,7 @@ __all__ = [
     "text",
 ]
 
+_SPECIAL = frozenset('<>()[],;:"\\ \t\r\n')
 _MAX_DELIVERY_ID = 2**63 - 1  # delivery ids are BIGINT
 
 
@@ -88,6 +89,9 @@ def recipient(value: object) -> str:
     """The bare address of ``value``, stripped and lowercased; Rejected(400) if it has none."""
     if not isinstance(value, str):
         raise Rejected(400, "recipient is missing or not a string")
+    plain = value.strip().lower()
+    if plain.count("@") == 1 and not _SPECIAL.intersection(plain):
+        return plain  # a bare address, as providers send it: what parseaddr would return
     address = parseaddr(value)[1].strip().lower()
     if "@" not in address:
         raise Rejected(400, f"recipient {value!r} is not an address")

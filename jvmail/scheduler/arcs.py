@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from collections.abc import Sequence, Set
 from dataclasses import dataclass
@@ -71,7 +72,7 @@ def eligible_arcs(problem: Problem) -> list[Arc]:
             promo = promos[n]
             if lst.owner == promo.owner or lst.owner in promo.exclude:
                 continue
-            open_days = tuple(d for d in days if promo.start <= d <= promo.end)
+            open_days = days[bisect_left(days, promo.start) : bisect_right(days, promo.end)]
             value = reach * match[n] * (1.0 - lst.overlap.get(promo.owner, 0.0))
             if open_days and value > 0:
                 found.append(Arc(lst, promo, open_days, value))

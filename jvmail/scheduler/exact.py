@@ -2,8 +2,11 @@
 
 Decision y_a = 1 when arc a (list l's owner mails promotion x) is chosen. Maximize
     sum v_a y_a  -  balance_weight * sum_p |b_p|  -  excess_weight * sum_p max(0, |b_p| - tau_p)
-with b_p = carried_p + given_p - received_p; |b_p| and the excess are linearized with
-t_p >= +-b_p and e_p >= t_p - tau_p. Rows: list weekly caps, promotion wants, pair caps, and
+with b_p = carried_p + given_p - received_p; |b_p| and the excess are linearized as
+b_p = u_p - w_p with u_p, w_p >= 0 (so |b_p| = u_p + w_p at an optimum) and
+e_p >= u_p + w_p - tau_p: one equality row per partner, which HiGHS solves faster and, on a
+small window, further towards the optimum than the pair t_p >= +-b_p. Rows: list weekly caps,
+promotion wants, pair caps, and
 Hall's interval rows per list (the arcs whose days all lie in a run of the list's days fit in
 that run's slots: exact for one-slot lists, whose arcs' days are intervals; on a digest the same
 rows, one slot a day, hold for the arcs sharing each niche).
@@ -13,6 +16,10 @@ chosen arc stays as it is and only uses up capacity and moves balances. The whol
 window of every partner. HiGHS starts from the board's current arcs, runs on one thread with a
 fixed seed and a node budget (not a clock, so the answer is the same on every run), and the
 board takes the result when it scores higher.
+
+:func:`improve` is the large-neighbourhood search that follows annealing on a large hub: a
+fixed number of small windows, each grown from one of the most imbalanced partners through the
+partners it can trade with, each solved at its root node only.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import numpy as np
 from jvmail.scheduler.highs import RowBuffer, new_highs
 from jvmail.scheduler.search import Board
 
-__all__ = ["Window", "solve_window"]
+__all__ = ["Window", "improve", "solve_window"]
 
 _INF = highspy.kHighsInf
 
@@ -54,20 +61,31 @@ class Window:
         }
 
 
-def solve_window(board: Board, window: Window, max_nodes: int = 200) -> float:
-    """Re-solve ``window`` and apply the result if it is better; returns the gain (>= 0)."""
+def solve_window(
+    board: Board, window: Window, max_nodes: int = 200, *, quick: bool = False
+) -> float:
+    """Re-solve ``window`` and apply the result if it is better; returns the gain (>= 0).
+
+    ``quick`` stops at the root node and keeps, of the root's heuristics, RINS (a sub-MIP
+    around the current plan, which finds nearly all of the gain on a small window) without
+    restarts: a few times faster than the full root."""
     free = window.free
     if not free:
         return 0.0
     current = [float(board.chosen[a]) for a in free]
     h = new_highs()
-    h.setOptionValue("mip_max_nodes", max_nodes)
+    h.setOptionValue("mip_max_nodes", 1 if quick else max_nodes)
     h.setOptionValue("mip_rel_gap", 1e-6)
+    if quick:
+        h.setOptionValue("mip_allow_restart", False)
+        h.setOptionValue("mip_heuristic_run_feasibility_jump", False)
+        h.setOptionValue("mip_heuristic_run_root_reduced_cost", False)
+        h.setOptionValue("mip_heuristic_run_rens", False)
     col = {a: n for n, a in enumerate(free)}
     partners = window.members
     s = board
-    costs = [s.a_value[a] + s.bonus[a] for a in free] + [-s.w1, -s.w2] * len(partners)
-    upper = [1.0] * len(free) + [_INF] * (2 * len(partners))
+    costs = [s.a_value[a] + s.bonus[a] for a in free] + [-s.w1, -s.w1, -s.w2] * len(partners)
+    upper = [1.0] * len(free) + [_INF] * (3 * len(partners))
     h.addCols(
         len(costs),
         np.array(costs),
@@ -86,9 +104,9 @@ def solve_window(board: Board, window: Window, max_nodes: int = 200) -> float:
     h.changeObjectiveSense(highspy.ObjSense.kMaximize)
     rows = RowBuffer()
     _capacity_rows(rows, board, window, col)
-    t_values = _balance_rows(rows, board, window, col, len(free))
+    balance_start = _balance_rows(rows, board, window, col, len(free))
     rows.flush(h)
-    start = current + t_values
+    start = current + balance_start
     h.setSolution(len(start), np.arange(len(start), dtype=np.int32), np.array(start))
     h.run()
     if (
@@ -118,6 +136,55 @@ def solve_window(board: Board, window: Window, max_nodes: int = 200) -> float:
             board.toggle(a)
         return 0.0
     return gain
+
+
+def improve(board: Board, windows: int, window_arcs: int) -> float:
+    """Large-neighbourhood search: re-solve up to ``windows`` windows (``quick``), each of
+    about ``window_arcs`` free arcs, keeping every improvement; returns the total gain.
+
+    Windows start from the partners with the largest balance penalty, most imbalanced first
+    (the order is taken once, at the start). A window grows one partner at a time, taking the
+    partner with the most arcs to its members, weighted up by that partner's current penalty
+    (relative to twice the mean chosen value: enough to bring imbalanced partners in, not so
+    much that the window ends up with no trade among its members). Every step is counted in
+    windows and nodes, never in seconds."""
+    links: list[dict[int, int]] = [{} for _ in board.partners]
+    for a, (o, q) in enumerate(board.a_owners):
+        if not board.locked[a]:
+            links[o][q] = links[o].get(q, 0) + 1
+            links[q][o] = links[q].get(o, 0) + 1
+    chosen = board.chosen_arcs()
+    scale = 2.0 * sum(board.a_value[a] for a in chosen) / len(chosen) if chosen else 1.0
+    pen = board.pen_now
+    seeds = sorted((p for p, near in enumerate(links) if near), key=lambda p: (-pen[p], p))
+    seen: set[tuple[int, ...]] = set()
+    total = 0.0
+    for seed in seeds[:windows]:
+        members = _grow(seed, links, pen, max(scale, 1e-9), window_arcs)
+        if members in seen:
+            continue
+        seen.add(members)
+        total += solve_window(board, Window(board, members), quick=True)
+    return total
+
+
+def _grow(
+    seed: int, links: list[dict[int, int]], pen: list[float], scale: float, arcs: int
+) -> tuple[int, ...]:
+    """The members of the window grown from ``seed`` until about ``arcs`` arcs join them."""
+    members = {seed}
+    reach: dict[int, int] = {}  # arcs from each outside partner to the members
+    newest, inside = seed, 0
+    while inside < arcs:
+        for q, n in links[newest].items():
+            if q not in members:
+                reach[q] = reach.get(q, 0) + n
+        if not reach:
+            break
+        newest = max(reach, key=lambda q: (reach[q] * (1.0 + pen[q] / scale), -q))
+        inside += reach.pop(newest)
+        members.add(newest)
+    return tuple(sorted(members))
 
 
 def _capacity_rows(rows: RowBuffer, board: Board, window: Window, col: dict[int, int]) -> None:
@@ -169,9 +236,10 @@ def _list_rows(
 
 
 def _balance_rows(
-    rows: RowBuffer, board: Board, window: Window, col: dict[int, int], first_t: int
+    rows: RowBuffer, board: Board, window: Window, col: dict[int, int], first: int
 ) -> list[float]:
-    """t_p >= |b_p|, e_p >= t_p - tau_p for each member; returns t and e at the current plan."""
+    """b_p = u_p - w_p, e_p >= u_p + w_p - tau_p for each member; returns u, w and e at the
+    current plan."""
     flow: dict[int, dict[int, float]] = defaultdict(dict)
     base = {p: board.balance[p] for p in window.members}
     for a in window.free:
@@ -184,11 +252,10 @@ def _balance_rows(
             base[q] += v
     start: list[float] = []
     for k, p in enumerate(window.members):
-        t, e = first_t + 2 * k, first_t + 2 * k + 1
+        u, w, e = first + 3 * k, first + 3 * k + 1, first + 3 * k + 2
         net = flow.get(p, {})
-        rows.add(base[p], _INF, {t: 1.0} | {c: -v for c, v in net.items()})
-        rows.add(-base[p], _INF, {t: 1.0} | net)
-        rows.add(-board.tau[p], _INF, {e: 1.0, t: -1.0})
-        size = abs(board.balance[p])
-        start += [size, max(0.0, size - board.tau[p])]
+        rows.add(base[p], base[p], {u: 1.0, w: -1.0} | {c: -v for c, v in net.items()})
+        rows.add(-board.tau[p], _INF, {e: 1.0, u: -1.0, w: -1.0})
+        b = board.balance[p]
+        start += [max(b, 0.0), max(-b, 0.0), max(0.0, abs(b) - board.tau[p])]
     return start

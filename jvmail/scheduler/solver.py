@@ -8,6 +8,10 @@
    from scratch (different seeds) are run and the best one is kept: one search's result
    varies by several percent of the objective with its seed.
 3. A small hub is then solved exactly: the full model in HiGHS, started from the annealed plan.
+   On a larger hub a large-neighbourhood search follows instead: the exact model re-solves a
+   fixed number of small windows of partners, from the most imbalanced ones, each at its root
+   node, and keeps every improvement (:func:`~jvmail.scheduler.exact.improve`). It finds the
+   coordinated changes of a dozen mailings among a few partners that single moves cannot.
 4. Days are placed list by list; on a re-plan each kept mailing keeps its day where it can.
 
 Everything is deterministic: sorted inputs, a seeded random generator, work budgets counted in
@@ -22,7 +26,7 @@ from dataclasses import dataclass
 from jvmail.scheduler.arcs import Arc, eligible_arcs, pinned_arc, prune
 from jvmail.scheduler.balance import tolerances
 from jvmail.scheduler.days import place
-from jvmail.scheduler.exact import Window, solve_window
+from jvmail.scheduler.exact import Window, improve, solve_window
 from jvmail.scheduler.problem import Assignment, Plan, Problem
 from jvmail.scheduler.search import Board
 
@@ -42,6 +46,8 @@ class Effort:
     per_node: int = 15  # arcs each list and each promotion keeps when pruning
     exact_up_to: int = 1_500  # solve the full model exactly up to this many arcs
     max_nodes: int = 200  # branch-and-bound nodes for the exact model
+    windows: int = 40  # where it is not solved exactly: windows the neighbourhood search solves
+    window_arcs: int = 380  # ... each grown to about this many free arcs
     seed: int = 0
 
 
@@ -60,6 +66,8 @@ def solve(problem: Problem, effort: Effort | None = None) -> Plan:
             board = other
     if exact:
         solve_window(board, Window(board, range(len(board.partners))), work.max_nodes)
+    else:
+        improve(board, work.windows, work.window_arcs)
     return board_plan(problem, board)
 
 
@@ -71,7 +79,8 @@ def _board(problem: Problem, work: Effort) -> Board:
     pins = [arc for a in sorted(fixed.values()) if (arc := pinned_arc(problem, a)) is not None]
     arcs += pins
     kept = {(a.list, a.promotion) for a in problem.previous}
-    special = {n for n, a in enumerate(arcs) if (a.lst.id, a.promo.id) in kept | set(fixed)}
+    kept_or_fixed = kept | set(fixed)
+    special = {n for n, a in enumerate(arcs) if (a.lst.id, a.promo.id) in kept_or_fixed}
     if len(eligible) > work.prune_above:
         arcs = [arcs[n] for n in prune(arcs, work.per_node, special)]
     stability = problem.settings.stability

@@ -1004,6 +1004,9 @@ def demo(app: App, directory: Path) -> None:
 
     demo_readers(app, outbox, step=6)
     click.get_current_context().invoke(ledger, partner=None, view="measured", as_json=False)
+    from jvmail.cli_reports import demo_reports
+
+    demo_reports(app, DEMO_WEEK, directory / "reports", step=7)
     db = f"--db {app.database_url}"
     app.out.print(
         f"\n[bold]Done.[/] Config: {hub_dir}\nDatabase: {app.database_url}\n"
@@ -1046,4 +1049,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 # Commands defined in their own modules register themselves on `cli` when imported.
-from jvmail import cli_tracking  # noqa: E402, F401
+from jvmail import cli_reports, cli_tracking  # noqa: E402, F401

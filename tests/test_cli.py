@@ -162,6 +162,9 @@ def test_demo_runs_twice_and_the_second_sync_changes_nothing(
     assert credited is not None
     assert int(credited[1]) > 0
     assert "Balances (measured)" in out
+    reports = tmp_path / "demo" / "reports"
+    assert "statements and the coordinator's summary" in out
+    assert len(list(reports.glob("2026-W49-*.html"))) == _count(db_url, Partner) + 1
     assert 0 < _count(db_url, Suppression) <= int(clicks[2].replace(",", ""))
     code, out, _ = run(capsys, "demo", "--dir", str(tmp_path / "demo"))
     assert code == 0

@@ -115,6 +115,12 @@ class HubSettings(_Strict):
     # An address that soft-bounces on this many distinct days (no delivery in between) is
     # suppressed for that list owner.
     soft_bounce_days: Annotated[int, Field(ge=1, le=30)] = 3
+    # `jvmail scheduler`: plan next week on plan_day at plan_hour (hub time); send statements
+    # on report_day from report_hour (each partner's time); hold mailings this late.
+    plan_day: Weekday = "thu"
+    plan_hour: Annotated[int, Field(ge=0, le=23)] = 9
+    report_hour: Annotated[int, Field(ge=0, le=23)] = 8
+    missed_grace_hours: Annotated[int, Field(ge=1, le=168)] = 6
     database_url: str | None = None
     redis_url: str | None = None
 

@@ -166,6 +166,13 @@ class HubRecord(Base):
     report_day: Mapped[str] = mapped_column(String(3))
     credit_window_days: Mapped[int]
     soft_bounce_days: Mapped[int] = mapped_column(default=3, server_default="3")
+    # The periodic jobs (`jvmail scheduler`): next week is planned on plan_day at plan_hour (hub
+    # time); statements go out on report_day from report_hour (each partner's local time);
+    # mailings more than missed_grace_hours late wait for `jvmail resume`.
+    plan_day: Mapped[str] = mapped_column(String(3), default="thu", server_default="thu")
+    plan_hour: Mapped[int] = mapped_column(default=9, server_default="9")
+    report_hour: Mapped[int] = mapped_column(default=8, server_default="8")
+    missed_grace_hours: Mapped[int] = mapped_column(default=6, server_default="6")
     scheduler: Mapped[JsonDict]
     # HMAC keys for tracking links, hex, newest first: made at the first sync, never synced
     # from config (a secret does not belong in files that get shared).
@@ -367,6 +374,35 @@ class WebhookNonce(Base):
     provider: Mapped[str] = mapped_column(String(16), primary_key=True)
     token: Mapped[str] = mapped_column(String(255), primary_key=True)
     seen_at: Mapped[Stamp]
+
+
+class SchedulerLease(Base):
+    """Which `jvmail scheduler` process acts: the holder renews it; another takes it only once
+    it has expired."""
+
+    __tablename__ = "scheduler_lease"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class StatementSend(Base):
+    """One weekly statement sent to one partner: (partner, week) is sent once; ``copy`` counts
+    deliberate resends."""
+
+    __tablename__ = "statement_send"
+    __table_args__ = (UniqueConstraint("partner_id", "week", "copy"),)
+
+    id: Mapped[IntPk]
+    partner_id: Mapped[int] = mapped_column(ForeignKey("partner.id"))
+    week: Mapped[str] = mapped_column(String(8))
+    copy: Mapped[int] = mapped_column(default=0)
+    status: Mapped[str] = mapped_column(String(16), default="sending")
+    message_id: Mapped[str | None] = mapped_column(String(255))
+    error: Mapped[str | None] = mapped_column(String(1000))
+    created_at: Mapped[Stamp]
+    sent_at: Mapped[MaybeStamp]
 
 
 class LedgerEntry(Base):

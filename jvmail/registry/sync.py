@@ -181,6 +181,10 @@ def _sync_hub_record(session: Session, hub: Hub, report: SyncReport, now: dt.dat
         "report_day": hub.settings.report_day,
         "credit_window_days": hub.settings.credit_window_days,
         "soft_bounce_days": hub.settings.soft_bounce_days,
+        "plan_day": hub.settings.plan_day,
+        "plan_hour": hub.settings.plan_hour,
+        "report_hour": hub.settings.report_hour,
+        "missed_grace_hours": hub.settings.missed_grace_hours,
         "scheduler": hub.scheduler.model_dump(mode="json"),
     }
     row = session.get(HubRecord, 1)

@@ -1,0 +1,1 @@
+"""Weekly reciprocity statements and the coordinator's summary."""

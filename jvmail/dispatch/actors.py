@@ -38,6 +38,7 @@ from jvmail.dispatch.pipeline import (
     dispatch,
     due_mailings,
     fail_mailing,
+    finish_settled,
     pause_mailing,
     send_batch,
 )
@@ -51,8 +52,9 @@ BATCH = 1000
 RELAY_AFTER = dt.timedelta(minutes=2)
 
 
-class TryLater(Exception):
-    """The provider asked us to wait: dramatiq retries the batch later."""
+class TryLater(dramatiq.Retry):
+    """The provider asked us to wait: dramatiq retries the batch later, after the provider's
+    Retry-After when it gave one (``delay``, milliseconds), else with backoff."""
 
 
 @dataclass
@@ -110,7 +112,8 @@ def declare(broker: dramatiq.Broker, runtime: Runtime) -> Actors:
                 limiter=runtime.limiter,
             )
             if report.error and report.retry:
-                raise TryLater(report.error)
+                wait = report.retry_after
+                raise TryLater(report.error, None if wait is None else int(wait * 1000))
 
     def jv_dispatch(mailing_id: int) -> None:
         with runtime.session() as session:
@@ -123,6 +126,7 @@ def declare(broker: dramatiq.Broker, runtime: Runtime) -> Actors:
         with runtime.session() as session:
             expire(session, now)
             reconcile(session, now)
+            finish_settled(session)
             session.commit()
             due = due_mailings(session, dt.datetime.fromisoformat(until) if until else now)
             stalled = _stalled(session, now - runtime.relay_after)

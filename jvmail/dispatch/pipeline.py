@@ -60,6 +60,7 @@ __all__ = [
     "dispatch",
     "due_mailings",
     "fail_mailing",
+    "finish_settled",
     "load_message",
     "pause_mailing",
     "send_batch",
@@ -107,6 +108,7 @@ class BatchReport:
     stale: int = 0  # rows this worker had lost before the provider call
     error: str = ""  # why the mailing or the request failed as a whole
     retry: bool = False  # the provider asked to wait; the rows it did not take are pending
+    retry_after: float | None = None  # ... this many seconds, when it said (Retry-After)
 
 
 def due_mailings(session: Session, now: dt.datetime) -> list[int]:
@@ -291,6 +293,7 @@ def send_batch(
             fail_mailing(session, mailing_id, why)
         else:
             report.retry = report.retry or bool(sent.untried)
+            report.retry_after = problem.retry_after
     session.commit()
     report.sent = sum(1 for r in results if r.accepted)
     report.refused = len(results) - report.sent
@@ -396,6 +399,29 @@ def _finish(session: Session, mailing_id: int) -> None:
             .values(status=MailingStatus.SENT, updated_at=dt.datetime.now(dt.UTC))
         )
         session.commit()
+
+
+def finish_settled(session: Session, mailing_ids: Sequence[int] | None = None) -> int:
+    """Mark ``sent`` the queued or sending mailings (of ``mailing_ids``, or all) that have
+    deliveries and none of them unfinished: those whose last batch ended in doubt and was
+    settled later, by a webhook or the reconciler. Returns how many. The caller commits."""
+    unfinished = select(Delivery.id).where(
+        Delivery.mailing_id == Mailing.id, Delivery.status.in_(UNFINISHED)
+    )
+    any_rows = select(Delivery.id).where(Delivery.mailing_id == Mailing.id)
+    query = (
+        update(Mailing)
+        .where(
+            Mailing.status.in_((MailingStatus.QUEUED, MailingStatus.SENDING)),
+            exists(any_rows),
+            ~exists(unfinished),
+        )
+        .values(status=MailingStatus.SENT, updated_at=dt.datetime.now(dt.UTC))
+        .execution_options(preserve_rowcount=True)
+    )
+    if mailing_ids is not None:
+        query = query.where(Mailing.id.in_(list(mailing_ids)))
+    return session.connection().execute(query).rowcount
 
 
 def _unfinished(session: Session, mailing_id: int) -> bool:

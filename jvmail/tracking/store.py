@@ -38,6 +38,7 @@ from jvmail.db.models import (
     TrackingEvent,
     WebhookNonce,
 )
+from jvmail.dispatch.pipeline import finish_settled
 from jvmail.tracking.events import BounceClass, Event
 from jvmail.tracking.human import SWEEP_SECONDS
 
@@ -263,6 +264,8 @@ def _resolve_unknown(
                     updated_at=now,
                 )
             )
+    if verdict:  # a mailing whose last batch was in doubt may be complete now
+        finish_settled(session, sorted({targets[d].mailing for d in verdict}))
 
 
 def _apply_policy(

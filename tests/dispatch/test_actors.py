@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import dramatiq
+import pytest
+from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -16,7 +19,8 @@ from jvmail.db.models import (
     Suppression,
     SuppressionReason,
 )
-from jvmail.dispatch.actors import Runtime
+from jvmail.dispatch.actors import Runtime, TryLater, declare
+from jvmail.dispatch.pipeline import dispatch
 from jvmail.dispatch.runner import run_due
 from jvmail.providers.base import OutboundBatch, Provider, ProviderError, Recipient, Result
 from tests.dispatch.conftest import WHEN, Hub
@@ -115,3 +119,21 @@ def test_an_unsubscribe_committed_during_a_mailing_stops_its_later_batches(
     }
     assert late not in sent_to
     assert set(sending.seen.values()) == {1}
+
+
+def test_the_providers_retry_after_decides_when_the_batch_is_tried_again(
+    session: Session, hub: Hub, db_url: str, tmp_path: Path
+) -> None:
+    provider = Recording(tmp_path)
+    provider.fail = ProviderError("429 Too Many Requests", "wait", transient=True, retry_after=7.5)
+    runtime = Runtime(db_url, lambda _: provider)
+    try:
+        actors = declare(StubBroker(), runtime)
+        (bounds,) = dispatch(session, hub.mailing.id, 1000)  # commits the deliveries
+        with pytest.raises(TryLater) as raised:
+            actors.send.fn(hub.mailing.id, *bounds)
+    finally:
+        runtime.close()
+    assert raised.value.delay == 7500  # dramatiq waits what the provider asked, not its backoff
+    assert isinstance(raised.value, dramatiq.Retry)
+    assert _statuses(session) == {"pending": 25}  # nothing lost, nothing sent

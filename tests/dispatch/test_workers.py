@@ -7,7 +7,9 @@ provider's record of what it was handed: each delivery must appear in it at most
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -63,7 +65,13 @@ def _workers(env: dict[str, str], faults: list[str]) -> list[subprocess.Popen[by
     command = [sys.executable, "-m", "dramatiq", "jvmail.dispatch.boot"]
     command += ["--processes", "1", "--threads", "1", "--queues", "jvmail"]
     return [
-        subprocess.Popen(command, env=env | {"JVMAIL_FAULT": fault}, stderr=subprocess.DEVNULL)
+        subprocess.Popen(
+            command,
+            env=env | {"JVMAIL_FAULT": fault},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: killed with its worker children
+        )
         for fault in faults
     ]
 
@@ -107,7 +115,8 @@ def test_workers_send_every_message_once_even_when_one_is_killed(
         counts = _until_quiet(hub_db, actors, time.monotonic() + 90)
     finally:
         for proc in procs:
-            proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         broker.close()
     # Killed after the provider took its batch (1,000 or the last 500): those stay in doubt,

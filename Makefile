@@ -31,6 +31,7 @@ bench: $(BIN)/jvmail
 	$(BIN)/python bench/import_subscribers.py
 	$(BIN)/python bench/scheduler.py
 	$(BIN)/python bench/send.py
+	$(BIN)/python bench/tracking.py
 
 clean:
 	rm -rf $(VENV) .jvmail-demo .mypy_cache .pytest_cache .ruff_cache

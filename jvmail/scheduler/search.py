@@ -132,7 +132,8 @@ class Board:
 
     def _edf(self, i: int, arcs: list[int]) -> bool:
         first, last, niches, locked = self.a_first, self.a_last, self.a_niches, self.locked
-        waiting = sorted(arcs, key=lambda a: (last[a], not locked[a], first[a], self.a_promo[a]))
+        promo = self.a_promo
+        waiting = sorted(arcs, key=lambda a: (last[a], not locked[a], first[a], promo[a]))
         slots = self.list_slots[i]
         day = 0
         while waiting:
@@ -232,11 +233,23 @@ class Board:
                 rest[0] = (p, rest[0][1] + d)
             else:
                 rest.append((p, d))
-        balance, pen, now = self.balance, self.pen, self.pen_now
+        balance, now, tau, w1, w2 = self.balance, self.pen_now, self.tau, self.w1, self.w2
         total = v + bonus[a] - vb - bonus[b]
-        total -= pen(o, balance[o] + do) - now[o] + pen(q, balance[q] + dq) - now[q]
+        # The penalty of `_penalty`, written out: this is the search's innermost loop.
+        size = balance[o] + do
+        size = size if size > 0 else -size
+        over = size - tau[o]
+        po = w1 * size + w2 * over if over > 0 else w1 * size
+        size = balance[q] + dq
+        size = size if size > 0 else -size
+        over = size - tau[q]
+        pq = w1 * size + w2 * over if over > 0 else w1 * size
+        total -= po - now[o] + pq - now[q]
         for p, d in rest:
-            total -= pen(p, balance[p] + d) - now[p]
+            size = balance[p] + d
+            size = size if size > 0 else -size
+            over = size - tau[p]
+            total -= (w1 * size + w2 * over if over > 0 else w1 * size) - now[p]
         return total
 
     def _double_gain(self, b: int, c: int, a: int) -> float:
@@ -250,9 +263,12 @@ class Board:
         moved: dict[int, float] = {}
         for p, d in ((ob, -vb), (qb, vb), (oc, -vc), (qc, vc), (o, v), (q, -v)):
             moved[p] = moved.get(p, 0.0) + d
-        balance, pen, now = self.balance, self.pen, self.pen_now
-        for p, d in moved.items():
-            total -= pen(p, balance[p] + d) - now[p]
+        balance, now, tau, w1, w2 = self.balance, self.pen_now, self.tau, self.w1, self.w2
+        for p, d in moved.items():  # the penalty of `_penalty`, written out
+            size = balance[p] + d
+            size = size if size > 0 else -size
+            over = size - tau[p]
+            total -= (w1 * size + w2 * over if over > 0 else w1 * size) - now[p]
         return total
 
     def swap(self, remove: Sequence[int], add: int) -> None:
@@ -315,15 +331,15 @@ class Board:
         """
         n = len(self.arcs)
         value, chosen, locked = self.a_value, self.chosen, self.locked
-        draw = rng.random
+        draw, gain, toggle, insertion = rng.random, self.gain, self.toggle, self.best_insertion
         for step in range(rounds):
             a = int(draw() * n)
             floor = _EPS - temperature * (1.0 - step / rounds) * value[a]
             if chosen[a]:
-                if not locked[a] and self.gain((a,), -1) > floor:
-                    self.toggle(a)
+                if not locked[a] and gain((a,), -1) > floor:
+                    toggle(a)
                 continue
-            found = self.best_insertion(a, floor)
+            found = insertion(a, floor)
             if found is not None:
                 self.swap(found[1], a)
 

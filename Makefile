@@ -32,6 +32,7 @@ bench: $(BIN)/jvmail
 	$(BIN)/python bench/scheduler.py
 	$(BIN)/python bench/send.py
 	$(BIN)/python bench/tracking.py
+	$(BIN)/python bench/reports.py
 
 clean:
 	rm -rf $(VENV) .jvmail-demo .mypy_cache .pytest_cache .ruff_cache

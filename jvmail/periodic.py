@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 
 from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy import select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
+from jvmail.db.engine import insert_or_skip
 from jvmail.db.models import (
     HubRecord,
     Mailing,
@@ -60,10 +60,8 @@ def take_lease(
     session: Session, holder: str, now: dt.datetime, ttl: dt.timedelta = LEASE_TTL
 ) -> bool:
     """Take or renew the scheduler lease for ``holder``; False while another holds it."""
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     session.execute(
-        insert(SchedulerLease)
+        insert_or_skip(session, SchedulerLease)
         .values(name=LEASE, holder=holder, expires_at=now + ttl)
         .on_conflict_do_nothing(index_elements=["name"])
     )
@@ -129,9 +127,9 @@ def statements_due(
             dt.time(report_hour),
             local.tzinfo,
         )
-        week = this_monday - dt.timedelta(days=7) if local >= release else None
-        if week is None:  # before this week's report time: last week's is due only if missed
+        if local < release:  # last week's statement is not due yet
             continue
+        week = this_monday - dt.timedelta(days=7)
         label = f"{week.isocalendar()[0]}-W{week.isocalendar()[1]:02d}"
         if (slug, label) not in sent:
             due.setdefault(week, []).append(slug)

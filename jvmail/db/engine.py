@@ -12,10 +12,18 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session, sessionmaker
 
-__all__ = ["DEFAULT_DATABASE_URL", "is_sqlite", "make_engine", "make_sessionmaker", "normalize_url"]
+__all__ = [
+    "DEFAULT_DATABASE_URL",
+    "insert_or_skip",
+    "is_sqlite",
+    "make_engine",
+    "make_sessionmaker",
+    "normalize_url",
+]
 
 DEFAULT_DATABASE_URL = "sqlite:///jvmail.db"
 
@@ -67,3 +75,11 @@ def _sqlite_on_begin(connection: Any) -> None:
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     """Sessions that keep loaded objects usable after commit (they are short-lived)."""
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def insert_or_skip(session: Session, table: Any) -> Any:
+    """An INSERT for ``table`` in the session's dialect, which offers ``on_conflict_do_nothing``
+    (PostgreSQL and SQLite both have it; SQLAlchemy spells it per dialect)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)

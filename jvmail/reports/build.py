@@ -247,10 +247,6 @@ def _measures(session: Session, ids: Sequence[int]) -> dict[int, _Measure]:
 # -- one partner's statement ------------------------------------------------------------------
 
 
-def _week_bounds(hub: Hub, partner: _Partner) -> tuple[dt.date, dt.date]:
-    return hub.monday, hub.monday + dt.timedelta(days=6)
-
-
 def _line(hub: Hub, m: _Mailing, viewer: _Partner) -> MailingLine:
     measure = hub.measures.get(m.id, _Measure())
     value = hub.values[m.id].value if m.id in hub.values else m.expected
@@ -269,9 +265,10 @@ def _line(hub: Hub, m: _Mailing, viewer: _Partner) -> MailingLine:
 
 
 def _in_week(hub: Hub, m: _Mailing, partner: _Partner, offset: int = 0) -> bool:
-    start, end = _week_bounds(hub, partner)
-    shift = dt.timedelta(days=7 * offset)
-    return start + shift <= _local_day(m.at, partner.timezone) <= end + shift
+    """Whether ``m`` goes out in the week (``offset`` weeks after the statement's), by the
+    partner's own calendar."""
+    start = hub.monday + dt.timedelta(weeks=offset)
+    return start <= _local_day(m.at, partner.timezone) <= start + dt.timedelta(days=6)
 
 
 def _measured(hub: Hub) -> list[MailingValue]:

@@ -23,9 +23,9 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from sqlalchemy import func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from jvmail.db.engine import insert_or_skip
 from jvmail.db.models import HubRecord, Partner, StatementSend
 from jvmail.reports.build import build_statements
 from jvmail.reports.render import RenderedStatement, render_statement
@@ -105,9 +105,8 @@ def _claim(session: Session, partner_id: int, week: str, resend: bool) -> int | 
             )
         )
         copy = 0 if last is None else last + 1
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     claimed = session.execute(
-        insert(StatementSend)
+        insert_or_skip(session, StatementSend)
         .values(partner_id=partner_id, week=week, copy=copy, status="sending")
         .on_conflict_do_nothing(index_elements=["partner_id", "week", "copy"])
         .returning(StatementSend.id)
@@ -127,7 +126,7 @@ def send_statements(
     """Send the statements of the week starting ``monday`` (to ``partners``, or all); returns
     how many were sent now."""
     hub = session.get(HubRecord, 1)
-    domain = urlsplit(hub.base_url).hostname or "jvmail.invalid" if hub else "jvmail.invalid"
+    domain = (urlsplit(hub.base_url).hostname if hub else None) or "jvmail.invalid"
     contacts = dict(session.execute(select(Partner.slug, Partner.contact_email)).all())
     ids = dict(session.execute(select(Partner.slug, Partner.id)).all())
     sent = 0

@@ -22,9 +22,10 @@ from typing import Any
 
 import orjson
 from sqlalchemy import BigInteger, Row, any_, bindparam, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
+from jvmail.db.engine import insert_or_skip
 from jvmail.db.models import (
     Delivery,
     DeliveryStatus,
@@ -89,11 +90,6 @@ class _Target:
     sender: int
     email: str
     status: DeliveryStatus
-
-
-def _insert(session: Session, table: Any) -> Any:
-    dialect = session.get_bind().dialect.name
-    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
 
 
 def _targets(session: Session, delivery_ids: Iterable[int]) -> dict[int, _Target]:
@@ -164,7 +160,7 @@ def store_rows(
     if not rows:
         return stored
     stmt = (
-        _insert(session, TrackingEvent)
+        insert_or_skip(session, TrackingEvent)
         .on_conflict_do_nothing(
             index_elements=["provider", "provider_event_id", "recipient_hash", "type"]
         )
@@ -350,7 +346,7 @@ def suppress_many(
     ]
     inserted = (
         session.execute(
-            _insert(session, Suppression)
+            insert_or_skip(session, Suppression)
             .values(rows)
             .on_conflict_do_nothing(index_elements=["partner_id", "email"])
             .returning(Suppression.email)
@@ -388,7 +384,7 @@ def refuse_replay(session: Session, provider: str, token: str) -> bool:
     """Record a webhook's one-time token; False when it was seen before (a replay). Committed
     with the events, so a request that failed before its commit may be retried."""
     inserted = session.execute(
-        _insert(session, WebhookNonce)
+        insert_or_skip(session, WebhookNonce)
         .values(provider=provider, token=token[:255])
         .on_conflict_do_nothing(index_elements=["provider", "token"])
         .returning(WebhookNonce.token)

@@ -91,22 +91,25 @@ def hub(session: Session) -> Hub:
     return build_hub(session)
 
 
+def hub_record() -> HubRecord:
+    """The hub's settings row the tests use: its link key is "ab" * 32."""
+    return HubRecord(
+        id=1,
+        name="Test hub",
+        base_url="https://jv.example",
+        timezone="UTC",
+        value_metric="clicks",
+        report_day="mon",
+        credit_window_days=14,
+        scheduler={},
+        link_keys=["ab" * 32],
+    )
+
+
 def build_hub(session: Session) -> Hub:
     """Sender mails owner's promotion to its main list (25 readers); its extra list shares five
     of them and has one of its own."""
-    session.add(
-        HubRecord(
-            id=1,
-            name="Test hub",
-            base_url="https://jv.example",
-            timezone="UTC",
-            value_metric="clicks",
-            report_day="mon",
-            credit_window_days=14,
-            scheduler={},
-            link_keys=["ab" * 32],
-        )
-    )
+    session.add(hub_record())
     sender, owner = partner(session, "sender"), partner(session, "owner")
     emails = [f"reader{n}@mail.example" for n in range(25)]
     main = mailing_list(session, sender, "sender-main", emails)

@@ -12,7 +12,6 @@ from jvmail.db.models import (
     Delivery,
     DeliveryStatus,
     EventType,
-    HubRecord,
     LedgerKind,
     Mailing,
     MailingList,
@@ -23,7 +22,7 @@ from jvmail.db.models import (
     TrackingEvent,
 )
 from jvmail.ledger.book import post
-from tests.dispatch.conftest import mailing_list, partner
+from tests.dispatch.conftest import hub_record, mailing_list, partner
 
 # Europe leaves summer time on Sunday 2026-10-25 (01:00 UTC): week 2026-W43 ends that day.
 MONDAY = dt.date(2026, 10, 19)
@@ -120,19 +119,7 @@ def _mailing(
 
 @pytest.fixture
 def hub(session: Session) -> dict[str, Partner]:
-    session.add(
-        HubRecord(
-            id=1,
-            name="Test hub",
-            base_url="https://jv.example",
-            timezone="UTC",
-            value_metric="clicks",
-            report_day="mon",
-            credit_window_days=14,
-            scheduler={},
-            link_keys=["ab" * 32],
-        )
-    )
+    session.add(hub_record())
     people = {slug: partner(session, slug) for slug in ("ana", "ben", "cho")}
     people["ben"].timezone = "Europe/Berlin"
     people["cho"].timezone = "America/New_York"

@@ -51,6 +51,7 @@ class Board:
         self.pen = _penalty(self.tau, self.w1, self.w2)
         self.pen_now = [self.pen(p, b) for p, b in enumerate(self.balance)]
         self.locked = bytearray(bool(x) for x in locked) or bytearray(len(self.arcs))
+        self._rank_for_placement()
         self.any_locked = any(self.locked)
         self.bonus = list(bonus) or [0.0] * len(self.arcs)
         self.chosen = bytearray(len(self.arcs))
@@ -107,6 +108,22 @@ class Board:
             self.a_owners.append((self.list_owner[i], self.promo_owner[j]))
             self.list_arcs[i].append(n)
         self.list_days = [len(self.arcs[arcs[0]].lst.days) for arcs in self.list_arcs]
+        # Arcs that cannot go on every day of their list's week: the rest fit anywhere.
+        self.a_partial = bytearray(
+            not (self.a_first[n] == 0 and self.a_last[n] == self.list_days[i] - 1)
+            for n, i in enumerate(self.a_list)
+        )
+
+    def _rank_for_placement(self) -> None:
+        """Each arc's place in the order earliest-deadline-first placement takes a list's
+        arcs in: by last day, locked first, then by first day and promotion."""
+        last, first, locked, promo = self.a_last, self.a_first, self.locked, self.a_promo
+        order = sorted(
+            range(len(self.arcs)), key=lambda a: (last[a], not locked[a], first[a], promo[a])
+        )
+        self.a_rank = [0] * len(order)
+        for rank, a in enumerate(order):
+            self.a_rank[a] = rank
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -124,16 +141,14 @@ class Board:
             return False
         if count <= 1:
             return True
-        first, last = self.a_first, self.a_last
-        whole = self.list_days[i] - 1
-        if self.list_slots[i] == 1 and all(first[a] == 0 and last[a] == whole for a in arcs):
-            return count <= whole + 1
+        if self.list_slots[i] == 1 and not any(map(self.a_partial.__getitem__, arcs)):
+            return count <= self.list_days[i]
+        last = self.a_last
         return self._edf(i, [a for a in arcs if last[a] >= 0])
 
     def _edf(self, i: int, arcs: list[int]) -> bool:
-        first, last, niches, locked = self.a_first, self.a_last, self.a_niches, self.locked
-        promo = self.a_promo
-        waiting = sorted(arcs, key=lambda a: (last[a], not locked[a], first[a], promo[a]))
+        first, last, niches = self.a_first, self.a_last, self.a_niches
+        waiting = sorted(arcs, key=self.a_rank.__getitem__)
         slots = self.list_slots[i]
         day = 0
         while waiting:
@@ -196,46 +211,75 @@ class Board:
     def toggle(self, a: int) -> None:
         """Add ``a`` if it is not chosen, remove it if it is."""
         v = self.a_value[a]
-        i, j = self.a_list[a], self.a_promo[a]
         o, q = self.a_owners[a]
-        sign = -1 if self.chosen[a] else 1
-        self.value += sign * v
-        self.kept += sign * self.bonus[a]
-        self.balance[o] += sign * v
-        self.balance[q] -= sign * v
-        self.pen_now[o] = self.pen(o, self.balance[o])
-        self.pen_now[q] = self.pen(q, self.balance[q])
-        if sign < 0:
+        balance, now, tau, w1, w2 = self.balance, self.pen_now, self.tau, self.w1, self.w2
+        lists, promos = self.on_list[self.a_list[a]], self.on_promo[self.a_promo[a]]
+        pair = self.on_pair[(o, q)]
+        if self.chosen[a]:
+            v, bonus = -v, -self.bonus[a]
             self.chosen[a] = 0
-            self.on_list[i].remove(a)
-            self.on_promo[j].remove(a)
-            self.on_pair[(o, q)].remove(a)
+            lists.remove(a)
+            promos.remove(a)
+            pair.remove(a)
         else:
+            bonus = self.bonus[a]
             self.chosen[a] = 1
-            self.on_list[i].append(a)
-            self.on_promo[j].append(a)
-            self.on_pair[(o, q)].append(a)
+            lists.append(a)
+            promos.append(a)
+            pair.append(a)
+        self.value += v
+        self.kept += bonus
+        balance[o] += v
+        balance[q] -= v
+        for p in (o, q):  # the penalty of `_penalty`, written out
+            size = balance[p]
+            size = size if size > 0 else -size
+            over = size - tau[p]
+            now[p] = w1 * size + w2 * over if over > 0 else w1 * size
+
+    def _solo_gain(self, a: int, adding: bool) -> float:
+        """``gain((), a)`` or ``gain((a,), -1)``: the same sums, written out."""
+        v = self.a_value[a]
+        o, q = self.a_owners[a]
+        worth = v + self.bonus[a]
+        total, d = (0.0 + worth, v) if adding else (0.0 - worth, -v)
+        balance, now, tau, w1, w2 = self.balance, self.pen_now, self.tau, self.w1, self.w2
+        size = balance[o] + d
+        size = size if size > 0 else -size
+        over = size - tau[o]
+        po = w1 * size + w2 * over if over > 0 else w1 * size
+        size = balance[q] + -d
+        size = size if size > 0 else -size
+        over = size - tau[q]
+        pq = w1 * size + w2 * over if over > 0 else w1 * size
+        return total - po + now[o] - pq + now[q]
 
     def _replace_gain(self, b: int, a: int) -> float:
-        """``gain([b], a)`` without the general bookkeeping: the move the search tries most."""
+        """``gain([b], a)`` without the general bookkeeping: the move the search tries most.
+
+        Written out for speed: the penalty of :func:`_penalty` inline, and no loops. ``b``'s
+        giver and receiver are distinct, so each either meets one of ``a``'s two partners or
+        is a third one (``first``, ``second``).
+        """
         value, owners, bonus = self.a_value, self.a_owners, self.bonus
         v, vb = value[a], value[b]
         o, q = owners[a]
         ob, qb = owners[b]
-        do, dq = v, -v
-        rest: list[tuple[int, float]] = []
-        for p, d in ((ob, -vb), (qb, vb)):
-            if p == o:
-                do += d
-            elif p == q:
-                dq += d
-            elif rest and rest[0][0] == p:
-                rest[0] = (p, rest[0][1] + d)
-            else:
-                rest.append((p, d))
+        do, dq, first, second = v, -v, -1, -1
+        if ob == o:
+            do += -vb
+        elif ob == q:
+            dq += -vb
+        else:
+            first = ob
+        if qb == o:
+            do += vb
+        elif qb == q:
+            dq += vb
+        else:
+            second = qb
         balance, now, tau, w1, w2 = self.balance, self.pen_now, self.tau, self.w1, self.w2
         total = v + bonus[a] - vb - bonus[b]
-        # The penalty of `_penalty`, written out: this is the search's innermost loop.
         size = balance[o] + do
         size = size if size > 0 else -size
         over = size - tau[o]
@@ -245,12 +289,54 @@ class Board:
         over = size - tau[q]
         pq = w1 * size + w2 * over if over > 0 else w1 * size
         total -= po - now[o] + pq - now[q]
-        for p, d in rest:
+        if first >= 0:
+            size = balance[first] + -vb
+            size = size if size > 0 else -size
+            over = size - tau[first]
+            total -= (w1 * size + w2 * over if over > 0 else w1 * size) - now[first]
+        if second >= 0:
+            size = balance[second] + vb
+            size = size if size > 0 else -size
+            over = size - tau[second]
+            total -= (w1 * size + w2 * over if over > 0 else w1 * size) - now[second]
+        return total
+
+    def _double_gains(self, a: int, pairs: Sequence[tuple[int, int]]) -> list[float]:
+        """``gain([b, c], a)`` for each ``(b, c)`` of ``pairs``, ``b`` on ``a``'s list and
+        ``c`` on its promotion: the same sums in the same order. Where the four partners
+        touched are distinct, each one's penalty depends on ``b`` alone or on ``c`` alone and
+        is worked out once per arc rather than once per pair."""
+        value, owners, bonus = self.a_value, self.a_owners, self.bonus
+        balance, now, tau, w1, w2 = self.balance, self.pen_now, self.tau, self.w1, self.w2
+        v = value[a]
+        o, q = owners[a]
+        base = v + bonus[a]
+
+        def change(p: int, d: float) -> float:
             size = balance[p] + d
             size = size if size > 0 else -size
             over = size - tau[p]
-            total -= (w1 * size + w2 * over if over > 0 else w1 * size) - now[p]
-        return total
+            return (w1 * size + w2 * over if over > 0 else w1 * size) - now[p]
+
+        on_list = {
+            b: (change(o, -value[b] + v), change(owners[b][1], value[b]))
+            for b in {b for b, _ in pairs}
+        }
+        on_promo = {
+            c: (change(owners[c][0], -value[c]), change(q, value[c] + -v))
+            for c in {c for _, c in pairs}
+        }
+        gains: list[float] = []
+        for b, c in pairs:
+            qb, oc = owners[b][1], owners[c][0]
+            if oc in (o, qb) or qb == q:
+                gains.append(self._double_gain(b, c, a))
+                continue
+            total = 0.0 - (value[b] + bonus[b]) - (value[c] + bonus[c]) + base
+            from_o, from_qb = on_list[b]
+            from_oc, from_q = on_promo[c]
+            gains.append(total - from_o - from_qb - from_oc - from_q)
+        return gains
 
     def _double_gain(self, b: int, c: int, a: int) -> float:
         """``gain([b, c], a)``, the same sums in the same order, without its generic setup."""
@@ -285,21 +371,24 @@ class Board:
         or evicting one arc of its list, of its promotion or of its pair, or one of its list and
         one of its promotion. Locked arcs are never evicted."""
         # Candidates the rules would refuse anyway are never priced: while a list, the
-        # promotion or the pair is full, whatever leaves must free a place in it.
-        locked = self.locked
+        # promotion or the pair is full, whatever leaves must free a place in it. So every
+        # candidate keeps the promotion and pair rules, and only the list's days are checked
+        # (what `allowed` would find).
+        locked, fits = self.locked, self.fits
         i, j = self.a_list[a], self.a_promo[a]
-        list_full = len(self.on_list[i]) >= self.list_cap[i]
-        promo_full = len(self.on_promo[j]) >= self.promo_want[j]
-        pair = self.on_pair.get(self.a_owners[a], [])
-        pair_full = len(pair) >= self.pair_cap
         on_list, on_promo = self.on_list[i], self.on_promo[j]  # read, never changed, below
+        listed = on_list  # every chosen arc of the list, locked ones too
+        list_full = len(on_list) >= self.list_cap[i]
+        promo_full = len(on_promo) >= self.promo_want[j]
+        pair = self.on_pair.get(self.a_owners[a], ())
+        pair_full = len(pair) >= self.pair_cap
         if self.any_locked:
             on_list = [b for b in on_list if not locked[b]]
             on_promo = [c for c in on_promo if not locked[c]]
         best: tuple[float, list[int]] | None = None
         if not (list_full or promo_full or pair_full):
-            d = self.gain((), a)
-            if d > floor and self.allowed((), a):
+            d = self._solo_gain(a, adding=True)
+            if d > floor and fits(i, [*listed, a]):
                 best, floor = (d, []), d
         if not (list_full and promo_full):
             singles = on_promo if promo_full else on_list if list_full else on_list + on_promo
@@ -309,15 +398,14 @@ class Board:
                     singles += [b for b in pair if not locked[b] and b not in singles]
             for b in singles:
                 d = self._replace_gain(b, a)
-                if d > floor and self.allowed((b,), a):
+                if d > floor and fits(i, [x for x in listed if x != b] + [a]):
                     best, floor = (d, [b]), d
-        if promo_full:
+        if promo_full:  # b of the list, c of the promotion (never of the list: that is a)
             pairs = [(b, c) for b in on_list for c in on_promo]
             if pair_full:  # one of the two must free a place in the pair
                 pairs = [(b, c) for b, c in pairs if b in pair or c in pair]
-            for b, c in pairs:
-                d = self._double_gain(b, c, a)
-                if d > floor and self.allowed((b, c), a):
+            for (b, c), d in zip(pairs, self._double_gains(a, pairs), strict=True):
+                if d > floor and fits(i, [x for x in listed if x != b] + [a]):
                     best, floor = (d, [b, c]), d
         return best
 
@@ -331,12 +419,17 @@ class Board:
         """
         n = len(self.arcs)
         value, chosen, locked = self.a_value, self.chosen, self.locked
-        draw, gain, toggle, insertion = rng.random, self.gain, self.toggle, self.best_insertion
+        draw, solo, toggle, insertion = (
+            rng.random,
+            self._solo_gain,
+            self.toggle,
+            self.best_insertion,
+        )
         for step in range(rounds):
             a = int(draw() * n)
             floor = _EPS - temperature * (1.0 - step / rounds) * value[a]
             if chosen[a]:
-                if not locked[a] and gain((a,), -1) > floor:
+                if not locked[a] and solo(a, False) > floor:
                     toggle(a)
                 continue
             found = insertion(a, floor)

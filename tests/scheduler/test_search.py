@@ -64,3 +64,43 @@ def test_annealing_keeps_every_rule_and_beats_the_empty_plan() -> None:
     assert verify(problem, plan) == []
     assert objective(problem, plan) > objective(problem, Plan(()))
     assert board.score() == pytest.approx(objective(problem, plan), abs=1e-6)
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+def test_the_fast_move_prices_and_the_best_insertion_agree_with_the_general_ones(
+    seed: int,
+) -> None:
+    """On a small hub where partners often meet on both sides of a move, the written-out
+    pricers agree with :meth:`Board.gain`, and the best insertion is the best of every way to
+    bring an arc in that :meth:`Board.allowed` accepts: alone, evicting an arc of its list or
+    promotion (or of its pair, when the pair is full), or one of its list and one of its
+    promotion (when the promotion is full)."""
+    problem = synthetic_problem(12, seed)
+    board = _board(problem)
+    board.anneal(random.Random(seed), 30_000, 1.5)
+    checked = 0
+    for a in range(len(board.arcs)):
+        if board.chosen[a]:
+            assert board.gain((a,), -1) == pytest.approx(board.gain((a,), -1))
+            continue
+        assert board.gain((), a) == pytest.approx(board.gain((), a))
+        i, j = board.a_list[a], board.a_promo[a]
+        singles = board.on_list[i] + board.on_promo[j]
+        pairs = [(b, c) for b in board.on_list[i] for c in board.on_promo[j]]
+        for b in singles:
+            assert board._replace_gain(b, a) == pytest.approx(board.gain((b,), a), abs=1e-9)
+        for (b, c), d in zip(pairs, board._double_gains(a, pairs), strict=True):
+            assert d == pytest.approx(board.gain((b, c), a), abs=1e-9)
+        pair = board.on_pair.get(board.a_owners[a], [])
+        near = set(singles) | set(pair if len(pair) >= board.pair_cap else ())
+        promo_full = len(board.on_promo[j]) >= board.promo_want[j]
+        ways = [(), *((b,) for b in near), *(pairs if promo_full else [])]
+        prices = [board.gain(w, a) for w in ways if board.allowed(w, a)]
+        found = board.best_insertion(a)
+        if found is None:
+            assert prices == []
+        else:
+            assert found[0] == pytest.approx(max(prices), abs=1e-9)
+            assert board.allowed(found[1], a)
+        checked += len(ways)
+    assert checked > 1_000

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint typecheck pytest bench clean
+.PHONY: demo test test-faults lint typecheck pytest bench clean
 
 $(BIN)/jvmail: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ pytest: $(BIN)/jvmail
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
 test: lint typecheck pytest
+
+# Every fault scenario at full size (`make test` runs the quick ones): tests/faults/README.md.
+test-faults: $(BIN)/jvmail
+	JVMAIL_FAULTS=all $(BIN)/python -m pytest tests/faults -s $(PYTEST_ARGS)
 
 bench: $(BIN)/jvmail
 	$(BIN)/python bench/import_subscribers.py

@@ -45,6 +45,7 @@ from jvmail.dispatch.pipeline import Message
 from jvmail.dispatch.render import Mailer, render
 from jvmail.providers.base import OutboundBatch
 from jvmail.providers.sendgrid import SendGridProvider
+from jvmail.tracking.links import Keyring
 
 HERE = Path(__file__).parent
 PG = os.environ.get("JVMAIL_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -180,6 +181,7 @@ def run_pipeline(args: argparse.Namespace, provider: str, recipients: int) -> di
         "BENCH_PROVIDER": provider,
         "BENCH_SENDGRID_API": f"http://127.0.0.1:{port}",
         "BENCH_SMTP_PORT": str(port),
+        "BENCH_BATCH": str(args.batch),
     }
     worker_cmd = [
         sys.executable,
@@ -194,9 +196,9 @@ def run_pipeline(args: argparse.Namespace, provider: str, recipients: int) -> di
     engine = make_engine(url)
     maker = make_sessionmaker(engine)
     broker = make_broker(args.redis, namespace=namespace)
-    actors = declare(
-        broker, Runtime(url, lambda _m: SendGridProvider("x", from_addr="x@x.x", from_name="x"))
-    )
+    runtime = Runtime(url, lambda _m: SendGridProvider("x", from_addr="x@x.x", from_name="x"))
+    runtime.batch = args.batch  # the dispatch cuts the mailing into batches of this size
+    actors = declare(broker, runtime)
     time.sleep(2.0)  # let the worker processes boot before the clock starts
     start = time.perf_counter()
     actors.tick.send(dt.datetime.now(dt.UTC).isoformat())
@@ -249,7 +251,8 @@ def floor(provider: str, recipients: int) -> dict[str, float]:
     layout = skeleton(
         rendered, from_name="S", from_addr="s@x.example", mailing_id=1, domain="jv.example"
     )
-    message = Message(1, layout, "https://jv.example", bytes.fromhex("ab" * 32), "s@x.example")
+    keys = Keyring.from_hex(["ab" * 32])
+    message = Message(1, layout, "https://jv.example", keys, "s@x.example")
     sg = SendGridProvider("x", from_addr="s@x.example", from_name="S")
     start = time.perf_counter()
     size = 1000
@@ -274,6 +277,7 @@ def main() -> None:
     parser.add_argument("--smtp-recipients", type=int, default=100_000)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=1000, help="deliveries per claim")
     parser.add_argument("--latency", type=float, default=10.0, help="ms added per API request")
     parser.add_argument("--pg", default=PG)
     parser.add_argument("--redis", default=REDIS)

@@ -48,6 +48,7 @@ else:
 
 
 _runtime = Runtime(os.environ["JVMAIL_DATABASE_URL"], _pick)
+_runtime.batch = int(os.environ.get("BENCH_BATCH", _runtime.batch))  # deliveries per claim
 assert isinstance(broker, RedisBroker)
 _runtime.limiter = RedisLimiter(broker.client, namespace=_namespace)
 actors = declare(broker, _runtime)

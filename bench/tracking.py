@@ -12,8 +12,11 @@ the sender's SendGrid account set up for signed webhooks. Then, each against a f
 - webhooks: ``--batches`` SendGrid event webhook requests of 1,000 distinct events each (50%
   delivered, 30% open, 15% click, 5% bounce of which 3 in 5 hard; each event for a distinct
   delivery), ECDSA-signed as SendGrid signs them, posted by ``--webhook-concurrency`` keep-alive
-  connections; events stored per second and per-request latency p50/p99. Every event must be
-  answered as stored and be in ``tracking_event``.
+  connections. The server answers once a request's events are committed to its webhook inbox
+  and stores them from there in the background, so the figure is end to end: events per second
+  from the first request until the inbox is empty, every event then in ``tracking_event``
+  (polled every 5 ms). The latency p50/p99 is that of the answers, per request. Every event must
+  be answered as accepted and be in ``tracking_event``.
 
 The floor (bench/tracking_floor.py): the same stack (Starlette under uvicorn, started with the
 options `jvmail serve` uses) answering a constant 302 redirect, and reading the webhook body and
@@ -27,8 +30,8 @@ Needs `wrk` (Debian: ``apt-get install -y wrk``).
 Usage:
     python bench/tracking.py [--deliveries N] [--seconds S] [--connections C] [--workers W]
                              [--batches B] [--webhook-concurrency K]
-Targets (issue): >= 5,000 redirects/s with p99 < 20 ms; >= 20,000 webhook events/s; within 2x
-of the floor.
+Targets: >= 5,000 redirects/s with p99 < 20 ms; >= 20,000 webhook events/s stored, with the
+answer to a request of 1,000 events under 100 ms at p99; within 2x of the floor.
 """
 
 from __future__ import annotations
@@ -243,6 +246,28 @@ def conn_analyze(url: str) -> None:
     engine.dispose()
 
 
+def _connect(url: str) -> Any:
+    import psycopg
+
+    dsn = normalize_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    return psycopg.connect(dsn, autocommit=True)
+
+
+def wait_drained(inbox: Any, timeout: float = 300) -> float:
+    """Seconds until the webhook inbox is empty (all its events stored), polled every 5 ms on
+    the autocommit connection ``inbox``."""
+    start = time.perf_counter()
+    while True:
+        left, attempts = inbox.execute(
+            "SELECT count(*), coalesce(max(attempts), 0) FROM webhook_inbox"
+        ).fetchone()
+        if not left:
+            return time.perf_counter() - start
+        if attempts or time.perf_counter() - start > timeout:
+            raise SystemExit(f"the webhook inbox keeps {left} row(s) (failed drains: {attempts})")
+        time.sleep(0.005)
+
+
 def count_events(url: str, provider: str) -> int:
     engine = create_engine(normalize_url(url))
     with engine.connect() as conn:
@@ -339,11 +364,12 @@ def serving(command: list[str], env: dict[str, str], logdir: Path, name: str) ->
 @dataclass
 class Result:
     count: int  # requests answered (clicks) or events stored (webhooks)
-    seconds: float
+    seconds: float  # until the last answer (clicks) or the last event stored (webhooks)
     p50_ms: float
     p99_ms: float
     server_cpu: float  # CPU seconds the server used per second of wall time (cores busy)
     client_cpu: float  # the same for the load generator
+    answered: float = 0.0  # webhooks: seconds until the last answer
 
     @property
     def per_second(self) -> float:
@@ -497,13 +523,22 @@ def _quantile(values: list[float], q: float) -> float:
 
 
 def drive_webhooks(
-    server: Server, requests: list[tuple[bytes, dict[str, str]]], concurrency: int, events: int
+    server: Server,
+    requests: list[tuple[bytes, dict[str, str]]],
+    concurrency: int,
+    events: int,
+    url: str | None = None,
 ) -> tuple[Result, list[dict[str, Any]]]:
+    """Post the requests; with ``url`` (jvmail), the time counts until its inbox is empty."""
+    inbox = _connect(url) if url else None
     cpu = server.cpu()
-    latencies, answers, wall = post_batches(
+    latencies, answers, answered = post_batches(
         server.port, "/webhooks/sendgrid/sender", requests, concurrency
     )
+    wall = answered + (wait_drained(inbox) if inbox else 0.0)
     server_cpu = (server.cpu() - cpu) / wall
+    if inbox:
+        inbox.close()
     result = Result(
         events,
         wall,
@@ -511,6 +546,7 @@ def drive_webhooks(
         _quantile(latencies, 0.99) * 1000,
         server_cpu,
         0.0,
+        answered,
     )
     return result, answers
 
@@ -681,13 +717,15 @@ def run(args: argparse.Namespace, url: str, logdir: Path) -> Figures:
 
     requests = [(b, sign(private, b)) for b in bodies]
     with serving(jvmail, env, logdir, "jvmail-webhooks") as server:
-        hooks, answers = drive_webhooks(server, requests, args.webhook_concurrency, events)
-    said = sum(a["stored"] for a in answers)
-    stored_hooks = count_events(url, "sendgrid")
+        hooks, answers = drive_webhooks(server, requests, args.webhook_concurrency, events, url)
+        stored_hooks = count_events(url, "sendgrid")  # before SIGTERM, whose drain could add
+    said = sum(a["accepted"] for a in answers)
     print(
-        f"webhooks: {hooks.per_second:,.0f} events/s; {said:,} events answered as stored, "
-        f"{stored_hooks:,} in tracking_event; duplicates "
-        f"{sum(a['duplicates'] for a in answers)}, ignored {sum(a['ignored'] for a in answers)}",
+        f"webhooks: {hooks.per_second:,.0f} events/s stored end to end ({events:,} in "
+        f"tracking_event {hooks.seconds:.2f} s after the first request); the last answer came "
+        f"at {hooks.answered:.2f} s ({events / hooks.answered:,.0f} events/s answered); "
+        f"{said:,} events answered as accepted, {stored_hooks:,} in tracking_event; "
+        f"server used {hooks.server_cpu:.2f} cores; load average {_load()}",
         flush=True,
     )
     if said != events or stored_hooks != said:
@@ -704,7 +742,7 @@ def report(f: Figures, args: argparse.Namespace) -> bool:
             [
                 _row("click redirects (jvmail)", f.clicks, f.floor_clicks, "req"),
                 _row("  floor: constant 302", f.floor_clicks, None, "req"),
-                _row("webhook events (jvmail)", f.hooks, f.floor_hooks, "ev"),
+                _row("webhook events stored (jvmail)", f.hooks, f.floor_hooks, "ev"),
                 _row("  floor: constant answer", f.floor_hooks, None, "ev"),
                 _row("  floor: bare INSERT (db)", f.bare, None, "ev"),
             ]
@@ -712,16 +750,17 @@ def report(f: Figures, args: argparse.Namespace) -> bool:
     )
     print(
         f"\nwebhook floors as ratios: HTTP {f.floor_hooks.per_second / f.hooks.per_second:.2f}x, "
-        f"database {f.bare.per_second / f.hooks.per_second:.2f}x; webhook p50/p99 are per "
-        f"request of {BATCH:,} events ({args.batches} requests, {args.webhook_concurrency} at a "
-        f"time); wrk used {f.clicks.client_cpu:.2f} cores in the jvmail click run; load "
-        f"average {_load()}"
+        f"database {f.bare.per_second / f.hooks.per_second:.2f}x; webhook p50/p99 are of the "
+        f"answer per request of {BATCH:,} events ({args.batches} requests, "
+        f"{args.webhook_concurrency} at a time); wrk used {f.clicks.client_cpu:.2f} cores in the "
+        f"jvmail click run; load average {_load()}"
     )
     lost = f.answered - f.stored_clicks
     targets = [
         ("redirects >= 5,000/s", f.clicks.per_second >= 5000),
         ("redirect p99 < 20 ms", f.clicks.p99_ms < 20),
-        ("webhook events >= 20,000/s", f.hooks.per_second >= 20000),
+        ("webhook events stored >= 20,000/s", f.hooks.per_second >= 20000),
+        ("webhook answer p99 < 100 ms", f.hooks.p99_ms < 100),
         ("redirects within 2x of the floor", f.floor_clicks.per_second / f.clicks.per_second <= 2),
         ("every redirect stored", lost <= 0),
     ]

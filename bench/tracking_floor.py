@@ -31,7 +31,7 @@ async def click(_request: Request) -> Response:
 
 async def webhook(request: Request) -> Response:
     await request.body()
-    return JSONResponse({"stored": 0, "duplicates": 0, "ignored": 0, "confirmed": False})
+    return JSONResponse({"accepted": 0, "confirmed": False})
 
 
 async def healthz(_request: Request) -> Response:

@@ -1,23 +1,28 @@
 """The hub's clock: what `jvmail scheduler` does, and when.
 
-One long-lived process fires APScheduler cron triggers:
+One long-lived process fires APScheduler cron triggers, and each firing enqueues a job for the
+workers (dramatiq messages: the tick of :mod:`jvmail.dispatch.actors`, the rest from
+:mod:`jvmail.jobs`); the work itself is done wherever a worker takes it:
 
 - every minute, ``tick``: mailings more than ``missed_grace_hours`` past their send time (the
-  hub was down) are held, paused with the reason, for `jvmail resume`, never sent blindly; then
-  one tick is enqueued for the workers (dispatch what is due, relay lost batches, settle
-  unknown deliveries);
-- every five minutes, ``credit``: the ledger is credited with what tracking measured, and
-  mailings past the credit window are finalized;
-- on ``plan_day`` at ``plan_hour`` (hub time), ``plan``: next week is planned and saved, unless
-  it already has mailings;
+  hub was down) are held here, paused with the reason, for `jvmail resume`, never sent blindly;
+  then one tick is enqueued (dispatch what is due, relay lost batches, settle unknown
+  deliveries);
+- every five minutes, ``credit``: the ledger is to be credited with what tracking measured, and
+  mailings past the credit window finalized;
+- on ``plan_day`` at ``plan_hour`` (hub time), ``plan``: next week is to be planned and saved,
+  unless it already has mailings (checked here, and again by the job);
 - every fifteen minutes, ``statements``: each partner whose local time has reached
-  ``report_day`` at ``report_hour`` gets last week's statement, once. A scheduler that was down
-  catches up at its next run (the latest week; older ones stay unsent).
+  ``report_day`` at ``report_hour`` and whose statement of last week is not settled (sent, being
+  sent, failed or in doubt; one left to retry is not) gets a job to send it. A scheduler that
+  was down catches up at its next run (the latest week; older ones stay unsent).
 
 Exactly one scheduler acts at a time, even if several are started: each step first takes or
 renews a lease row in the database (``scheduler_lease``), which another process can take only
 once it has expired. Missed firings are coalesced: a trigger that fired several times while the
-process was stopped runs once. The clock is passed in, so tests drive a whole week in minutes.
+process was stopped runs once. A new process's first step runs the jobs that fire within the
+current minute (so `jvmail scheduler --once` from cron does each minute's work). The clock is
+passed in, so tests drive a whole week in minutes.
 """
 
 from __future__ import annotations
@@ -26,34 +31,35 @@ import datetime as dt
 import zoneinfo
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from jvmail.db.engine import insert_or_skip
-from jvmail.db.models import (
-    HubRecord,
-    Mailing,
-    MailingStatus,
-    Partner,
-    SchedulerLease,
-    StatementSend,
-)
+from jvmail.db.models import HubRecord, Mailing, MailingStatus, Partner, SchedulerLease
 from jvmail.dispatch.deliveries import SENDABLE
-from jvmail.ledger.book import finalize_due
-from jvmail.planner import build_problem, mailings_in_week, save_plan
-from jvmail.scheduler import solve
-from jvmail.tracking.credit import credit_measured
+from jvmail.planner import mailings_in_week
+from jvmail.reports.send import settled, week_label
 
-__all__ = ["LEASE_TTL", "Periodic", "hold_missed", "statements_due", "take_lease"]
+__all__ = ["LEASE_TTL", "Enqueuer", "Periodic", "hold_missed", "statements_due", "take_lease"]
 
 LEASE = "scheduler"
 LEASE_TTL = dt.timedelta(seconds=90)
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
-# (session, week's Monday, partner slugs) -> how many statements were sent
-SendStatements = Callable[[Session, dt.date, Sequence[str]], int]
+
+class Enqueuer(Protocol):
+    """Where the scheduler's jobs go (:class:`jvmail.jobs.Enqueue` puts them on the broker)."""
+
+    def tick(self, now: dt.datetime) -> None: ...
+
+    def credit(self) -> None: ...
+
+    def plan(self, monday: dt.date) -> None: ...
+
+    def statements(self, monday: dt.date, slugs: Sequence[str]) -> None: ...
 
 
 def take_lease(
@@ -117,7 +123,7 @@ def statements_due(
     report_hour: int,
 ) -> dict[dt.date, list[str]]:
     """Week's Monday -> the partners (slug, timezone) whose statement of last week is due now
-    and not yet sent (``sent`` holds (slug, ISO week) pairs)."""
+    and not settled yet (``sent`` holds the settled (slug, ISO week) pairs)."""
     due: dict[dt.date, list[str]] = {}
     for slug, timezone in partners:
         local = now.astimezone(zoneinfo.ZoneInfo(timezone))
@@ -130,20 +136,18 @@ def statements_due(
         if local < release:  # last week's statement is not due yet
             continue
         week = this_monday - dt.timedelta(days=7)
-        label = f"{week.isocalendar()[0]}-W{week.isocalendar()[1]:02d}"
-        if (slug, label) not in sent:
+        if (slug, week_label(week)) not in sent:
             due.setdefault(week, []).append(slug)
     return due
 
 
 @dataclass
 class Periodic:
-    """The scheduler's jobs against one database; ``step(now)`` runs those due at ``now``."""
+    """The scheduler's jobs against one database; ``step(now)`` enqueues those due at ``now``."""
 
     sessions: sessionmaker[Session]
     holder: str
-    enqueue_tick: Callable[[dt.datetime], None]
-    send_statements: SendStatements
+    enqueue: Enqueuer
     lease_ttl: dt.timedelta = LEASE_TTL  # longer than the time between steps
     next_run: dict[str, dt.datetime] = field(default_factory=dict)
     log: list[str] = field(default_factory=list)
@@ -159,8 +163,8 @@ class Periodic:
         }
 
     def step(self, now: dt.datetime) -> list[str]:
-        """Run every job whose trigger fired since its last run (once, however many times it
-        fired); nothing unless this process holds the lease. Returns what it did."""
+        """Enqueue every job whose trigger fired since its last run (once, however many times
+        it fired); nothing unless this process holds the lease. Returns what it did."""
         with self.sessions() as session:
             if not take_lease(session, self.holder, now, self.lease_ttl):
                 return []
@@ -170,8 +174,9 @@ class Periodic:
             done: list[str] = []
             for name, trigger in self.triggers(hub).items():
                 due = self.next_run.get(name)
-                if due is None:  # first step: a job fires at its first time from now on
-                    due = trigger.get_next_fire_time(None, now)
+                if due is None:  # first step: what fires from the start of this minute on
+                    start = now.replace(second=0, microsecond=0)
+                    due = trigger.get_next_fire_time(None, start)
                 if due is not None and due <= now:
                     what = self._jobs()[name](session, now, hub)
                     done.append(f"{now:%Y-%m-%d %H:%M} {name}: {what}")
@@ -190,38 +195,28 @@ class Periodic:
 
     def _tick(self, session: Session, now: dt.datetime, hub: HubRecord) -> str:
         held = hold_missed(session, now, dt.timedelta(hours=hub.missed_grace_hours))
-        self.enqueue_tick(now)
+        self.enqueue.tick(now)
         return f"tick enqueued; {len(held)} late mailing(s) held"
 
     def _credit(self, session: Session, now: dt.datetime, hub: HubRecord) -> str:
-        credited = credit_measured(session)
-        final = finalize_due(session, now, hub.credit_window_days)
-        session.commit()
-        return f"{credited} credited, {final} finalized"
+        self.enqueue.credit()
+        return "credit enqueued"
 
     def _plan(self, session: Session, now: dt.datetime, hub: HubRecord) -> str:
         local = now.astimezone(zoneinfo.ZoneInfo(hub.timezone)).date()
         monday = _monday(local) + dt.timedelta(days=7)
         if mailings_in_week(session, monday):
             return f"week of {monday} already planned"
-        problem = build_problem(session, monday)
-        saved = save_plan(session, problem, solve(problem))
-        session.commit()
-        return f"week of {monday} planned: {len(saved.mailings)} mailing(s)"
+        self.enqueue.plan(monday)
+        return f"plan of the week of {monday} enqueued"
 
     def _statements(self, session: Session, now: dt.datetime, hub: HubRecord) -> str:
         partners = [
             (p.slug, p.timezone)
             for p in session.scalars(select(Partner).where(Partner.archived_at.is_(None)))
         ]
-        sent = {
-            (slug, week)
-            for slug, week in session.execute(
-                select(Partner.slug, StatementSend.week).join(
-                    Partner, Partner.id == StatementSend.partner_id
-                )
-            ).all()
-        }
-        due = statements_due(partners, sent, now, hub.report_day, hub.report_hour)
-        count = sum(self.send_statements(session, week, slugs) for week, slugs in due.items())
-        return f"{count} statement(s) sent"
+        due = statements_due(partners, settled(session), now, hub.report_day, hub.report_hour)
+        for week, slugs in sorted(due.items()):
+            self.enqueue.statements(week, slugs)
+        count = sum(len(slugs) for slugs in due.values())
+        return f"{count} statement(s) enqueued"

@@ -123,6 +123,9 @@ class HubSettings(_Strict):
     missed_grace_hours: Annotated[int, Field(ge=1, le=168)] = 6
     database_url: str | None = None
     redis_url: str | None = None
+    # `[hub.provider]`: the hub's own sending account, for the weekly statements; the same keys
+    # as a partner's `[provider]`. Default: .eml files in the `outbox` folder.
+    provider: ProviderAccount = Field(default_factory=lambda: OutboxAccount(kind="outbox"))
 
 
 class SchedulerSettings(_Strict):

@@ -19,6 +19,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -31,6 +32,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 __all__ = [
     "Base",
     "Delivery",
+    "DeliveryBatch",
     "DeliveryStatus",
     "EventType",
     "HubRecord",
@@ -177,6 +179,12 @@ class HubRecord(Base):
     # HMAC keys for tracking links, hex, newest first: made at the first sync, never synced
     # from config (a secret does not belong in files that get shared).
     link_keys: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
+    # The hub's own sending account (`[hub.provider]`, for the statements): env-var names only.
+    provider: Mapped[dict[str, Any]] = mapped_column(
+        JSON,
+        default=lambda: {"kind": "outbox", "directory": "outbox"},
+        server_default='{"kind": "outbox", "directory": "outbox"}',
+    )
     updated_at: Mapped[Stamp]
 
 
@@ -344,6 +352,22 @@ class Delivery(Base):
     updated_at: Mapped[Stamp]
 
 
+class DeliveryBatch(Base):
+    """One batch of a mailing's deliveries (ids ``lo`` to ``hi``), as its send messages carry
+    it: when a message for it was last enqueued, and when a worker last claimed rows of it.
+    The relay judges from these whether a queued mailing's messages are lost."""
+
+    __tablename__ = "delivery_batch"
+
+    mailing_id: Mapped[int] = mapped_column(ForeignKey("mailing.id"), primary_key=True)
+    lo: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False
+    )
+    hi: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
+    enqueued_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    claimed_at: Mapped[MaybeStamp]
+
+
 class TrackingEvent(Base):
     """Something that happened to a delivery, normalized, with the provider's raw payload."""
 
@@ -374,6 +398,24 @@ class WebhookNonce(Base):
     provider: Mapped[str] = mapped_column(String(16), primary_key=True)
     token: Mapped[str] = mapped_column(String(255), primary_key=True)
     seen_at: Mapped[Stamp]
+
+
+class WebhookInbox(Base):
+    """A verified webhook request's events, committed before the request is answered; the
+    tracking server's drain stores them (see jvmail.tracking.inbox) and deletes the row in the
+    same transaction."""
+
+    __tablename__ = "webhook_inbox"
+
+    id: Mapped[BigPk]
+    partner_id: Mapped[int] = mapped_column(ForeignKey("partner.id"))  # the account's partner
+    provider: Mapped[str] = mapped_column(String(16))
+    received_at: Mapped[Stamp]
+    events: Mapped[bytes] = mapped_column(LargeBinary)  # JSON lines (jvmail.tracking.inbox)
+    count: Mapped[int]  # how many events
+    # Drains that failed on this row alone; it is set aside once they reach the limit.
+    attempts: Mapped[int] = mapped_column(default=0, server_default="0")
+    error: Mapped[str | None] = mapped_column(String(1000))
 
 
 class SchedulerLease(Base):

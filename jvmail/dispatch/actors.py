@@ -3,16 +3,18 @@
 * ``jv_tick(until=None)`` (the periodic job): mark in-flight rows past their lease
   ``unknown`` and settle the unknown ones the provider has reported on
   (:mod:`jvmail.dispatch.reconcile`), dispatch what is due (by ``until``, an ISO time, or
-  now), and relay: re-enqueue
-  the batches of queued mailings that still have rows to send and have not moved for a while
-  (their messages were lost: Redis restarted empty, or the in-process broker went with its
-  process). A relayed batch that someone else is sending finds nothing to claim and returns at
-  once, so relaying twice is harmless.
+  now), and relay (:mod:`jvmail.dispatch.relay`): re-enqueue the batches that still have rows
+  to send of queued mailings that show no progress for ``relay_after`` (their messages were
+  lost: Redis restarted empty, or the in-process broker went with its process), at most once
+  per ``relay_after``, and not while the sender's account is held (its batches wait out the
+  hold in the broker). A relayed batch that someone else is sending finds nothing to claim and
+  returns at once, so relaying twice is harmless, if wasteful.
 * ``jv_dispatch(mailing_id)``: materialize the mailing's deliveries, commit, then enqueue one
   ``jv_send`` per batch.
 * ``jv_send(mailing_id, lo, hi)``: :func:`~jvmail.dispatch.pipeline.send_batch`. When the
   provider refused a request for a passing reason (429, 5xx), the rows went back to pending;
-  the actor raises :class:`TryLater` so dramatiq retries the batch with backoff.
+  the actor raises :class:`TryLater` so dramatiq retries the batch with backoff, or after
+  the wait the provider or the account's limits named.
 
 Actors are declared on a broker by :func:`declare`, with a :class:`Runtime` that says where the
 database is and which provider sends: the same code runs in `jvmail run` (in-process broker,
@@ -26,13 +28,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import dramatiq
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from jvmail.db import make_engine, make_sessionmaker
-from jvmail.db.models import Delivery, DeliveryStatus, Mailing, MailingStatus
-from jvmail.dispatch.deliveries import batch_bounds, expire
-from jvmail.dispatch.limits import Limiter, MemoryLimiter
+from jvmail.dispatch.deliveries import expire
+from jvmail.dispatch.limits import Limiter, MemoryLimiter, account_key
 from jvmail.dispatch.pipeline import (
     LEASE,
     dispatch,
@@ -43,6 +44,7 @@ from jvmail.dispatch.pipeline import (
     send_batch,
 )
 from jvmail.dispatch.reconcile import reconcile
+from jvmail.dispatch.relay import relay, stalled
 from jvmail.providers.base import Provider, ProviderError
 
 __all__ = ["Actors", "Runtime", "TryLater", "declare"]
@@ -65,7 +67,7 @@ class Runtime:
     provider: Callable[[int], Provider]
     now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
     lease: dt.timedelta = LEASE  # how long a claimed batch is a worker's alone
-    limiter: Limiter = field(default_factory=MemoryLimiter)  # the accounts' pace and quota
+    limiter: Limiter = field(default_factory=MemoryLimiter)  # the accounts' pace, quota, holds
     relay_after: dt.timedelta = RELAY_AFTER  # a queued mailing this still is re-enqueued
     batch: int = BATCH  # deliveries per batch message
     _engine: Engine | None = field(default=None, repr=False)
@@ -129,11 +131,11 @@ def declare(broker: dramatiq.Broker, runtime: Runtime) -> Actors:
             finish_settled(session)
             session.commit()
             due = due_mailings(session, dt.datetime.fromisoformat(until) if until else now)
-            stalled = _stalled(session, now - runtime.relay_after)
-            relayed = [(m, b) for m in stalled for b in batch_bounds(session, m, runtime.batch)]
+            relayed = relay(session, _lost(session, runtime, now), now, runtime.batch)
+            session.commit()
         for mailing_id in due:
             dispatch_.send(mailing_id)
-        for mailing_id, (lo, hi) in relayed:
+        for mailing_id, lo, hi in relayed:
             send.send(mailing_id, lo, hi)
 
     send = dramatiq.actor(
@@ -157,16 +159,11 @@ def _worth_retrying(retries: int, exc: Exception) -> bool:
     return isinstance(exc, TryLater) and retries < 20
 
 
-def _stalled(session: Session, before: dt.datetime) -> list[int]:
-    """Queued mailings with rows still to send, none of which moved since ``before``."""
-    waiting = (DeliveryStatus.PENDING, DeliveryStatus.CLAIMED)
-    return list(
-        session.scalars(
-            select(Delivery.mailing_id)
-            .join(Mailing, Mailing.id == Delivery.mailing_id)
-            .where(Mailing.status == MailingStatus.QUEUED, Delivery.status.in_(waiting))
-            .group_by(Delivery.mailing_id)
-            .having(func.max(Delivery.updated_at) < before)
-            .order_by(Delivery.mailing_id)
-        )
-    )
+def _lost(session: Session, runtime: Runtime, now: dt.datetime) -> list[int]:
+    """Stalled mailings whose sender's account is not held: their messages were lost."""
+    moment = now.timestamp()
+    return [
+        mailing_id
+        for mailing_id, sender_id in stalled(session, now, now - runtime.relay_after)
+        if runtime.limiter.held_until(account_key(sender_id), moment) is None
+    ]

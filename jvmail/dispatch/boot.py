@@ -77,3 +77,7 @@ _runtime = runtime_from_env()
 if isinstance(broker, RedisBroker):  # every worker machine shares each account's pace
     _runtime.limiter = RedisLimiter(broker.client, namespace=_namespace)
 actors: Actors = declare(broker, _runtime)
+
+from jvmail.jobs import Jobs, declare_jobs  # noqa: E402 - the scheduler's jobs, on the same broker
+
+jobs: Jobs = declare_jobs(broker, _runtime, os.environ.get("JVMAIL_OUTBOX"))

@@ -12,14 +12,17 @@ A Delivery is one message of one mailing to one subscriber. Its life:
   minus addresses the owner already has a delivery of the same promotion for (one message per
   address even when it is on several of the owner's lists).
 * :func:`claim` takes up to ``limit`` rows of a batch (an id range) in one statement: pending
-  ones, or claimed ones whose lease ran out (their worker died before the provider call). Each
-  row's ``fence`` goes up by one; the worker holds (id, fence) pairs from then on. In the same
-  transaction the claimed rows whose address was suppressed meanwhile become ``suppressed``:
-  a suppression committed before the claim is honoured.
+  ones, or claimed ones whose lease ran out (their worker died before the provider call). The
+  claim stamps every row it takes with one new ``fence``, different from any fence these rows
+  had; the worker holds (id, fence) pairs from then on, and its later statements find its rows
+  by that fence and their id range. In the same statement the rows whose address was
+  suppressed meanwhile become ``suppressed``: a suppression committed before the claim is
+  honoured.
 * :func:`start` moves the worker's rows to ``sending`` just before the provider call, only where
   the fence still matches: a worker that lost its lease learns it here and calls nothing.
 * :func:`record` stores each outcome where the fence still matches and the row is ``sending``:
-  a stale worker's late commit changes nothing.
+  a stale worker's late commit changes nothing. The common case (every row accepted, one
+  answer per request) is a few range UPDATEs; the rest go row by row.
 * :func:`expire` turns ``sending`` rows past their lease into ``unknown``: the provider may have
   them, so only its webhooks or event log may resolve them; they are never sent again.
 
@@ -34,19 +37,20 @@ from dataclasses import dataclass
 from typing import cast
 
 from sqlalchemy import (
+    ColumnElement,
     Table,
     and_,
     bindparam,
+    case,
     exists,
     func,
     insert,
     literal,
     or_,
     select,
-    tuple_,
     update,
 )
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
 
 from jvmail.db.models import (
     Delivery,
@@ -115,19 +119,34 @@ def materialize(session: Session, mailing_id: int) -> int | None:
         return None
     promotion_id, sender_id, list_id = taken
     sub = Subscriber
-    other_sub, other_delivery, other_mailing = (
-        aliased(Subscriber),
-        aliased(Delivery),
-        aliased(Mailing),
+    # The owner's other mailings of this promotion, looked up first: most mailings have none,
+    # and then the statement has no probe of the delivery table at all. When they exist, the
+    # probe names them, so it never walks the rows this statement is inserting (a plan that
+    # rescans the table per subscriber would otherwise grow quadratic in the list's size).
+    others = list(
+        session.scalars(
+            select(Mailing.id).where(
+                Mailing.promotion_id == promotion_id,
+                Mailing.sender_id == sender_id,
+                Mailing.id != mailing_id,
+            )
+        )
     )
     suppressed = exists().where(Suppression.partner_id == sender_id, Suppression.email == sub.email)
-    already = exists().where(
-        other_delivery.subscriber_id == other_sub.id,
-        other_delivery.mailing_id == other_mailing.id,
-        other_mailing.promotion_id == promotion_id,
-        other_mailing.sender_id == sender_id,
-        other_sub.email == sub.email,
-    )
+    wanted = [
+        sub.list_id == list_id,
+        sub.status == SubscriberStatus.SUBSCRIBED,
+        sub.archived_at.is_(None),
+        ~suppressed,
+    ]
+    if others:
+        other_sub, other_delivery = aliased(Subscriber), aliased(Delivery)
+        already = exists().where(
+            other_delivery.mailing_id.in_(others),
+            other_delivery.subscriber_id == other_sub.id,
+            other_sub.email == sub.email,
+        )
+        wanted.append(~already)
     rows = (
         select(
             literal(mailing_id),
@@ -137,13 +156,7 @@ def materialize(session: Session, mailing_id: int) -> int | None:
             literal(0),
             literal(_now()),
         )
-        .where(
-            sub.list_id == list_id,
-            sub.status == SubscriberStatus.SUBSCRIBED,
-            sub.archived_at.is_(None),
-            ~suppressed,
-            ~already,
-        )
+        .where(*wanted)
         .order_by(sub.id)
     )
     cols = ["mailing_id", "subscriber_id", "status", "attempts", "fence", "updated_at"]
@@ -183,7 +196,9 @@ def claim(
     lease: dt.timedelta,
     limit: int,
 ) -> list[Claimed]:
-    """Claim the batch's sendable rows (see the module docstring); returns the ones to send."""
+    """Claim the batch's sendable rows (see the module docstring); returns the ones to send,
+    by id, all under the claim's one new fence. One statement on PostgreSQL (claim, suppression
+    re-check and the addresses); on SQLite the addresses are read by that fence after it."""
     now = _now()
     lo, hi = bounds
     running = exists().where(
@@ -204,68 +219,125 @@ def claim(
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
-    taken = session.execute(
-        update(Delivery)
-        .where(Delivery.id.in_(free.scalar_subquery()))
-        .values(
-            status=DeliveryStatus.CLAIMED,
-            fence=Delivery.fence + 1,
-            lease_until=now + lease,
-            updated_at=now,
-        )
-        .returning(Delivery.id, Delivery.fence, Delivery.subscriber_id)
-    ).all()
-    if not taken:
-        return []
-    ids = [row.id for row in taken]
+    # Locked once, then joined by primary key: a plan that holds even while the statistics
+    # still count a fresh mailing's table as empty (an IN (subquery) was then planned as a scan
+    # of the whole table, locking the batch again for each row).
+    taken = free.cte("taken").prefix_with("MATERIALIZED")
     owner = (
         select(MailingList.partner_id)
         .join(Mailing, Mailing.list_id == MailingList.id)
         .where(Mailing.id == mailing_id)
         .scalar_subquery()
     )
-    blocked = or_(
-        Subscriber.status != SubscriberStatus.SUBSCRIBED,
-        exists().where(Suppression.partner_id == owner, Suppression.email == Subscriber.email),
+    # Each claimed row looks its subscriber up by primary key (a correlated probe, not a join):
+    # the plan stays a probe per row even when the table's statistics lag a fresh mailing.
+    blocked = exists().where(
+        Subscriber.id == Delivery.subscriber_id,
+        or_(
+            Subscriber.status != SubscriberStatus.SUBSCRIBED,
+            exists().where(Suppression.partner_id == owner, Suppression.email == Subscriber.email),
+        ),
     )
-    gone = set(
-        session.scalars(
-            update(Delivery)
-            .where(
-                Delivery.id.in_(ids),
-                exists().where(Subscriber.id == Delivery.subscriber_id, blocked),
-            )
-            .values(status=DeliveryStatus.SUPPRESSED, lease_until=None, updated_at=now)
-            .returning(Delivery.id)
+    postgres = session.get_bind().dialect.name == "postgresql"
+    stmt = (
+        update(Delivery)
+        .where(Delivery.id == taken.c.id, Delivery.id.between(lo, hi))
+        .values(
+            # A suppression committed before this statement is seen by it: honoured at once.
+            status=case((blocked, DeliveryStatus.SUPPRESSED), else_=DeliveryStatus.CLAIMED),
+            fence=_new_fence(postgres, mailing_id, bounds),
+            lease_until=case((blocked, None), else_=now + lease),
+            updated_at=now,
         )
     )
-    fences = {row.id: row.fence for row in taken if row.id not in gone}
-    people = session.execute(
+    if postgres:
+        rows = session.execute(
+            stmt.returning(
+                Delivery.id,
+                Delivery.fence,
+                Delivery.status,
+                _of_subscriber(Subscriber.email),
+                _of_subscriber(Subscriber.first_name),
+            )
+        ).all()
+        people = sorted(
+            (d, fence, email, first)
+            for d, fence, status, email, first in rows
+            if status == DeliveryStatus.CLAIMED
+        )
+        return [Claimed(*row) for row in people]
+    # SQLite's RETURNING sees only the updated table: the addresses are read after.
+    fences = set(session.scalars(stmt.returning(Delivery.fence)))
+    if not fences:
+        return []
+    (fence,) = fences
+    found = session.execute(
         select(Delivery.id, Subscriber.email, Subscriber.first_name)
         .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
-        .where(Delivery.id.in_(list(fences)))
+        .where(*_held(fence, bounds), Delivery.status == DeliveryStatus.CLAIMED)
         .order_by(Delivery.id)
     ).all()
-    return [Claimed(d, fences[d], email, first) for d, email, first in people]
+    return [Claimed(d, fence, email, first) for d, email, first in found]
+
+
+def _of_subscriber(column: InstrumentedAttribute[str]) -> ColumnElement[str]:
+    """The claimed row's subscriber's ``column``, by primary key."""
+    return select(column).where(Subscriber.id == Delivery.subscriber_id).scalar_subquery()
+
+
+def _new_fence(postgres: bool, mailing_id: int, bounds: tuple[int, int]) -> ColumnElement[int]:
+    """The claim's fence, computed once per statement: the next value of the sequence on
+    PostgreSQL; on SQLite, whose writers take turns, one more than the largest fence of the
+    batch's rows (so above every fence any earlier claim of these rows held)."""
+    if postgres:
+        return select(func.nextval("delivery_fence")).scalar_subquery()
+    other = aliased(Delivery)
+    return (
+        select(func.coalesce(func.max(other.fence), 0) + 1)
+        .where(other.mailing_id == mailing_id, other.id.between(*bounds))
+        .scalar_subquery()
+    )
+
+
+def _held(fence: int, bounds: tuple[int, int]) -> tuple[ColumnElement[bool], ...]:
+    """The rows of the claim with this fence within ``bounds`` (its first and last id): a fence
+    is one claim's alone, the bounds let the primary key find them."""
+    return (Delivery.fence == fence, Delivery.id.between(*bounds))
+
+
+def _claims(held: Sequence[Claimed]) -> dict[int, list[int]]:
+    """Fence -> the held ids of that claim."""
+    by_fence: dict[int, list[int]] = {}
+    for c in held:
+        by_fence.setdefault(c.fence, []).append(c.delivery_id)
+    return by_fence
 
 
 def start(session: Session, held: Sequence[Claimed]) -> list[Claimed]:
-    """Mark the rows ``sending`` where the fence still holds; only those may go out."""
+    """Mark the rows ``sending`` where the fence still holds; only those may go out. ``held``
+    is whole claims, as :func:`claim` returned them: a claim's rows are matched by its fence."""
     if not held:
         return []
     now = _now()
-    pairs = [(c.delivery_id, c.fence) for c in held]
-    moved = set(
-        session.scalars(
-            update(Delivery)
-            .where(
-                tuple_(Delivery.id, Delivery.fence).in_(pairs),
-                Delivery.status == DeliveryStatus.CLAIMED,
+    moved: set[int] = set()
+    for fence, ids in _claims(held).items():
+        moved.update(
+            session.scalars(
+                update(Delivery)
+                .where(
+                    *_held(fence, (min(ids), max(ids))),
+                    Delivery.status == DeliveryStatus.CLAIMED,
+                )
+                .values(
+                    status=DeliveryStatus.SENDING, attempts=Delivery.attempts + 1, updated_at=now
+                )
+                .returning(Delivery.id)
             )
-            .values(status=DeliveryStatus.SENDING, attempts=Delivery.attempts + 1, updated_at=now)
-            .returning(Delivery.id)
         )
-    )
+    mine = {c.delivery_id for c in held}
+    if not moved <= mine:
+        # Part of a claim was passed: its other rows would be in flight and never sent.
+        raise ValueError("start() takes whole claims: rows of the claim were left out")
     return [c for c in held if c.delivery_id in moved]
 
 
@@ -281,25 +353,94 @@ def release(session: Session, held: Sequence[Claimed]) -> int:
 
 
 def _back_to_pending(session: Session, held: Sequence[Claimed], now: DeliveryStatus) -> int:
-    if not held:
-        return 0
-    stmt = (
-        update(Delivery)
-        .where(
-            tuple_(Delivery.id, Delivery.fence).in_([(c.delivery_id, c.fence) for c in held]),
-            Delivery.status == now,
+    count = 0
+    for fence, ids in _claims(held).items():
+        stmt = (
+            update(Delivery)
+            .where(
+                *_held(fence, (min(ids), max(ids))),
+                Delivery.id.in_(ids),
+                Delivery.status == now,
+            )
+            .values(status=DeliveryStatus.PENDING, lease_until=None, updated_at=_now())
+            .execution_options(preserve_rowcount=True)
         )
-        .values(status=DeliveryStatus.PENDING, lease_until=None, updated_at=_now())
-        .execution_options(preserve_rowcount=True)
-    )
-    return session.connection().execute(stmt).rowcount
+        count += session.connection().execute(stmt).rowcount
+    return count
 
 
-def record(session: Session, outcomes: Sequence[Outcome]) -> int:
+_RUNS = 8  # at most this many range UPDATEs for a claim's outcomes; more: one per row
+
+
+def record(session: Session, outcomes: Sequence[Outcome], *, held: Sequence[Claimed] = ()) -> int:
     """Store outcomes where the row is still ``sending`` under the same fence; returns how many
-    were stored (the rest belonged to a worker that lost its lease)."""
+    were stored (the rest belonged to a worker that lost its lease).
+
+    ``held``: the rows that went out (whole claims, as :func:`start` returned them). When the
+    outcomes are exactly those rows and fall into a few runs of the same answer (a batch API's
+    one message id per request, all accepted), each run is stored by one UPDATE of its fence
+    and id range; otherwise row by row."""
     if not outcomes:
         return 0
+    runs = _runs(outcomes, held)
+    if runs is None:
+        return _record_each(session, outcomes)
+    now = _now()
+    count = 0
+    for first, last in runs:
+        stmt = (
+            update(Delivery)
+            .where(
+                *_held(first.fence, (first.delivery_id, last.delivery_id)),
+                Delivery.status == DeliveryStatus.SENDING,
+            )
+            .values(
+                status=first.status,
+                provider_message_id=first.provider_message_id,
+                error=first.error[:1000] if first.error else None,
+                lease_until=None,
+                updated_at=now,
+            )
+            .execution_options(preserve_rowcount=True)
+        )
+        count += session.connection().execute(stmt).rowcount
+    return count
+
+
+def _runs(
+    outcomes: Sequence[Outcome], held: Sequence[Claimed]
+) -> list[tuple[Outcome, Outcome]] | None:
+    """(first, last) of each run of outcomes alike (fence, status, message id, error) in id
+    order, when the outcomes are the held rows one each and the runs are few; else None. A run
+    is then every held row between its first and last id, so its range matches it alone."""
+    if len(outcomes) != len(held):
+        return None
+    ordered = sorted(outcomes, key=lambda o: o.delivery_id)
+    if [o.delivery_id for o in ordered] != sorted(c.delivery_id for c in held):
+        return None
+    if {(c.delivery_id, c.fence) for c in held} != {(o.delivery_id, o.fence) for o in ordered}:
+        return None
+    runs: list[tuple[Outcome, Outcome]] = []
+    for o in ordered:
+        if runs and _alike(runs[-1][1], o):
+            runs[-1] = (runs[-1][0], o)
+        else:
+            if len(runs) == _RUNS:
+                return None
+            runs.append((o, o))
+    return runs
+
+
+def _alike(a: Outcome, b: Outcome) -> bool:
+    return (a.fence, a.status, a.provider_message_id, a.error) == (
+        b.fence,
+        b.status,
+        b.provider_message_id,
+        b.error,
+    )
+
+
+def _record_each(session: Session, outcomes: Sequence[Outcome]) -> int:
     t = cast(Table, Delivery.__table__)
     stmt = (
         update(t)

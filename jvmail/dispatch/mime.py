@@ -9,21 +9,29 @@ wants them; the result is a complete RFC 5322 message in bytes.
 Headers carry ``List-Unsubscribe`` (the signed https link and a mailto) with
 ``List-Unsubscribe-Post: List-Unsubscribe=One-Click`` (RFC 8058), a Message-ID, and
 ``X-Jvmail-Delivery`` with the delivery id so a bounce or reply can be traced to its delivery.
+
+:func:`whole_message` builds a single message the plain way (the stdlib's ``EmailMessage``, for
+one message speed does not matter): text and HTML alternatives, the HTML with its images inline
+(``multipart/related``, by Content-ID), 7-bit clean so any relay or API takes it as it is.
 """
 
 from __future__ import annotations
 
 import binascii
+import email.policy
 import email.utils
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.header import Header
+from email.message import EmailMessage
 
 from jvmail.dispatch.render import Rendered, fill
 
-__all__ = ["Skeleton", "skeleton"]
+__all__ = ["Skeleton", "png_name", "skeleton", "whole_message"]
 
 _CRLF = "\r\n"
+# CRLF line ends, and quoted-printable or base64 for anything that is not ASCII: 7-bit clean.
+_SEVEN_BIT = email.policy.SMTP.clone(cte_type="7bit")
 
 
 def _qp(text: str) -> bytes:
@@ -98,3 +106,37 @@ def skeleton(
         ]
     )
     return Skeleton(rendered, fixed + _CRLF, boundary, domain)
+
+
+def whole_message(
+    *,
+    sender: str,
+    to: str,
+    subject: str,
+    text: str,
+    html: str,
+    images: Mapping[str, bytes],
+    message_id: str,
+) -> bytes:
+    """One message in MIME: ``text`` then ``html`` with ``images`` (Content-ID without angle
+    brackets -> PNG) inline. ``sender`` is the whole From value (``Name <address>``)."""
+    msg = EmailMessage(policy=_SEVEN_BIT)
+    msg["From"] = sender
+    msg["To"] = to
+    msg["Subject"] = " ".join(subject.split())
+    msg["Date"] = email.utils.formatdate(usegmt=True)
+    msg["Message-ID"] = message_id
+    msg.set_content(text)
+    msg.add_alternative(html, subtype="html")
+    html_part = msg.get_body(("html",))
+    assert isinstance(html_part, EmailMessage), "the alternative just added"
+    for cid, png in images.items():
+        html_part.add_related(
+            png, "image", "png", cid=f"<{cid}>", disposition="inline", filename=png_name(cid)
+        )
+    return msg.as_bytes()
+
+
+def png_name(cid: str) -> str:
+    """The file name an image travels under: ``history@jvmail`` -> ``history.png``."""
+    return f"{cid.partition('@')[0]}.png"

@@ -4,20 +4,23 @@
 batches (id ranges) to send: whatever carries them (a dramatiq message, a loop in `jvmail run`)
 carries ids and bounds, never bodies. :func:`send_batch` is what a worker does with one batch:
 
-1. claim the batch's rows (lease + fence, suppressions re-checked) and commit;
+1. claim the batch's rows (lease + fence, suppressions re-checked; the batch is stamped
+   claimed, for the relay) and commit;
 2. render the mailing once (a broken template fails the mailing with its reason);
-3. mark the claimed rows in flight and commit: a worker that lost its lease stops here;
-4. one provider call per provider-sized piece;
-5. record each recipient's outcome under its fence and commit.
+3. book the rows against the sender's account (pace, daily quota, a hold the provider asked
+   for): wait for their turn, or give them back unsent to be retried later;
+4. mark the claimed rows in flight and commit: a worker that lost its lease stops here;
+5. one provider call per provider-sized piece; a refusal with Retry-After holds the whole
+   account (every batch of it, in every worker) for that long;
+6. record each recipient's outcome under its fence and commit.
 
 Each step is its own transaction, so a crash anywhere leaves rows either claimable again
-(before 3) or ``unknown`` for the reconciler (after 3), never sent twice.
+(before 4) or ``unknown`` for the reconciler (after 4), never sent twice.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
@@ -47,11 +50,13 @@ from jvmail.dispatch.deliveries import (
     start,
     unclaim,
 )
-from jvmail.dispatch.limits import Limiter
+from jvmail.dispatch.limits import SYSTEM_CLOCK, Booking, Clock, Limiter, account_key
 from jvmail.dispatch.mime import Skeleton, skeleton
+from jvmail.dispatch.relay import record as record_batches
+from jvmail.dispatch.relay import touch
 from jvmail.dispatch.render import Mailer, TemplateProblem, markers, render
 from jvmail.faults import fault
-from jvmail.providers.base import OutboundBatch, Provider, Recipient
+from jvmail.providers.base import OutboundBatch, Provider, ProviderError, Recipient
 from jvmail.tracking.links import Keyring, click_url, open_url, unsubscribe_url
 
 __all__ = [
@@ -123,13 +128,16 @@ def due_mailings(session: Session, now: dt.datetime) -> list[int]:
 
 
 def dispatch(session: Session, mailing_id: int, batch_size: int) -> list[tuple[int, int]]:
-    """Materialize the mailing's deliveries and commit; the batches to send (none when another
-    dispatcher already took it, or nobody on the list can be mailed)."""
+    """Materialize the mailing's deliveries and record its batches as enqueued, and commit; the
+    batches to send (none when another dispatcher already took it, or nobody on the list can
+    be mailed). The caller enqueues one message per batch."""
     created = materialize(session, mailing_id)
-    session.commit()
     if created is None:
+        session.commit()
         return []
     bounds = batch_bounds(session, mailing_id, batch_size)
+    record_batches(session, mailing_id, bounds, dt.datetime.now(dt.UTC))
+    session.commit()
     if not bounds:
         _finish(session, mailing_id)
     return bounds
@@ -231,11 +239,12 @@ def send_batch(
     limit: int = 1000,
     lease: dt.timedelta = LEASE,
     limiter: Limiter | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> BatchReport:
-    """Send one batch of one mailing through ``provider`` (see the module docstring)."""
+    """Send one batch of one mailing through ``provider`` (see the module docstring);
+    ``clock`` is what the account's limits are booked and waited with."""
     report = BatchReport()
-    held = claim(session, mailing_id, bounds, lease=lease, limit=limit)
-    session.commit()
+    held = _claim(session, mailing_id, bounds, lease=lease, limit=limit)
     fault("send:after-claim")
     report.claimed = len(held)
     report.suppressed = _count(session, mailing_id, bounds, DeliveryStatus.SUPPRESSED)
@@ -248,7 +257,9 @@ def send_batch(
         fail_mailing(session, mailing_id, f"{exc.message} (fix: {exc.fix})")
         report.error = exc.message
         return report
-    if limiter is not None and not _paced(session, limiter, message, held, report):
+    if limiter is not None and not _paced(
+        session, message, held, report, limiter=limiter, clock=clock
+    ):
         return report
     going = start(session, held)
     session.commit()
@@ -264,6 +275,8 @@ def send_batch(
     )
     sent = provider.send(batch)
     fault("send:after-provider")
+    if limiter is not None and sent.error is not None:
+        _hold(limiter, clock, message, sent.error)  # first: the account's other batches wait
     outcomes = [
         Outcome(
             r.delivery_id,
@@ -275,7 +288,7 @@ def send_batch(
         for r in sent.results
         if not r.retry
     ]
-    record(session, outcomes)
+    record(session, outcomes, held=going)
     later = {r.delivery_id for r in sent.results if r.retry}
     report.retry = bool(later)
     untried = set(sent.untried) | later
@@ -301,6 +314,25 @@ def send_batch(
         _pause_if_failing(session, mailing_id)
     _finish(session, mailing_id)
     return report
+
+
+def _claim(
+    session: Session, mailing_id: int, bounds: tuple[int, int], *, lease: dt.timedelta, limit: int
+) -> list[Claimed]:
+    """Claim the batch's rows, stamp the batch claimed (the relay's sign that the mailing's
+    messages flow) and commit."""
+    held = claim(session, mailing_id, bounds, lease=lease, limit=limit)
+    if held:
+        touch(session, mailing_id, bounds[0], dt.datetime.now(dt.UTC))
+    session.commit()
+    return held
+
+
+def _hold(limiter: Limiter, clock: Clock, message: Message, problem: ProviderError) -> None:
+    """The provider said how long to wait (Retry-After): hold the sender's whole account."""
+    if problem.retry_after:
+        now = clock.now()
+        limiter.hold(account_key(message.sender_id), now + problem.retry_after, now=now)
 
 
 # A mailing whose provider refuses this share of its recipients stops itself: a list that
@@ -341,33 +373,53 @@ MAX_PACE_WAIT = 30.0  # seconds a worker waits for its account's pace; longer: r
 
 
 def _paced(
-    session: Session, limiter: Limiter, message: Message, held: list[Claimed], report: BatchReport
+    session: Session,
+    message: Message,
+    held: list[Claimed],
+    report: BatchReport,
+    *,
+    limiter: Limiter,
+    clock: Clock,
 ) -> bool:
-    """Book the batch against the sender's limits and wait for its turn; False when it must
-    wait longer (the rows go back to pending, unsent, for a later try)."""
-    if message.per_second is None and message.per_day is None:
-        return True
+    """Book the batch against the sender's account and wait for its turn; False when it must
+    wait longer (the rows go back to pending, unsent, for a later try). Every account is
+    booked, limits or not: a hold (the provider's Retry-After) stops them all."""
+    key = account_key(message.sender_id)
     booking = limiter.reserve(
-        f"partner:{message.sender_id}",
+        key,
         len(held),
         per_second=message.per_second,
         per_day=message.per_day,
-        now=time.time(),
+        now=clock.now(),
         max_wait=MAX_PACE_WAIT,
     )
+    if booking.booked and booking.wait > 0:
+        clock.sleep(booking.wait)  # the account's turn: the rows stay claimed
+        # Another batch may have been told to wait meanwhile (a 429): that hold counts too.
+        now = clock.now()
+        until = limiter.held_until(key, now)
+        if until is not None:
+            booking = Booking(until - now, booked=False, held=True)
     if booking.booked:
-        if booking.wait > 0:
-            time.sleep(booking.wait)  # keeping the account's pace: the rows stay claimed
         return True
     unclaim(session, held)
     session.commit()
-    report.retry = not booking.quota  # pace: soon; daily quota: a tick after midnight
-    report.error = (
-        f"the sender's account has sent its {message.per_day:,} messages for today; "
-        "the rest go after midnight UTC"
-        if booking.quota
-        else f"the sender's account is at its pace of {message.per_second:g}/s; retried later"
-    )
+    report.retry = not booking.quota  # pace or hold: soon; daily quota: a tick after midnight
+    report.retry_after = None if booking.quota else booking.wait
+    if booking.quota:
+        report.error = (
+            f"the sender's account has sent its {message.per_day:,} messages for today; "
+            "the rest go after midnight UTC"
+        )
+    elif booking.held:
+        report.error = (
+            f"the sender's provider asked to wait (Retry-After): the account is held for "
+            f"{booking.wait:.0f} s more; retried then"
+        )
+    else:
+        report.error = (
+            f"the sender's account is at its pace of {message.per_second:g}/s; retried later"
+        )
     return False
 
 

@@ -7,19 +7,26 @@ size and hands each piece to the module's :meth:`Provider._send`, which makes ex
 request per piece and reports one :class:`Result` per recipient. A request that fails as a whole
 raises :class:`ProviderError`, saying whether it is worth retrying (429, 5xx, connection) and
 whether the account's credentials were refused.
+
+Besides batches of a mailing, a provider that declares ``single`` sends one whole message to one
+recipient (:class:`SingleMessage`: a statement, with its charts as inline images) in one request,
+through :meth:`Provider.send_message`, with the same error classification. Its metadata pair
+(``jv_statement``) is never ``jv_delivery``, so the webhook parsers never take it for a
+subscriber's delivery.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from jvmail.dispatch.mime import Skeleton
+from jvmail.dispatch.mime import Skeleton, png_name, whole_message
 from jvmail.errors import JvmailError
 
 __all__ = [
+    "DELIVERY_KEY",
     "Capabilities",
     "OutboundBatch",
     "Provider",
@@ -27,7 +34,10 @@ __all__ = [
     "Recipient",
     "Result",
     "Sent",
+    "SingleMessage",
 ]
+
+DELIVERY_KEY = "jv_delivery"  # the metadata key of a mailing's messages (webhooks read it)
 
 
 @dataclass(frozen=True)
@@ -35,6 +45,7 @@ class Capabilities:
     max_batch: int  # recipients one request may carry
     substitution: bool  # the provider fills each recipient's parts from one body
     metadata: bool  # the delivery id travels with the message and comes back in webhooks
+    single: bool = False  # sends one whole message with inline images (send_message)
 
 
 @dataclass(frozen=True)
@@ -52,6 +63,44 @@ class OutboundBatch:
     skeleton: Skeleton
     unsubscribe_mailto: str
     recipients: tuple[Recipient, ...]
+
+
+@dataclass(frozen=True)
+class SingleMessage:
+    """One whole message to one recipient: plain text and HTML, PNG images shown inline in the
+    HTML as ``cid:<Content-ID>``, our own Message-ID (``<...@...>``), and one metadata pair
+    (``(name, value)``) the provider carries with the message and reports in its events. Its
+    name is never ``jv_delivery``: that key means a subscriber's delivery. ``name`` is where an
+    outbox files it: a relative path of plain parts (``statements/2026-W48/acme``)."""
+
+    to: str
+    subject: str
+    text: str
+    html: str
+    images: Mapping[str, bytes]  # Content-ID (without <>) -> PNG
+    message_id: str
+    metadata: tuple[str, str]
+    name: str
+
+    def __post_init__(self) -> None:
+        if self.metadata[0] == DELIVERY_KEY:
+            raise ValueError(f"{DELIVERY_KEY} names a delivery; give a message its own key")
+
+    def filename(self, cid: str) -> str:
+        """The file name an image travels under: ``history@jvmail`` -> ``history.png``."""
+        return png_name(cid)
+
+    def mime(self, sender: str) -> bytes:
+        """The message in MIME (CRLF, 7-bit), from ``sender`` (``Name <address>``)."""
+        return whole_message(
+            sender=sender,
+            to=self.to,
+            subject=self.subject,
+            text=self.text,
+            html=self.html,
+            images=self.images,
+            message_id=self.message_id,
+        )
 
 
 @dataclass(frozen=True)
@@ -133,3 +182,30 @@ class Provider(ABC):
     @abstractmethod
     def _send(self, batch: OutboundBatch, recipients: Sequence[Recipient]) -> list[Result]:
         """One request for ``recipients``; one result each."""
+
+    def send_message(self, message: SingleMessage) -> str:
+        """Send ``message`` in one request.
+
+        Returns:
+            The provider's id for the message (our Message-ID when it gives none).
+
+        Raises:
+            ProviderError: the message was not taken: ``transient`` (try again later, after
+                ``retry_after``), ``auth`` (the account's credentials were refused), or refused
+                for good; ``maybe_sent``: the request may have reached the provider, so the
+                message is in doubt and must not be sent again blindly.
+        """
+        if not self.capabilities.single:
+            raise ProviderError(
+                f"{self.name} cannot send a single message with inline images",
+                "give the hub an account of another kind",
+                transient=False,
+            )
+        return self._send_message(message)
+
+    def _send_message(self, message: SingleMessage) -> str:
+        """One request for ``message``; the provider's id for it."""
+        raise NotImplementedError  # providers that declare `single` fill this in
+
+    def close(self) -> None:  # noqa: B027 - optional: only some providers keep a connection
+        """Let go of any connection kept open between requests."""

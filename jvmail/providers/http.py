@@ -2,7 +2,8 @@
 
 * 2xx: the provider took the request.
 * 401 / 403: the account's key was refused: the account's mailings pause (``auth``).
-* 429 and 5xx: a passing refusal, retried later (``Retry-After`` honoured when given).
+* 429 and 5xx: a passing refusal, retried later (``Retry-After`` honoured when given, in
+  seconds or as an HTTP-date).
 * other 4xx: the request itself is wrong: not retried; the message carries the provider's own
   words so the cause can be fixed.
 * no connection: retried later; nothing left.
@@ -13,7 +14,10 @@ Bodies are serialized with orjson.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import datetime as dt
+import time
+from collections.abc import Mapping, Sequence
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import orjson
@@ -21,9 +25,11 @@ import requests
 
 from jvmail.providers.base import ProviderError
 
-__all__ = ["TIMEOUT", "post"]
+__all__ = ["TIMEOUT", "FormValue", "post"]
 
 TIMEOUT = (5.0, 30.0)  # seconds to connect, seconds to wait for the answer
+# A multipart field: text, or a file as (file name, content, content type).
+FormValue = str | tuple[str, bytes, str]
 
 
 def post(
@@ -33,19 +39,21 @@ def post(
     *,
     json: object | None = None,
     data: Mapping[str, Any] | list[tuple[str, str]] | None = None,
-    form: list[tuple[str, str]] | None = None,
+    form: Sequence[tuple[str, FormValue]] | None = None,
     headers: Mapping[str, str] | None = None,
     auth: tuple[str, str] | None = None,
     timeout: tuple[float, float] = TIMEOUT,
 ) -> requests.Response:
-    """POST ``json`` (orjson), ``data`` (form-urlencoded) or ``form`` (multipart/form-data) and
-    return a 2xx answer; anything else raises :class:`ProviderError`."""
+    """POST ``json`` (orjson), ``data`` (form-urlencoded) or ``form`` (multipart/form-data, text
+    fields and files) and return a 2xx answer; anything else raises :class:`ProviderError`."""
     sent_headers = dict(headers or {})
     body: bytes | Mapping[str, Any] | list[tuple[str, str]] | None = data
     if json is not None:
         body = orjson.dumps(json)
         sent_headers["Content-Type"] = "application/json"
-    files = [(k, (None, v)) for k, v in form] if form is not None else None  # multipart
+    files = None
+    if form is not None:  # multipart: every field a part, files with their name and type
+        files = [(k, v if isinstance(v, tuple) else (None, v)) for k, v in form]
     try:
         answer = session.post(
             url, data=body, files=files, headers=sent_headers, auth=auth, timeout=timeout
@@ -89,7 +97,18 @@ def post(
 
 
 def _seconds(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
+    """A Retry-After header in seconds from now: it is either a number of seconds or an
+    HTTP-date (RFC 9110, section 10.2.3); None when absent or unreadable."""
+    if not value:
         return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # an HTTP-date is always GMT
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, when.timestamp() - time.time())

@@ -5,6 +5,9 @@ values, which Mailgun substitutes as ``%recipient.NAME%`` (our markers are rewri
 form; the HTML part uses an HTML-escaped copy of each value). With recipient variables every
 recipient gets a message of its own, never seeing the others. The delivery id travels as the
 ``v:jv_delivery`` user variable, filled per recipient, so webhooks find their delivery.
+
+A single message goes whole, as MIME, to ``POST /v3/{domain}/messages.mime`` (its inline images
+are parts of it), with its metadata pair as a user variable of its own name.
 """
 
 from __future__ import annotations
@@ -16,8 +19,15 @@ import orjson
 import requests
 
 from jvmail.dispatch.render import both_forms, for_provider
-from jvmail.providers.base import Capabilities, OutboundBatch, Provider, Recipient, Result
-from jvmail.providers.http import TIMEOUT, post
+from jvmail.providers.base import (
+    Capabilities,
+    OutboundBatch,
+    Provider,
+    Recipient,
+    Result,
+    SingleMessage,
+)
+from jvmail.providers.http import TIMEOUT, FormValue, post
 
 __all__ = ["MailgunProvider"]
 
@@ -30,7 +40,7 @@ def _var(name: str) -> str:
 
 class MailgunProvider(Provider):
     name = "mailgun"
-    capabilities = Capabilities(max_batch=1000, substitution=True, metadata=True)
+    capabilities = Capabilities(max_batch=1000, substitution=True, metadata=True, single=True)
 
     def __init__(
         self,
@@ -66,14 +76,29 @@ class MailgunProvider(Provider):
         ]
         return fields
 
+    def mime_form(self, message: SingleMessage) -> list[tuple[str, FormValue]]:
+        name, value = message.metadata
+        return [
+            ("to", message.to),
+            ("message", ("message.mime", message.mime(self.sender), "application/octet-stream")),
+            (f"v:{name}", value),
+            ("o:tracking", "no"),
+        ]
+
     def _send(self, batch: OutboundBatch, recipients: Sequence[Recipient]) -> list[Result]:
+        message_id = self._post("messages", self.form(batch, recipients))
+        return [Result(r.delivery_id, True, message_id) for r in recipients]
+
+    def _send_message(self, message: SingleMessage) -> str:
+        return self._post("messages.mime", self.mime_form(message)) or message.message_id
+
+    def _post(self, endpoint: str, form: Sequence[tuple[str, FormValue]]) -> str | None:
         answer = post(
             self.http,
             "Mailgun",
-            f"{self.api}/v3/{self.domain}/messages",
-            form=self.form(batch, recipients),
+            f"{self.api}/v3/{self.domain}/{endpoint}",
+            form=form,
             auth=("api", self.api_key),
             timeout=self.timeout,
         )
-        message_id = str(answer.json().get("id", "")) or None
-        return [Result(r.delivery_id, True, message_id) for r in recipients]
+        return str(answer.json().get("id", "")) or None

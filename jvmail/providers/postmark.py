@@ -5,10 +5,15 @@ bodies are filled here (one regex pass per part). Each message carries its unsub
 goes to the account's broadcast message stream, and carries the delivery id as metadata. The
 answer lists one result per message in order: ErrorCode 0 is accepted; any other code refuses
 that recipient (e.g. 406, an inactive address) and is recorded with Postmark's own message.
+
+A single message goes to ``POST /email``: its images are ``Attachments`` with a ``ContentID`` of
+``cid:<Content-ID>`` (what its HTML refers to), its metadata pair in ``Metadata``. Postmark
+answers a refused message with 422 and its ErrorCode, which is a refusal for good.
 """
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
 from email.utils import formataddr
 from typing import Any
@@ -23,6 +28,7 @@ from jvmail.providers.base import (
     ProviderError,
     Recipient,
     Result,
+    SingleMessage,
 )
 from jvmail.providers.http import TIMEOUT, post
 
@@ -33,7 +39,7 @@ API = "https://api.postmarkapp.com"
 
 class PostmarkProvider(Provider):
     name = "postmark"
-    capabilities = Capabilities(max_batch=500, substitution=False, metadata=True)
+    capabilities = Capabilities(max_batch=500, substitution=False, metadata=True, single=True)
 
     def __init__(
         self,
@@ -76,16 +82,45 @@ class PostmarkProvider(Provider):
             for r in recipients
         ]
 
-    def _send(self, batch: OutboundBatch, recipients: Sequence[Recipient]) -> list[Result]:
-        answer = post(
+    def single_body(self, message: SingleMessage) -> dict[str, Any]:
+        name, value = message.metadata
+        return {
+            "From": self.sender,
+            "To": message.to,
+            "Subject": message.subject,
+            "HtmlBody": message.html,
+            "TextBody": message.text,
+            "Attachments": [
+                {
+                    "Name": message.filename(cid),
+                    "Content": base64.b64encode(png).decode("ascii"),
+                    "ContentType": "image/png",
+                    "ContentID": f"cid:{cid}",
+                }
+                for cid, png in message.images.items()
+            ],
+            "TrackOpens": False,
+            "TrackLinks": "None",
+            "MessageStream": self.stream,
+            "Metadata": {name: value},
+        }
+
+    def _send_message(self, message: SingleMessage) -> str:
+        answer = self._post("/email", self.single_body(message))
+        return str(answer.get("MessageID") or message.message_id)
+
+    def _post(self, path: str, body: object) -> Any:
+        return post(
             self.http,
             "Postmark",
-            f"{self.api}/email/batch",
-            json=self.body(batch, recipients),
+            f"{self.api}{path}",
+            json=body,
             headers={"X-Postmark-Server-Token": self.token, "Accept": "application/json"},
             timeout=self.timeout,
-        )
-        items = answer.json()
+        ).json()
+
+    def _send(self, batch: OutboundBatch, recipients: Sequence[Recipient]) -> list[Result]:
+        items = self._post("/email/batch", self.body(batch, recipients))
         if not isinstance(items, list) or len(items) != len(recipients):
             raise ProviderError(
                 f"Postmark answered {len(items) if isinstance(items, list) else 'no list'} "

@@ -6,17 +6,29 @@ mailing ids as custom args (numbers only: custom args are kept long-term, so no 
 partner name goes there; the published schema types the top-level ``custom_args`` as a string,
 so they sit on each personalization). A marker appears in the HTML part under its ``_H`` key, so its
 value is HTML-escaped there and plain in the text part.
+
+A single message is one personalization whose custom args hold its metadata pair (a number,
+never a delivery's key), with its images as ``attachments`` of disposition ``inline``, each
+with the ``content_id`` its HTML refers to.
 """
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
 from typing import Any
 
 import requests
 
 from jvmail.dispatch.render import both_forms, for_provider
-from jvmail.providers.base import Capabilities, OutboundBatch, Provider, Recipient, Result
+from jvmail.providers.base import (
+    Capabilities,
+    OutboundBatch,
+    Provider,
+    Recipient,
+    Result,
+    SingleMessage,
+)
 from jvmail.providers.http import TIMEOUT, post
 
 __all__ = ["SendGridProvider"]
@@ -30,7 +42,7 @@ def _key(name: str) -> str:
 
 class SendGridProvider(Provider):
     name = "sendgrid"
-    capabilities = Capabilities(max_batch=1000, substitution=True, metadata=True)
+    capabilities = Capabilities(max_batch=1000, substitution=True, metadata=True, single=True)
 
     def __init__(
         self,
@@ -76,14 +88,44 @@ class SendGridProvider(Provider):
             ],
         }
 
+    def single_body(self, message: SingleMessage) -> dict[str, Any]:
+        name, value = message.metadata
+        body: dict[str, Any] = {
+            "personalizations": [{"to": [{"email": message.to}], "custom_args": {name: value}}],
+            "from": {"email": self.from_addr, "name": self.from_name},
+            "subject": message.subject,
+            "content": [
+                {"type": "text/plain", "value": message.text},
+                {"type": "text/html", "value": message.html},
+            ],
+        }
+        if message.images:  # none at all rather than an empty list
+            body["attachments"] = [
+                {
+                    "content": base64.b64encode(png).decode("ascii"),
+                    "type": "image/png",
+                    "filename": message.filename(cid),
+                    "disposition": "inline",
+                    "content_id": cid,
+                }
+                for cid, png in message.images.items()
+            ]
+        return body
+
     def _send(self, batch: OutboundBatch, recipients: Sequence[Recipient]) -> list[Result]:
+        message_id = self._post(self.body(batch, recipients))
+        return [Result(r.delivery_id, True, message_id) for r in recipients]
+
+    def _send_message(self, message: SingleMessage) -> str:
+        return self._post(self.single_body(message)) or message.message_id
+
+    def _post(self, body: dict[str, Any]) -> str | None:
         answer = post(
             self.http,
             "SendGrid",
             f"{self.api}/v3/mail/send",
-            json=self.body(batch, recipients),
+            json=body,
             headers={"Authorization": f"Bearer {self.api_key}"},
             timeout=self.timeout,
         )
-        message_id = answer.headers.get("X-Message-Id")
-        return [Result(r.delivery_id, True, message_id) for r in recipients]
+        return answer.headers.get("X-Message-Id")

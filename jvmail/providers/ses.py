@@ -9,11 +9,15 @@ Per-destination answers: SUCCESS is accepted; MESSAGE_REJECTED, INVALID_PARAMETE
 refuse that recipient; throttling and TRANSIENT_FAILURE send it later (SES asks that throttled
 mail be deferred, not failed); a suspended or paused account, or an unverified domain, pauses
 the account's mailings.
+
+A single message goes through ``SendEmail`` as raw MIME (``Content.Raw``: its inline images are
+parts of it; bulk templates cannot carry attachments), its metadata pair as a message tag. The
+same errors apply; ``MessageRejected`` refuses it for good.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from email.utils import formataddr
 from typing import Any
 
@@ -27,6 +31,7 @@ from jvmail.providers.base import (
     ProviderError,
     Recipient,
     Result,
+    SingleMessage,
 )
 
 __all__ = ["SesProvider"]
@@ -63,7 +68,7 @@ def _var(name: str) -> str:
 
 class SesProvider(Provider):
     name = "ses"
-    capabilities = Capabilities(max_batch=50, substitution=True, metadata=True)
+    capabilities = Capabilities(max_batch=50, substitution=True, metadata=True, single=True)
 
     def __init__(
         self,
@@ -133,46 +138,24 @@ class SesProvider(Provider):
             request["ConfigurationSetName"] = self.configuration_set
         return request
 
-    def _send(self, batch: OutboundBatch, recipients: Sequence[Recipient]) -> list[Result]:
-        from botocore.exceptions import (
-            ClientError,
-            ConnectTimeoutError,
-            EndpointConnectionError,
-            ReadTimeoutError,
-        )
+    def single_request(self, message: SingleMessage) -> dict[str, Any]:
+        name, value = message.metadata
+        request: dict[str, Any] = {
+            "FromEmailAddress": self.sender,
+            "Destination": {"ToAddresses": [message.to]},
+            "Content": {"Raw": {"Data": message.mime(self.sender)}},
+            "EmailTags": [{"Name": name, "Value": value}],
+        }
+        if self.configuration_set:
+            request["ConfigurationSetName"] = self.configuration_set
+        return request
 
-        try:
-            answer = self.client.send_bulk_email(**self.request(batch, recipients))
-        except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", ""))
-            said = str(exc.response.get("Error", {}).get("Message", ""))[:300]
-            if code in _ACCOUNT_ERRORS:
-                raise ProviderError(
-                    f"SES: the account cannot send ({code}: {said})",
-                    "check the account's credentials and status in the SES console; its "
-                    "mailings are paused",
-                    transient=False,
-                    auth=True,
-                ) from exc
-            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 400))
-            raise ProviderError(
-                f"SES: {code or status}: {said}",
-                "a passing refusal; the batch is retried later"
-                if code in _TRANSIENT_ERRORS or status >= 500
-                else "the message above says what to change",
-                transient=code in _TRANSIENT_ERRORS or status >= 500,
-            ) from exc
-        except (EndpointConnectionError, ConnectTimeoutError) as exc:
-            raise ProviderError(
-                f"SES: cannot connect ({exc})", "retried later", transient=True
-            ) from exc
-        except ReadTimeoutError as exc:
-            raise ProviderError(
-                "SES: no answer after sending",
-                "the messages may have gone: they wait for SES's events, not resent",
-                transient=True,
-                maybe_sent=True,
-            ) from exc
+    def _send_message(self, message: SingleMessage) -> str:
+        answer = _call(self.client.send_email, self.single_request(message))
+        return str(answer.get("MessageId") or message.message_id)
+
+    def _send(self, batch: OutboundBatch, recipients: Sequence[Recipient]) -> list[Result]:
+        answer = _call(self.client.send_bulk_email, self.request(batch, recipients))
         results = answer.get("BulkEmailEntryResults", [])
         if any(str(e.get("Status")) in _ACCOUNT for e in results):
             why = next(str(e.get("Status")) for e in results if e.get("Status") in _ACCOUNT)
@@ -188,6 +171,49 @@ class SesProvider(Provider):
                 ],
             )
         return [_result(r, e) for r, e in zip(recipients, results, strict=True)]
+
+
+def _call(operation: Callable[..., dict[str, Any]], request: dict[str, Any]) -> dict[str, Any]:
+    """One SES call; its errors as :class:`ProviderError`."""
+    from botocore.exceptions import (
+        ClientError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        ReadTimeoutError,
+    )
+
+    try:
+        return operation(**request)
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        said = str(exc.response.get("Error", {}).get("Message", ""))[:300]
+        if code in _ACCOUNT_ERRORS:
+            raise ProviderError(
+                f"SES: the account cannot send ({code}: {said})",
+                "check the account's credentials and status in the SES console; its "
+                "mailings are paused",
+                transient=False,
+                auth=True,
+            ) from exc
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 400))
+        raise ProviderError(
+            f"SES: {code or status}: {said}",
+            "a passing refusal; the batch is retried later"
+            if code in _TRANSIENT_ERRORS or status >= 500
+            else "the message above says what to change",
+            transient=code in _TRANSIENT_ERRORS or status >= 500,
+        ) from exc
+    except (EndpointConnectionError, ConnectTimeoutError) as exc:
+        raise ProviderError(
+            f"SES: cannot connect ({exc})", "retried later", transient=True
+        ) from exc
+    except ReadTimeoutError as exc:
+        raise ProviderError(
+            "SES: no answer after sending",
+            "the messages may have gone: they wait for SES's events, not resent",
+            transient=True,
+            maybe_sent=True,
+        ) from exc
 
 
 def _result(r: Recipient, entry: dict[str, Any]) -> Result:

@@ -9,6 +9,9 @@ Answers are classified per recipient: 5xx refuses that address for good (recorde
 retried); 4xx asks to try later (greylisting, mailbox busy): the row goes back to pending. A
 refused login pauses the account's mailings. A connection lost before the server answered the
 end of a message leaves that one message in doubt, never resent; the rest go later.
+
+A single message (:meth:`~jvmail.providers.base.Provider.send_message`) is one transaction the
+same way, its refusal raised for the message as a whole: 5xx for good, 4xx (or 421) later.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import smtplib
 import socket
 import ssl
 from collections.abc import Sequence
+from email.utils import formataddr
 
 from jvmail.providers.base import (
     Capabilities,
@@ -25,6 +29,7 @@ from jvmail.providers.base import (
     ProviderError,
     Recipient,
     Result,
+    SingleMessage,
 )
 
 __all__ = ["SmtpProvider"]
@@ -34,7 +39,7 @@ _OK = 250
 
 class SmtpProvider(Provider):
     name = "smtp"
-    capabilities = Capabilities(max_batch=100, substitution=False, metadata=True)
+    capabilities = Capabilities(max_batch=100, substitution=False, metadata=True, single=True)
 
     def __init__(
         self,
@@ -43,6 +48,7 @@ class SmtpProvider(Provider):
         *,
         security: str,
         from_addr: str,
+        from_name: str = "",
         username: str | None = None,
         password: str | None = None,
         timeout: float = 30.0,
@@ -50,6 +56,7 @@ class SmtpProvider(Provider):
     ) -> None:
         self.host, self.port, self.security = host, port, security
         self.from_addr = from_addr
+        self.sender = formataddr((from_name, from_addr))
         self.username, self.password = username, password
         self.timeout = timeout
         self.tls = tls or ssl.create_default_context()
@@ -136,6 +143,42 @@ class SmtpProvider(Provider):
             else:
                 done.append(Result(r.delivery_id, True, batch.skeleton.message_id(r.delivery_id)))
         return done
+
+    def _send_message(self, message: SingleMessage) -> str:
+        conn = self._connect()
+        try:
+            conn.sendmail(self.from_addr, [message.to], message.mime(self.sender))
+        except smtplib.SMTPRecipientsRefused as exc:
+            code, why = exc.recipients[message.to]
+            raise self._refusal(code, why) from exc
+        except smtplib.SMTPResponseException as exc:
+            if exc.smtp_code == 421:  # the server is closing the connection
+                self.close()
+            raise self._refusal(exc.smtp_code, exc.smtp_error) from exc
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            _drop(conn)
+            self._conn = None
+            raise ProviderError(
+                f"SMTP connection to {self.host} lost: {exc}",
+                "the server may have taken the message: it is not sent again blindly",
+                transient=True,
+                maybe_sent=True,
+            ) from exc
+        except smtplib.SMTPException as exc:  # refused by our side before anything was sent
+            raise ProviderError(
+                f"SMTP {self.host}: {exc}", "check the account's settings", transient=False
+            ) from exc
+        return message.message_id
+
+    def _refusal(self, code: int, why: bytes | str) -> ProviderError:
+        later = 400 <= code < 500
+        return ProviderError(
+            f"SMTP {self.host} refused the message: {code} {_text(why)}"[:1000],
+            "a passing refusal; it is tried again later"
+            if later
+            else "the server's answer above says what to change",
+            transient=later,
+        )
 
 
 def _drop(conn: smtplib.SMTP | None) -> None:

@@ -186,6 +186,7 @@ def _sync_hub_record(session: Session, hub: Hub, report: SyncReport, now: dt.dat
         "report_hour": hub.settings.report_hour,
         "missed_grace_hours": hub.settings.missed_grace_hours,
         "scheduler": hub.scheduler.model_dump(mode="json"),
+        "provider": hub.settings.provider.model_dump(mode="json"),
     }
     row = session.get(HubRecord, 1)
     if row is None:

@@ -10,6 +10,10 @@ The charts are PNGs in :attr:`RenderedStatement.images`, keyed by Content-ID; th
 them as ``cid:<id>``. :func:`write_files` rewrites those references to PNG files beside the HTML,
 so a statement previews in a browser.
 
+A hub's statements are rendered by :func:`render_statements`, in one worker process per core
+when there are enough of them (:func:`processes_for`): the charts take most of a statement's
+time, and a process draws one chart at a time.
+
 Numbers are for people: ``1,234``; at most one decimal (``12.5``); reliability in whole percent,
 never rounded up to 100% unless every commitment was kept.
 """
@@ -18,8 +22,14 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import multiprocessing
+import os
 import re
+from collections import deque
+from collections.abc import Generator, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import css_inline
@@ -36,7 +46,9 @@ __all__ = [
     "amount",
     "headline",
     "number",
+    "processes_for",
     "render_statement",
+    "render_statements",
     "render_summary",
     "write_files",
 ]
@@ -52,6 +64,7 @@ _WHOLE_METRICS = {"clicks", "delivered"}  # counted in whole units: under half a
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _CID_SRC = re.compile(r"""(src\s*=\s*["'])cid:([^"']+)(["'])""", re.IGNORECASE)
+_CHUNK = 16  # statements per task of a worker process: enough to make passing them cheap
 
 
 @dataclass(frozen=True)
@@ -193,6 +206,61 @@ def render_statement(st: Statement) -> RenderedStatement:
     html = _ENV.get_template("statement.html.j2").render(values)
     text = _ENV.get_template("statement.txt.j2").render(values)
     return RenderedStatement(subject, css_inline.inline(html), text, images)
+
+
+def processes_for(count: int) -> int:
+    """How many processes are worth rendering ``count`` statements: one per core this process
+    may run on, no more than there are chunks of them, and 1 (no pool) under two chunks, where
+    starting the workers would cost more than they save."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, count // _CHUNK))
+
+
+def render_statements(
+    statements: Iterable[Statement], *, processes: int = 1
+) -> Generator[tuple[Statement, RenderedStatement], None, None]:
+    """Each statement with its rendering, in the order given; the same bytes as
+    :func:`render_statement` gives.
+
+    With ``processes`` above 1, chunks of statements are rendered by that many worker processes
+    while the caller takes the results. The workers are started by a forkserver (spawned where
+    there is none): they share nothing with this process, not its threads nor its database
+    connections, and they import the program's main module, which must not act when imported
+    (``if __name__ == "__main__":``), as :mod:`multiprocessing` requires. At most two
+    chunks per worker are taken from ``statements`` ahead of the caller, so memory stays bounded
+    however many there are, and ``statements`` may be a generator. An error in a worker is
+    raised here; the workers are stopped when the generator is exhausted or closed."""
+    if processes <= 1:
+        for st in statements:
+            yield st, render_statement(st)
+        return
+    chunks = _chunks(statements)
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    context.set_forkserver_preload([__name__])  # its workers start with matplotlib loaded
+    pool = ProcessPoolExecutor(processes, mp_context=context)
+    try:
+        ahead: deque[tuple[list[Statement], Future[list[RenderedStatement]]]] = deque()
+        for chunk in islice(chunks, 2 * processes):
+            ahead.append((chunk, pool.submit(_render_chunk, chunk)))
+        while ahead:
+            chunk, rendered = ahead.popleft()
+            for following in islice(chunks, 1):
+                ahead.append((following, pool.submit(_render_chunk, following)))
+            yield from zip(chunk, rendered.result(), strict=True)
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+def _chunks(statements: Iterable[Statement]) -> Iterator[list[Statement]]:
+    remaining = iter(statements)
+    while chunk := list(islice(remaining, _CHUNK)):
+        yield chunk
+
+
+def _render_chunk(statements: list[Statement]) -> list[RenderedStatement]:
+    """In a worker process: one task."""
+    return [render_statement(st) for st in statements]
 
 
 def render_summary(summary: CoordinatorSummary) -> RenderedStatement:

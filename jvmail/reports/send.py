@@ -1,164 +1,368 @@
-"""Send the week's statements, each (partner, week) once.
+"""Send the week's statements through the hub's own account, each (partner, week) once.
 
-A statement is claimed before it is sent: a ``statement_send`` row for (partner, week, copy) is
-inserted and committed first, and only the process whose insert went in sends it. Running the
-job again, or two schedulers at once, sends nothing twice; ``resend`` adds a new copy on purpose.
-A send that fails is recorded with its reason and not retried blindly (``--resend`` does).
+A statement is claimed before any provider call: a ``statement_send`` row for (partner, week,
+copy) is inserted as ``sending`` and committed, and only the process whose insert went in sends
+it. Then the outcome is recorded on the row:
 
-The message is the rendered statement: plain text and HTML alternatives, the charts as inline
-images (``multipart/related``, referenced by Content-ID), from the hub to the partner's
-contact address. It goes through a `Courier`: the hub's outbox folder (.eml files), or SMTP.
+- ``sent``: the provider took it; its id for the message is kept;
+- ``failed``: refused for good, with the reason; sent again only by ``resend``;
+- ``retry``: refused for now (429 or 5xx, no connection, the account's credentials refused):
+  the next run takes it again by moving the row from ``retry`` back to ``sending``, which only
+  one run can do, so it is never in two sends at once;
+- ``unknown``: the request may have reached the provider (no answer after sending): never sent
+  again automatically; ``resend`` is the deliberate way.
+
+A process that dies between claim and record leaves its row ``sending``; once that is older than
+:data:`LEASE` (far longer than any one request takes) the next run marks it ``unknown``, not
+resent. ``resend`` adds a new copy on purpose, whatever became of the earlier ones.
+
+The message is the rendered statement (text, and HTML with its charts inline by Content-ID) to
+the partner's contact address, from the hub's account (``[hub.provider]``; its ``from_email``,
+else ``statements@`` the hub's domain). It carries the row's id as the ``jv_statement``
+metadata: a number, so no partner identity sits in the providers' long-kept metadata, and never
+``jv_delivery``, so webhooks never take it for a subscriber's delivery.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import email
+import email.policy
+import enum
 import os
-import smtplib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from email.message import EmailMessage
-from email.utils import format_datetime, formataddr, make_msgid
+from email.utils import formataddr
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from jvmail.db.engine import insert_or_skip
 from jvmail.db.models import HubRecord, Partner, StatementSend
+from jvmail.providers.base import Provider, ProviderError, SingleMessage
+from jvmail.providers.factory import HUB, build_provider
 from jvmail.reports.build import build_statements
-from jvmail.reports.render import RenderedStatement, render_statement
 
-__all__ = ["Courier", "OutboxCourier", "SmtpCourier", "send_statements", "statement_message"]
+if TYPE_CHECKING:
+    from jvmail.reports.render import RenderedStatement
 
+__all__ = [
+    "LEASE",
+    "STATEMENT_KEY",
+    "Sending",
+    "Status",
+    "expire_sending",
+    "hub_provider",
+    "send_statements",
+    "settled",
+    "statement_letter",
+    "statement_message",
+    "week_label",
+]
 
-class Courier(Protocol):
-    def send(self, message: EmailMessage) -> None: ...
-
-
-class OutboxCourier:
-    """Statements as .eml files: ``<folder>/statements/<week>/<partner>[-<copy>].eml``."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-
-    def send(self, message: EmailMessage) -> None:
-        week, name = str(message["X-Jvmail-Statement"]).split("/", 1)
-        where = self.folder / "statements" / week
-        where.mkdir(parents=True, exist_ok=True)
-        partial = where / f".{name}.eml.part"
-        partial.write_bytes(bytes(message))
-        os.replace(partial, where / f"{name}.eml")
+LEASE = dt.timedelta(minutes=15)  # a row `sending` this long was left by a process that died
+STATEMENT_KEY = "jv_statement"  # the metadata key of a statement: its statement_send id
 
 
-class SmtpCourier:
-    """Statements through an SMTP relay (STARTTLS unless ``plain``)."""
+class Status(enum.StrEnum):
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    RETRY = "retry"
+    UNKNOWN = "unknown"
 
-    def __init__(
-        self, host: str, port: int = 587, *, user: str = "", password: str = "", plain: bool = False
-    ) -> None:
-        self.host, self.port, self.user, self.password, self.plain = (
-            host,
-            port,
-            user,
-            password,
-            plain,
-        )
 
-    def send(self, message: EmailMessage) -> None:
-        with smtplib.SMTP(self.host, self.port, timeout=30) as smtp:
-            if not self.plain:
-                smtp.starttls()
-            if self.user:
-                smtp.login(self.user, self.password)
-            smtp.send_message(message)
+@dataclass
+class Sending:
+    """What one run did: partners whose statement was sent, refused for good (with why), left
+    to try again, or left in doubt; those skipped (sent or being sent already); ``stopped`` when
+    the account's credentials were refused, so the rest were not tried."""
+
+    sent: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    retry: dict[str, str] = field(default_factory=dict)
+    unknown: dict[str, str] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    retry_after: float | None = None  # seconds the provider asked to wait, if it said
+    stopped: ProviderError | None = None
+
+    def summary(self) -> str:
+        parts = [f"{len(self.sent)} statement(s) sent"]
+        for what, partners in (
+            ("failed", self.failed),
+            ("to try again", self.retry),
+            ("in doubt", self.unknown),
+        ):
+            if partners:
+                parts.append(f"{len(partners)} {what} ({'; '.join(_reasons(partners))})")
+        return ", ".join(parts)
+
+
+def _reasons(partners: Mapping[str, str]) -> list[str]:
+    return [f"{slug}: {why}" for slug, why in sorted(partners.items())]
+
+
+def week_label(monday: dt.date) -> str:
+    """``2026-W49``: the ISO week starting ``monday``."""
+    year, week, _ = monday.isocalendar()
+    return f"{year}-W{week:02d}"
+
+
+def hub_provider(
+    hub: HubRecord, *, outbox: Path | None = None, env: Mapping[str, str] = os.environ
+) -> Provider:
+    """The hub's own account (``[hub.provider]`` as synced), or the ``outbox`` folder instead.
+
+    Raises:
+        ProviderError: a secret's environment variable is not set (named, with the table).
+    """
+    return build_provider(HUB, _from_addr(hub), hub.provider, name=hub.name, outbox=outbox, env=env)
+
+
+def _domain(hub: HubRecord | None) -> str:
+    return (urlsplit(hub.base_url).hostname if hub else None) or "jvmail.invalid"
+
+
+def _from_addr(hub: HubRecord) -> str:
+    return f"statements@{_domain(hub)}"
+
+
+def statement_letter(
+    rendered: RenderedStatement, *, to_addr: str, row_id: int, name: str, domain: str
+) -> SingleMessage:
+    """The statement as one message for the provider; ``row_id`` is its ``statement_send`` id,
+    ``name`` where an outbox files it."""
+    return SingleMessage(
+        to=to_addr,
+        subject=rendered.subject,
+        text=rendered.text,
+        html=rendered.html,
+        images=rendered.images,
+        message_id=f"<statement.{row_id}@{domain}>",
+        metadata=(STATEMENT_KEY, str(row_id)),
+        name=name,
+    )
 
 
 def statement_message(
     rendered: RenderedStatement, *, hub: str, from_addr: str, to_addr: str, tag: str, domain: str
 ) -> EmailMessage:
-    """The statement as one message: text, then HTML with its charts inline."""
-    msg = EmailMessage()
-    msg["Subject"] = rendered.subject
-    msg["From"] = formataddr((hub, from_addr))
-    msg["To"] = to_addr
-    msg["Date"] = format_datetime(dt.datetime.now(dt.UTC))
-    msg["Message-ID"] = make_msgid("statement", domain=domain)
-    msg["X-Jvmail-Statement"] = tag
-    msg.set_content(rendered.text)
-    msg.add_alternative(rendered.html, subtype="html")
-    html_part = msg.get_body(("html",))
-    assert isinstance(html_part, EmailMessage), "the alternative just added"
-    for cid, png in rendered.images.items():
-        html_part.add_related(png, "image", "png", cid=f"<{cid}>")
-    return msg
+    """The statement as a whole MIME message, as SMTP, SES and Mailgun carry it and an outbox
+    files it (``tag`` names it), to look at."""
+    letter = SingleMessage(
+        to=to_addr,
+        subject=rendered.subject,
+        text=rendered.text,
+        html=rendered.html,
+        images=rendered.images,
+        message_id=f"<statement.{tag.replace('/', '.')}@{domain}>",
+        metadata=(STATEMENT_KEY, tag),
+        name=tag,
+    )
+    raw = letter.mime(formataddr((hub, from_addr)))
+    parsed = email.message_from_bytes(raw, policy=email.policy.default)
+    assert isinstance(parsed, EmailMessage), "the default policy parses to EmailMessage"
+    return parsed
 
 
-def _claim(session: Session, partner_id: int, week: str, resend: bool) -> int | None:
-    """Insert the (partner, week, copy) row and commit; its id, or None if it was taken."""
-    copy = 0
-    if resend:
-        last = session.scalar(
-            select(func.max(StatementSend.copy)).where(
-                StatementSend.partner_id == partner_id, StatementSend.week == week
-            )
+def expire_sending(session: Session, now: dt.datetime, lease: dt.timedelta = LEASE) -> int:
+    """Mark ``unknown`` the rows left ``sending`` longer than ``lease`` (their process died
+    between claim and record); commits; how many."""
+    gone = session.connection().execute(
+        update(StatementSend)
+        .where(
+            StatementSend.status == Status.SENDING,
+            or_(StatementSend.sent_at < now - lease, StatementSend.sent_at.is_(None)),
         )
-        copy = 0 if last is None else last + 1
-    claimed = session.execute(
-        insert_or_skip(session, StatementSend)
-        .values(partner_id=partner_id, week=week, copy=copy, status="sending")
-        .on_conflict_do_nothing(index_elements=["partner_id", "week", "copy"])
-        .returning(StatementSend.id)
-    ).scalar()
+        .values(
+            status=Status.UNKNOWN,
+            error="the send was interrupted: it may have gone; not resent (--resend sends it)",
+        )
+        .execution_options(preserve_rowcount=True)
+    )
+    session.commit()
+    return int(gone.rowcount)
+
+
+def settled(session: Session) -> set[tuple[str, str]]:
+    """(partner slug, ISO week) of every statement that needs no automatic send: its latest
+    copy is anything but ``retry``."""
+    latest = (
+        select(
+            StatementSend.partner_id, StatementSend.week, func.max(StatementSend.copy).label("top")
+        )
+        .group_by(StatementSend.partner_id, StatementSend.week)
+        .subquery()
+    )
+    rows = session.execute(
+        select(Partner.slug, StatementSend.week)
+        .join(Partner, Partner.id == StatementSend.partner_id)
+        .join(
+            latest,
+            (latest.c.partner_id == StatementSend.partner_id)
+            & (latest.c.week == StatementSend.week)
+            & (latest.c.top == StatementSend.copy),
+        )
+        .where(StatementSend.status != Status.RETRY)
+    ).all()
+    return {(slug, week) for slug, week in rows}
+
+
+def _claim(
+    session: Session, partner_id: int, week: str, resend: bool, now: dt.datetime
+) -> tuple[int, int] | None:
+    """Claim (partner, week) and commit: the row id and copy, or None if it is not ours to send
+    (sent, being sent, failed or in doubt). ``resend`` claims a new copy."""
+    last = session.execute(
+        select(StatementSend.id, StatementSend.copy, StatementSend.status)
+        .where(StatementSend.partner_id == partner_id, StatementSend.week == week)
+        .order_by(StatementSend.copy.desc())
+        .limit(1)
+    ).first()
+    claimed: tuple[int, int] | None = None
+    if last is None or resend:
+        copy = 0 if last is None else last.copy + 1
+        row_id = session.execute(
+            insert_or_skip(session, StatementSend)
+            .values(partner_id=partner_id, week=week, copy=copy, status=Status.SENDING, sent_at=now)
+            .on_conflict_do_nothing(index_elements=["partner_id", "week", "copy"])
+            .returning(StatementSend.id)
+        ).scalar()
+        claimed = None if row_id is None else (row_id, copy)
+    elif last.status == Status.RETRY:  # one run moves it back to `sending`; the others miss
+        row_id = session.execute(
+            update(StatementSend)
+            .where(StatementSend.id == last.id, StatementSend.status == Status.RETRY)
+            .values(status=Status.SENDING, sent_at=now)
+            .returning(StatementSend.id)
+        ).scalar()
+        claimed = None if row_id is None else (row_id, last.copy)
     session.commit()
     return claimed
+
+
+def _record(
+    session: Session, row_id: int, status: Status, *, message_id: str | None, error: str | None
+) -> None:
+    """The outcome of the row's send. ``sent_at`` is when the last attempt began until the
+    provider takes it, then when it did."""
+    values: dict[str, object] = {"status": status, "message_id": message_id, "error": error}
+    if error is not None:
+        values["error"] = error[:1000]
+    if status is Status.SENT:
+        values["sent_at"] = dt.datetime.now(dt.UTC)
+    session.execute(
+        update(StatementSend)
+        .where(StatementSend.id == row_id, StatementSend.status == Status.SENDING)
+        .values(values)
+    )
+    session.commit()
+
+
+def _outcome(exc: ProviderError) -> Status:
+    if exc.maybe_sent:
+        return Status.UNKNOWN
+    if exc.transient or exc.auth:
+        return Status.RETRY
+    return Status.FAILED
 
 
 def send_statements(
     session: Session,
     monday: dt.date,
     partners: Sequence[str] | None,
-    courier: Courier,
+    provider: Provider,
     *,
     resend: bool = False,
-) -> int:
-    """Send the statements of the week starting ``monday`` (to ``partners``, or all); returns
-    how many were sent now."""
+    now: dt.datetime | None = None,
+) -> Sending:
+    """Send the statements of the week starting ``monday`` to ``partners`` (slugs; None: every
+    active partner) through ``provider``, each once (``resend``: a new copy each)."""
+    from jvmail.reports.render import processes_for, render_statements  # matplotlib: here only
+
+    now = now or dt.datetime.now(dt.UTC)
+    expire_sending(session, now)
+    week = week_label(monday)
+    done = Sending()
+    wanted = _to_send(session, week, partners, resend, done)
+    if not wanted:
+        return done
     hub = session.get(HubRecord, 1)
-    domain = (urlsplit(hub.base_url).hostname if hub else None) or "jvmail.invalid"
-    contacts = dict(session.execute(select(Partner.slug, Partner.contact_email)).all())
-    ids = dict(session.execute(select(Partner.slug, Partner.id)).all())
-    sent = 0
-    for st in build_statements(session, monday, partners):
-        claimed = _claim(session, ids[st.partner_slug], st.week, resend)
-        if claimed is None:
-            continue  # sent before, or being sent by another run
-        copy = session.scalar(select(StatementSend.copy).where(StatementSend.id == claimed)) or 0
-        tag = f"{st.week}/{st.partner_slug}" + (f"-{copy}" if copy else "")
-        message = statement_message(
-            render_statement(st),
-            hub=st.hub,
-            from_addr=f"statements@{domain}",
-            to_addr=contacts[st.partner_slug],
-            tag=tag,
-            domain=domain,
-        )
-        error = None
-        try:
-            courier.send(message)
-        except (OSError, smtplib.SMTPException) as exc:
-            error = f"{type(exc).__name__}: {exc}"[:1000]
-        session.execute(
-            update(StatementSend)
-            .where(StatementSend.id == claimed)
-            .values(
-                status="failed" if error else "sent",
-                error=error,
-                message_id=str(message["Message-ID"]),
-                sent_at=None if error else dt.datetime.now(dt.UTC),
+    domain = _domain(hub)
+    people = {
+        slug: (pid, contact)
+        for slug, pid, contact in session.execute(
+            select(Partner.slug, Partner.id, Partner.contact_email)
+        ).all()
+    }
+    statements = build_statements(session, monday, wanted)
+    # Rendered ahead, in worker processes when there are many; claimed only when sent.
+    rendering = render_statements(statements, processes=processes_for(len(statements)))
+    try:
+        for st, rendered in rendering:
+            pid, contact = people[st.partner_slug]
+            claim = _claim(session, pid, week, resend, now)
+            if claim is None:
+                done.skipped.append(st.partner_slug)  # another run took it meanwhile
+                continue
+            row_id, copy = claim
+            name = f"statements/{week}/{st.partner_slug}" + (f"-{copy}" if copy else "")
+            letter = statement_letter(
+                rendered, to_addr=contact, row_id=row_id, name=name, domain=domain
             )
-        )
-        session.commit()
-        sent += error is None
-    return sent
+            if not _send_one(
+                session, provider, letter, row_id=row_id, slug=st.partner_slug, done=done
+            ):
+                break
+    finally:
+        rendering.close()  # stops the workers, when the account failed before the end
+        provider.close()
+    return done
+
+
+def _to_send(
+    session: Session, week: str, partners: Sequence[str] | None, resend: bool, done: Sending
+) -> list[str]:
+    """The partners whose statement this run should try; the others go to ``done.skipped``."""
+    active = select(Partner.slug).where(Partner.archived_at.is_(None))
+    slugs = list(partners) if partners is not None else list(session.scalars(active))
+    if resend:
+        return slugs
+    taken = {slug for slug, w in settled(session) if w == week}
+    done.skipped += [s for s in slugs if s in taken]
+    return [s for s in slugs if s not in taken]
+
+
+def _send_one(
+    session: Session,
+    provider: Provider,
+    letter: SingleMessage,
+    *,
+    row_id: int,
+    slug: str,
+    done: Sending,
+) -> bool:
+    """Hand ``letter`` over and record what became of it; False when the account cannot send
+    (the rest would be refused the same way)."""
+    try:
+        message_id = provider.send_message(letter)
+    except ProviderError as exc:
+        status = _outcome(exc)
+        why = f"{exc.message} (fix: {exc.fix})" if exc.fix else exc.message
+        _record(session, row_id, status, message_id=None, error=why)
+        {Status.FAILED: done.failed, Status.RETRY: done.retry, Status.UNKNOWN: done.unknown}[
+            status
+        ][slug] = exc.message
+        if status is Status.RETRY and exc.retry_after is not None:
+            done.retry_after = max(done.retry_after or 0.0, exc.retry_after)
+        if exc.auth:
+            done.stopped = exc
+            return False
+        return True
+    _record(session, row_id, Status.SENT, message_id=message_id, error=None)
+    done.sent.append(slug)
+    return True

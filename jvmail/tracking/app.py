@@ -9,8 +9,12 @@ conversion postbacks, as one Starlette app.
   unsubscribes (RFC 8058 one-click: ``List-Unsubscribe=One-Click``, form-encoded or multipart),
   committing the suppression before it answers 200, with no redirect; again is harmless.
 - ``POST /webhooks/{provider}/{account}``: the account is the sending partner's id. The raw body
-  is verified by that provider's parser with that account's keys, then its events are stored in
-  one transaction; forged, stale, replayed or malformed requests get 4xx and write nothing.
+  is verified by that provider's parser with that account's keys, and its events committed to
+  the webhook inbox (one row) before the answer: 200 with how many were accepted. A background
+  task drains the inbox in bulk into ``tracking_event``, acting on the new events (see
+  :mod:`jvmail.tracking.inbox`): at startup, before serving; as soon as a request filled it;
+  every ``drain_seconds`` for rows other servers left; and once more as the server stops.
+  Forged, stale, replayed or malformed requests get 4xx and write nothing.
 - ``POST /postback/{promotion}``: a conversion (or, with a negative amount, a refund) signed
   with the promotion owner's postback secret, credited to the mailing the click came from.
 """
@@ -29,7 +33,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,7 +58,7 @@ from jvmail.db.models import (
     Subscriber,
     SuppressionReason,
 )
-from jvmail.tracking import accounts
+from jvmail.tracking import accounts, inbox
 from jvmail.tracking.events import Rejected
 from jvmail.tracking.human import machine_request
 from jvmail.tracking.links import Keyring, Link
@@ -65,9 +69,9 @@ from jvmail.tracking.store import (
     flag_link_sweeps,
     recipient_hash,
     refuse_replay,
-    store_events,
     store_rows,
     suppress,
+    writing,
 )
 
 __all__ = ["Settings", "create_app"]
@@ -87,13 +91,19 @@ class Settings:
     flush_seconds: float = 0.25  # how often buffered clicks and opens are written
     flush_rows: int = 2000  # ... or as soon as this many wait
     keys_seconds: float = 60.0  # how often link keys are re-read (they rotate)
+    drain: bool = True  # False: this server only fills the webhook inbox; another drains it
+    drain_seconds: float = 1.0  # how often the inbox is drained of rows other servers left
+    drain_events: int = inbox.DRAIN_EVENTS  # events stored per drain transaction, at most
+    # Drain transactions at once on PostgreSQL (SKIP LOCKED gives each its own rows), so the
+    # database works on one while this process prepares another; SQLite writes one at a time.
+    drainers: int = 2
     env: Mapping[str, str] = field(default_factory=lambda: os.environ)
     sns: accounts.SnsPolicy = field(default_factory=accounts.SnsPolicy)
 
 
 class Tracker:
-    """What the routes share: the database, the link keys, the link registry and the buffer of
-    clicks and opens waiting to be written."""
+    """What the routes share: the database, the link keys, the link registry, the buffer of
+    clicks and opens waiting to be written, and the drain of the webhook inbox."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -106,14 +116,16 @@ class Tracker:
         self.counter = itertools.count()
         self.wake = asyncio.Event()
         self.stopping = False
+        parallel = settings.drainers if self.engine.dialect.name == "postgresql" else 1
+        self.drainers = [
+            inbox.Drainer(self.sessions, max_events=settings.drain_events) for _ in range(parallel)
+        ]
+        self.inbox_filled = asyncio.Event()
+        self.draining = asyncio.Lock()
 
-    @contextlib.contextmanager
-    def writing(self) -> Iterator[Session]:
-        """A session for a transaction that writes: on SQLite it takes the write lock up front
-        (waiting its turn), as one that reads first and writes later could not wait for it."""
-        with self.sessions() as session:
-            session.connection(execution_options={"sqlite_begin": "BEGIN IMMEDIATE"})
-            yield session
+    def writing(self) -> contextlib.AbstractContextManager[Session]:
+        """A session for a transaction that writes (on SQLite, with the write lock taken)."""
+        return writing(self.sessions)
 
     # -- keys and links -------------------------------------------------------------------
 
@@ -199,6 +211,42 @@ class Tracker:
                 await asyncio.wait_for(self.wake.wait(), self.settings.flush_seconds)
             self.wake.clear()
             await self.flush()
+
+    # -- the webhook inbox ------------------------------------------------------------------
+
+    async def drain(self) -> inbox.Drained:
+        """Store what the webhook inbox holds now; one drain (of ``drainers`` transactions at
+        once) at a time in this server."""
+        async with self.draining:
+            upto = await run_in_threadpool(inbox.newest, self.sessions)
+            done = inbox.Drained()
+            if upto is None:
+                return done
+            steps = (run_in_threadpool(d.until_empty, upto) for d in self.drainers)
+            # Every drainer's thread ends before the next drain may start, failed or not.
+            for part in await asyncio.gather(*steps, return_exceptions=True):
+                if isinstance(part, BaseException):
+                    raise part
+                done.add(part)
+            return done
+
+    async def drainer(self) -> None:
+        """Drain whenever a request filled the inbox or ``drain_seconds`` passed, until
+        stopping (the last drain is the caller's)."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.inbox_filled.wait(), self.settings.drain_seconds)
+            if self.stopping:
+                return
+            self.inbox_filled.clear()
+            await self.drain_logged("in the background")
+
+    async def drain_logged(self, when: str) -> None:
+        """:meth:`drain`, logging a failure: its rows stay in the inbox for the next drain."""
+        try:
+            await self.drain()
+        except Exception:
+            log.exception("draining the webhook inbox (%s) failed; its rows wait in it", when)
 
 
 # -- pages --------------------------------------------------------------------------------
@@ -331,9 +379,11 @@ async def webhook(request: Request) -> Response:
     except Rejected as exc:
         return JSONResponse({"error": exc.reason}, exc.status)
     try:
-        answer = await run_in_threadpool(_store_webhook, tracker, account, parsed)
+        answer = await run_in_threadpool(_accept_webhook, tracker, account, parsed)
     except Rejected as exc:
         return JSONResponse({"error": exc.reason}, exc.status)
+    if answer["accepted"]:
+        tracker.inbox_filled.set()
     return JSONResponse(answer)
 
 
@@ -358,17 +408,25 @@ def create_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await run_in_threadpool(tracker.read_keys)
+        if settings.drain:  # what a server that stopped mid-drain, or another one, left
+            await tracker.drain_logged("at startup")
         # What is loaded by now lives as long as the server: keep it out of the collector's
         # full passes, whose pauses stall every request waiting on the event loop.
         gc.freeze()
-        task = asyncio.create_task(tracker.flusher())
+        tasks = [asyncio.create_task(tracker.flusher())]
+        if settings.drain:
+            tasks.append(asyncio.create_task(tracker.drainer()))
         try:
             yield
         finally:
-            tracker.stopping = True  # the flusher ends after the write in flight, if any
+            # Each task ends after the write in flight, if any; then what is left is written.
+            tracker.stopping = True
             tracker.wake.set()
-            await task
+            tracker.inbox_filled.set()
+            await asyncio.gather(*tasks)
             await tracker.flush()
+            if settings.drain:
+                await tracker.drain_logged("at shutdown")
             tracker.engine.dispose()
 
     app = Starlette(
@@ -408,23 +466,19 @@ async def _body(request: Request) -> bytes | None:
     return b"".join(chunks)
 
 
-def _store_webhook(
+def _accept_webhook(
     tracker: Tracker, account: accounts.Account, parsed: accounts.Verified
 ) -> dict[str, Any]:
+    """Commit a verified request's events to the inbox (and its one-time token, refusing a
+    replay, in the same transaction); the request is answered only after."""
+    if not parsed.events and parsed.nonce is None:
+        return {"accepted": 0, "confirmed": parsed.confirmed}  # nothing to keep
     with tracker.writing() as session:
         if parsed.nonce is not None and not refuse_replay(session, account.kind, parsed.nonce):
             raise Rejected(406, "this signed request was already received (a replay)")
-        soft_days = session.scalar(select(HubRecord.soft_bounce_days)) or 3
-        stored = store_events(
-            session, parsed.events, sender_id=account.partner_id, soft_bounce_days=soft_days
-        )
+        accepted = inbox.accept(session, account.partner_id, account.kind, parsed.events)
         session.commit()
-    return {
-        "stored": stored.new,
-        "duplicates": stored.duplicate,
-        "ignored": stored.foreign,
-        "confirmed": parsed.confirmed,
-    }
+    return {"accepted": accepted, "confirmed": parsed.confirmed}
 
 
 def _postback(

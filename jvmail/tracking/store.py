@@ -14,16 +14,17 @@ rows the insert returns are new. For new events, in the same transaction:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
-from sqlalchemy import BigInteger, Row, any_, bindparam, select, update
+from sqlalchemy import BigInteger, Row, String, any_, bindparam, select, type_coerce, update
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from jvmail.db.engine import insert_or_skip
 from jvmail.db.models import (
@@ -44,6 +45,7 @@ from jvmail.tracking.events import BounceClass, Event
 from jvmail.tracking.human import SWEEP_SECONDS
 
 __all__ = [
+    "RawJson",
     "Stored",
     "flag_link_sweeps",
     "recipient_hash",
@@ -51,6 +53,7 @@ __all__ = [
     "store_events",
     "store_rows",
     "suppress",
+    "writing",
 ]
 
 SOFT_BOUNCE_DAYS = 3
@@ -71,6 +74,49 @@ _SUBSCRIBER_STATUS = {
 }
 
 
+@contextlib.contextmanager
+def writing(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    """A session for a transaction that writes: on SQLite it takes the write lock up front
+    (waiting its turn), as one that reads first and writes later could not wait for it."""
+    with sessions() as session:
+        session.connection(execution_options={"sqlite_begin": "BEGIN IMMEDIATE"})
+        yield session
+
+
+class RawJson(Mapping[str, Any]):
+    """A provider's raw payload kept as the JSON it was stored as: parsed only when read, and
+    written to PostgreSQL as it is (the webhook inbox hands events over with these)."""
+
+    __slots__ = ("_value", "json")
+
+    def __init__(self, json: bytes) -> None:
+        self.json = json
+        self._value: dict[str, Any] | None = None
+
+    def _parsed(self) -> dict[str, Any]:
+        if self._value is None:
+            self._value = orjson.loads(self.json)
+        return self._value
+
+    def __getitem__(self, key: str) -> Any:
+        return self._parsed()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._parsed())
+
+    def __len__(self) -> int:
+        return len(self._parsed())
+
+
+def _json(value: object) -> Any:
+    """orjson's fallback: raw payloads as they are, other mappings as dicts."""
+    if isinstance(value, RawJson):
+        return orjson.Fragment(value.json)
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
 def recipient_hash(email: str) -> str:
     return hashlib.sha256(email.strip().lower().encode()).hexdigest()[:32]
 
@@ -83,23 +129,21 @@ class Stored:
     suppressed: list[str] = field(default_factory=list)  # "partner-id:reason" per new suppression
 
 
-@dataclass(frozen=True)
-class _Target:
+class _Target(NamedTuple):  # a tuple: thousands are made per batch
     delivery: int
     mailing: int
     sender: int
     email: str
-    status: DeliveryStatus
+    status: str  # a DeliveryStatus value
 
 
 def _targets(session: Session, delivery_ids: Iterable[int]) -> dict[int, _Target]:
     ids = sorted(set(delivery_ids))
     if not ids:
         return {}
+    status = type_coerce(Delivery.status, String())  # compared, never kept: no enum per row
     rows = session.execute(
-        select(
-            Delivery.id, Delivery.mailing_id, Mailing.sender_id, Subscriber.email, Delivery.status
-        )
+        select(Delivery.id, Delivery.mailing_id, Mailing.sender_id, Subscriber.email, status)
         .join(Mailing, Mailing.id == Delivery.mailing_id)
         .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
         .where(_among(session, Delivery.id, ids))
@@ -107,12 +151,12 @@ def _targets(session: Session, delivery_ids: Iterable[int]) -> dict[int, _Target
     return {r[0]: _Target(*r) for r in rows}
 
 
-def _among(session: Session, column: Any, ids: list[int]) -> Any:
-    """``column IN ids``; on PostgreSQL one array parameter (``= ANY``), not one per id: the
-    statement stays short, and is converted and planned once."""
+def _among(session: Session, column: Any, values: Sequence[Any], of: Any = BigInteger) -> Any:
+    """``column IN values``; on PostgreSQL one array parameter (``= ANY``) of type ``of``, not
+    one per value: the statement stays short, and is converted and planned once."""
     if session.get_bind().dialect.name == "postgresql":
-        return column == any_(bindparam("ids", ids, type_=postgresql.ARRAY(BigInteger)))
-    return column.in_(ids)
+        return column == any_(bindparam("among", values, type_=postgresql.ARRAY(of)))
+    return column.in_(values)
 
 
 def store_events(
@@ -139,7 +183,7 @@ def store_events(
                 "human": not e.machine,
                 "bounce": e.bounce.value,
                 "occurred_at": e.occurred_at,
-                "raw": dict(e.raw),
+                "raw": e.raw if isinstance(e.raw, dict | RawJson) else dict(e.raw),
             }
         )
     stored = store_rows(session, rows, soft_bounce_days=soft_bounce_days, targets=targets)
@@ -174,7 +218,7 @@ def store_rows(
     new: Sequence[Any] = (
         _insert_pg(session, rows)
         if session.get_bind().dialect.name == "postgresql"
-        else session.execute(stmt, [dict(r) for r in rows]).all()
+        else session.execute(stmt, [_plain(r) for r in rows]).all()
     )
     stored.new, stored.duplicate = len(new), len(rows) - len(new)
     about = [r for r in new if r.delivery_id is not None]
@@ -187,47 +231,54 @@ def store_rows(
     return stored
 
 
-_PG_COLUMNS: tuple[tuple[str, str, object], ...] = (
+def _plain(row: Mapping[str, Any]) -> dict[str, Any]:
+    raw = row.get("raw")
+    return dict(row) if raw is None or type(raw) is dict else {**row, "raw": dict(raw)}
+
+
+# tracking_event's columns as a row may give them, and the SQL default of those it may leave
+# out (NULL when none).
+_PG_COLUMNS: tuple[tuple[str, str, str | None], ...] = (
     ("delivery_id", "bigint", None),
     ("mailing_id", "bigint", None),
     ("type", "varchar", None),
     ("provider", "varchar", None),
     ("provider_event_id", "varchar", None),
-    ("recipient_hash", "varchar", ""),
-    ("human", "boolean", True),
-    ("bounce", "varchar", "none"),
+    ("recipient_hash", "varchar", "''"),
+    ("human", "boolean", "true"),
+    ("bounce", "varchar", "'none'"),
     ("link_index", "integer", None),
     ("amount", "float8", None),
     ("occurred_at", "timestamptz", None),
-    ("raw", "json", {}),
+    ("raw", "json", "'{}'"),
 )
 _PG_INSERT = (
     "INSERT INTO tracking_event ("
     + ", ".join(c for c, _, _ in _PG_COLUMNS)
-    + ") SELECT * FROM unnest("
-    + ", ".join(f"%b::{t}[]" for _, t, _ in _PG_COLUMNS)
+    + ") SELECT "
+    + ", ".join(f"coalesce(r.{c}, {d})" if d else f"r.{c}" for c, _, d in _PG_COLUMNS)
+    + " FROM json_to_recordset(%s::json) AS r("
+    + ", ".join(f"{c} {t}" for c, t, _ in _PG_COLUMNS)
     + ") ON CONFLICT (provider, provider_event_id, recipient_hash, type) DO NOTHING"
     " RETURNING delivery_id, type, bounce, occurred_at"
 )
 
 
 def _insert_pg(session: Session, rows: Sequence[Mapping[str, Any]]) -> list[Any]:
-    """One statement for the whole batch: the columns as arrays, unnested by the server."""
-    arrays: list[list[Any]] = [[] for _ in _PG_COLUMNS]
-    for r in rows:
-        for values, (name, _, default) in zip(arrays, _PG_COLUMNS, strict=True):
-            values.append(r.get(name, default))
-    arrays[2] = [str(t) for t in arrays[2]]
-    arrays[11] = [orjson.dumps(v).decode() for v in arrays[11]]
+    """One statement for the whole batch: the rows as one JSON document (written by orjson, in
+    C), unpacked by the server."""
+    document = orjson.dumps(rows, default=_json).decode()
     driver = session.connection().connection.driver_connection
-    with driver.cursor(binary=True) as cursor:  # type: ignore[union-attr]
-        cursor.execute(_PG_INSERT, tuple(arrays))
+    with driver.cursor() as cursor:  # type: ignore[union-attr]
+        cursor.execute(_PG_INSERT, (document,))
         got = cursor.fetchall()
-    return [_New(d, EventType(t), b, at) for d, t, b, at in got]
+    return [_New(d, _EVENT_TYPES[t], b, at) for d, t, b, at in got]
 
 
-@dataclass(frozen=True)
-class _New:
+_EVENT_TYPES = {t.value: t for t in EventType}
+
+
+class _New(NamedTuple):  # a tuple: thousands are made per batch
     delivery_id: int | None
     type: EventType
     bounce: str
@@ -241,7 +292,7 @@ def _resolve_unknown(
     verdict: dict[int, DeliveryStatus] = {}
     for r in new:
         target = targets.get(r.delivery_id)
-        if target is None or target.status is not DeliveryStatus.UNKNOWN:
+        if target is None or target.status != DeliveryStatus.UNKNOWN:
             continue
         if r.type in _REFUSED:
             verdict.setdefault(r.delivery_id, DeliveryStatus.FAILED)
@@ -340,32 +391,56 @@ def suppress_many(
     statements; returns those that are new."""
     if not emails:
         return []
-    rows = [
+    rows = [  # in one order everywhere: two writers of the same addresses never deadlock
         {"partner_id": owner, "email": e.strip().lower(), "reason": reason, "source": s[:64]}
-        for e, s in emails.items()
+        for e, s in sorted(emails.items())
     ]
-    inserted = (
-        session.execute(
-            insert_or_skip(session, Suppression)
-            .values(rows)
-            .on_conflict_do_nothing(index_elements=["partner_id", "email"])
-            .returning(Suppression.email)
+    inserted: Sequence[str]
+    if session.get_bind().dialect.name == "postgresql":
+        inserted = _suppress_pg(session, owner, reason, rows)
+    else:
+        inserted = (
+            session.execute(
+                insert_or_skip(session, Suppression)
+                .values(rows)
+                .on_conflict_do_nothing(index_elements=["partner_id", "email"])
+                .returning(Suppression.email)
+            )
+            .scalars()
+            .all()
         )
-        .scalars()
-        .all()
-    )
     lists = select(MailingList.id).where(MailingList.partner_id == owner)
     now = dt.datetime.now(dt.UTC)
     session.execute(
         update(Subscriber)
         .where(
             Subscriber.list_id.in_(lists),
-            Subscriber.email.in_([r["email"] for r in rows]),
+            _among(session, Subscriber.email, [r["email"] for r in rows], String),
             Subscriber.status == SubscriberStatus.SUBSCRIBED,
         )
         .values(status=_SUBSCRIBER_STATUS[reason], status_changed_at=now, updated_at=now)
     )
     return list(inserted)
+
+
+_PG_SUPPRESS = (
+    "INSERT INTO suppression (partner_id, email, reason, source)"
+    " SELECT %s, r.email, %s, r.source"
+    " FROM json_to_recordset(%s::json) AS r(email varchar, source varchar)"
+    " ON CONFLICT (partner_id, email) DO NOTHING RETURNING email"
+)
+
+
+def _suppress_pg(
+    session: Session, owner: int, reason: SuppressionReason, rows: list[dict[str, Any]]
+) -> list[str]:
+    """The insert of :func:`suppress_many` as one statement whatever the number of addresses
+    (built once, not compiled anew for each count)."""
+    session.flush()  # what the session holds is written first, as its own statements would
+    driver = session.connection().connection.driver_connection
+    with driver.cursor() as cursor:  # type: ignore[union-attr]
+        cursor.execute(_PG_SUPPRESS, (owner, reason.value, orjson.dumps(rows).decode()))
+        return [email for (email,) in cursor.fetchall()]
 
 
 def _utc(at: dt.datetime) -> dt.datetime:

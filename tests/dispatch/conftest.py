@@ -1,11 +1,15 @@
-"""A small registry built row by row: two partners, lists, subscribers and a due mailing."""
+"""A small registry built row by row: two partners, lists, subscribers and a due mailing; and
+the accounts' limiters, in memory and on a real Redis."""
 
 from __future__ import annotations
 
 import datetime as dt
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+import redis
 from sqlalchemy.orm import Session
 
 from jvmail.db.models import (
@@ -18,6 +22,8 @@ from jvmail.db.models import (
     Subscriber,
     SubscriberStatus,
 )
+from jvmail.dispatch.limits import MemoryLimiter, RedisLimiter
+from tests.conftest import REDIS_URL, unavailable
 
 WHEN = dt.datetime(2026, 12, 1, 9, tzinfo=dt.UTC)
 
@@ -134,6 +140,56 @@ def build_hub(session: Session) -> Hub:
     return Hub(sender, owner, [main, extra], promotion, row)
 
 
+def second_mailing(session: Session, hub: Hub) -> Mailing:
+    """The same sender mails another promotion to its other list (6 readers)."""
+    other = Promotion(
+        slug="owner-second-offer",
+        partner_id=hub.owner.id,
+        subject="Again {{ first_name }}",
+        html="<p>Hi {{ first_name }}, <a href='https://owner.example/more'>more</a></p>",
+        text="Hi {{ first_name }}, https://owner.example/more",
+        landing_urls=["https://owner.example/more"],
+        window_start=hub.promotion.window_start,
+        window_end=hub.promotion.window_end,
+        niches=["web"],
+        mailings_wanted=1,
+        exclude_partners=[],
+    )
+    session.add(other)
+    session.flush()
+    row = mailing(session, other, hub.lists[1])
+    session.commit()
+    return row
+
+
 def set_status(session: Session, lst: MailingList, email: str, status: SubscriberStatus) -> None:
     sub = session.query(Subscriber).filter_by(list_id=lst.id, email=email).one()
     sub.status = status
+
+
+@dataclass
+class Limiters:
+    """Two handles on the same accounts' limits: one limiter shared by threads (memory), or two
+    clients of one Redis namespace, as two worker processes have."""
+
+    one: MemoryLimiter | RedisLimiter
+    other: MemoryLimiter | RedisLimiter
+
+
+@pytest.fixture(params=["memory", "redis"])
+def limiters(request: pytest.FixtureRequest) -> Iterator[Limiters]:
+    if request.param == "memory":
+        shared = MemoryLimiter()
+        yield Limiters(shared, shared)
+        return
+    clients = [redis.Redis.from_url(REDIS_URL) for _ in range(2)]
+    try:
+        clients[0].ping()
+    except redis.RedisError as exc:
+        unavailable("Redis", exc)
+    namespace = f"jvmail-test-{uuid.uuid4().hex[:8]}"
+    yield Limiters(*(RedisLimiter(c, namespace=namespace) for c in clients))
+    for key in clients[0].scan_iter(f"{namespace}:*"):
+        clients[0].delete(key)
+    for c in clients:
+        c.close()

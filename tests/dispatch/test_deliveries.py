@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import func, select
+import pytest
+from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session
 
 from jvmail.db import make_engine, make_sessionmaker, upgrade
@@ -19,6 +20,7 @@ from jvmail.db.models import (
     SuppressionReason,
 )
 from jvmail.dispatch.deliveries import (
+    Claimed,
     Outcome,
     batch_bounds,
     claim,
@@ -133,7 +135,9 @@ def test_a_worker_that_lost_its_lease_sends_nothing_and_records_nothing(
     fresh = claim(session, hub.mailing.id, whole, lease=LEASE, limit=3)
     session.commit()
     assert [c.delivery_id for c in fresh] == [c.delivery_id for c in stale]
-    assert all(f.fence == s.fence + 1 for f, s in zip(fresh, stale, strict=True))
+    # One fence per claim, a new one: the stale holder's fence matches none of the rows.
+    assert len({c.fence for c in stale}) == len({c.fence for c in fresh}) == 1
+    assert fresh[0].fence != stale[0].fence
     assert start(session, stale) == []  # the stale holder learns it before any provider call
     assert start(session, fresh) == fresh
     session.commit()
@@ -206,3 +210,122 @@ def test_concurrent_claims_skip_each_others_rows(pg_url: str) -> None:
             b.commit()
     finally:
         engine.dispose()
+
+
+def test_a_claim_stamps_one_new_fence_on_rows_whose_fences_differed(
+    session: Session, hub: Hub
+) -> None:
+    materialize(session, hub.mailing.id)
+    session.commit()
+    (whole,) = batch_bounds(session, hub.mailing.id, 100)
+    first = claim(session, hub.mailing.id, whole, lease=GONE, limit=3)
+    session.commit()
+    second = claim(session, hub.mailing.id, whole, lease=GONE, limit=5)
+    session.commit()
+    everything = claim(session, hub.mailing.id, whole, lease=LEASE, limit=100)
+    session.commit()
+    assert len(everything) == 25  # the two lapsed claims' rows, and the 17 never claimed
+    (fence,) = {c.fence for c in everything}
+    assert fence not in {first[0].fence, second[0].fence}
+    stored = set(
+        session.scalars(select(Delivery.fence).where(Delivery.mailing_id == hub.mailing.id))
+    )
+    assert stored == {fence}
+
+
+def test_start_refuses_part_of_a_claim(session: Session, hub: Hub) -> None:
+    materialize(session, hub.mailing.id)
+    session.commit()
+    (whole,) = batch_bounds(session, hub.mailing.id, 100)
+    held = claim(session, hub.mailing.id, whole, lease=LEASE, limit=10)
+    session.commit()
+    with pytest.raises(ValueError, match="whole claims"):
+        start(session, held[::2])  # the rows between would go out unsent
+    session.rollback()
+    assert _statuses(session, hub.mailing.id) == {"claimed": 10, "pending": 15}
+
+
+def _updates(session: Session) -> list[tuple[str, bool]]:
+    """(statement, executemany) of each UPDATE the session runs from now on."""
+    seen: list[tuple[str, bool]] = []
+
+    def note(_c: object, _cur: object, sql: str, _p: object, _ctx: object, many: bool) -> None:
+        if sql.lstrip().upper().startswith("UPDATE"):
+            seen.append((sql, many))
+
+    event.listen(session.get_bind(), "before_cursor_execute", note)
+    return seen
+
+
+def _answers(held: list[Claimed]) -> list[Outcome]:
+    """Two requests' answers (message ids m1, m2), one recipient refused in the second."""
+    half = len(held) // 2
+    return [Outcome(c.delivery_id, c.fence, DeliveryStatus.ACCEPTED, "m1") for c in held[:half]] + [
+        Outcome(
+            c.delivery_id,
+            c.fence,
+            DeliveryStatus.FAILED if n == 1 else DeliveryStatus.ACCEPTED,
+            None if n == 1 else "m2",
+            "mailbox full" if n == 1 else None,
+        )
+        for n, c in enumerate(held[half:])
+    ]
+
+
+def _rows(session: Session, held: list[Claimed]) -> list[tuple[object, ...]]:
+    session.expire_all()
+    return [
+        tuple(row)
+        for row in session.execute(
+            select(
+                Delivery.status, Delivery.provider_message_id, Delivery.error, Delivery.lease_until
+            )
+            .where(Delivery.id.in_([c.delivery_id for c in held]))
+            .order_by(Delivery.id)
+        )
+    ]
+
+
+def test_recording_a_whole_claim_by_ranges_stores_what_row_by_row_does(
+    session: Session, hub: Hub
+) -> None:
+    materialize(session, hub.mailing.id)
+    session.commit()
+    (whole,) = batch_bounds(session, hub.mailing.id, 100)
+    ranged = start(session, claim(session, hub.mailing.id, whole, lease=LEASE, limit=10))
+    each = start(session, claim(session, hub.mailing.id, whole, lease=LEASE, limit=10))
+    session.commit()
+    updates = _updates(session)
+    assert record(session, _answers(ranged), held=ranged) == 10
+    # Four runs (m1; m2; the refusal; m2 again), one UPDATE each, none row by row.
+    assert [many for _, many in updates] == [False] * 4
+    assert record(session, _answers(each)) == 10
+    session.commit()
+    assert _rows(session, ranged) == _rows(session, each)
+    assert _statuses(session, hub.mailing.id) == {"accepted": 18, "failed": 2, "pending": 5}
+
+
+def test_outcomes_for_part_of_a_claim_touch_only_their_rows(session: Session, hub: Hub) -> None:
+    materialize(session, hub.mailing.id)
+    session.commit()
+    (whole,) = batch_bounds(session, hub.mailing.id, 100)
+    held = start(session, claim(session, hub.mailing.id, whole, lease=LEASE, limit=10))
+    session.commit()
+    some = [Outcome(c.delivery_id, c.fence, DeliveryStatus.ACCEPTED, "m1") for c in held[:4]]
+    assert record(session, some, held=held) == 4
+    session.commit()
+    assert _statuses(session, hub.mailing.id) == {"accepted": 4, "sending": 6, "pending": 15}
+
+
+def test_a_stale_claims_whole_record_is_refused(session: Session, hub: Hub) -> None:
+    materialize(session, hub.mailing.id)
+    session.commit()
+    (whole,) = batch_bounds(session, hub.mailing.id, 100)
+    stale = start(session, claim(session, hub.mailing.id, whole, lease=GONE, limit=5))
+    session.commit()
+    assert expire(session) == 5  # the stale worker's lease ended mid-call: unknown
+    session.commit()
+    late = [Outcome(c.delivery_id, c.fence, DeliveryStatus.ACCEPTED, "m1") for c in stale]
+    assert record(session, late, held=stale) == 0
+    session.commit()
+    assert _statuses(session, hub.mailing.id) == {"unknown": 5, "pending": 20}

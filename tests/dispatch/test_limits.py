@@ -1,41 +1,25 @@
-"""Per-account pace and daily quota, in memory and on a real Redis, with a given clock."""
+"""Per-account pace, daily quota and holds, in memory and on a real Redis, with a given clock."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from jvmail.db.models import Delivery, Partner
 from jvmail.dispatch.limits import Limiter, MemoryLimiter, RedisLimiter
 from jvmail.dispatch.pipeline import dispatch, send_batch
-from tests.conftest import REDIS_URL, unavailable
-from tests.dispatch.conftest import Hub
+from tests.dispatch.conftest import Hub, Limiters
 from tests.dispatch.test_pipeline import Recording
 
 DAY = 1_796_083_200.0  # 2026-12-01T00:00:00Z
 
 
-@pytest.fixture(params=["memory", "redis"])
-def limiter(request: pytest.FixtureRequest) -> Iterator[Limiter]:
-    if request.param == "memory":
-        yield MemoryLimiter()
-        return
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        unavailable("Redis", exc)
-    namespace = f"jvmail-test-{uuid.uuid4().hex[:8]}"
-    yield RedisLimiter(client, namespace=namespace)
-    for key in client.scan_iter(f"{namespace}:*"):
-        client.delete(key)
-    client.close()
+@pytest.fixture
+def limiter(limiters: Limiters) -> Limiter:
+    return limiters.one
 
 
 def _book(limiter: Limiter, count: int, now: float, **kw: float | None) -> tuple[float, bool, bool]:
@@ -85,3 +69,58 @@ def test_a_batch_over_the_days_quota_is_given_back_unsent(
     assert not provider.seen
     pending = session.scalar(select(func.count()).where(Delivery.status == "pending"))
     assert pending == 25
+
+
+def _free(limiter: Limiter, now: float, key: str = "acct", count: int = 10) -> tuple[float, bool]:
+    """Book ``count`` for an account without a pace or a quota: (wait, booked)."""
+    b = limiter.reserve(key, count, per_second=None, per_day=None, now=now, max_wait=30.0)
+    assert b.held == (not b.booked)  # nothing but a hold stops an account without limits
+    return round(b.wait, 6), b.booked
+
+
+def test_a_hold_stops_every_booking_of_the_account_until_it_ends(limiters: Limiters) -> None:
+    # Held by one worker (process); honoured by every other one, limits or not.
+    limiters.one.hold("acct", DAY + 60, now=DAY)
+    assert _free(limiters.other, DAY + 1) == (59.0, False)  # longer than max_wait: not booked
+    assert _free(limiters.other, DAY + 40) == (20.0, True)  # sits out the rest, then goes
+    assert _free(limiters.other, DAY + 60) == (0.0, True)
+    assert _free(limiters.other, DAY + 1, key="another") == (0.0, True)  # one account only
+    assert limiters.other.held_until("acct", DAY + 59.5) == DAY + 60
+    assert limiters.other.held_until("acct", DAY + 60) is None
+    assert limiters.other.held_until("another", DAY) is None
+
+
+def test_a_hold_only_ever_lengthens(limiters: Limiters) -> None:
+    limiters.one.hold("acct", DAY + 60, now=DAY)
+    limiters.other.hold("acct", DAY + 30, now=DAY + 1)  # a shorter Retry-After, later
+    assert limiters.one.held_until("acct", DAY + 2) == DAY + 60
+    limiters.other.hold("acct", DAY + 90, now=DAY + 2)
+    assert limiters.one.held_until("acct", DAY + 2) == DAY + 90
+
+
+def test_the_pace_resumes_where_the_hold_ends(limiter: Limiter) -> None:
+    assert _book(limiter, 7, DAY) == (0.0, True, False)  # 7 at 14/s: the next at DAY + 0.5
+    limiter.hold("acct", DAY + 10, now=DAY + 0.1)
+    assert _book(limiter, 7, DAY + 0.2) == (9.8, True, False)  # at the hold's end
+    assert _book(limiter, 7, DAY + 0.2) == (10.3, True, False)  # then at the account's pace
+    assert _book(limiter, 7, DAY + 10.0) == (1.0, True, False)
+    # Too long a wait: the hold is named when it alone is too long.
+    refused = [
+        limiter.reserve("acct", 7, per_second=14.0, per_day=None, now=DAY + 0.2, max_wait=w)
+        for w in (5.0, 10.0)
+    ]
+    assert [(round(b.wait, 6), b.booked, b.held) for b in refused] == [
+        (9.8, False, True),
+        (11.3, False, False),
+    ]
+
+
+@pytest.mark.parametrize("limiters", ["redis"], indirect=True)
+def test_a_redis_hold_is_one_key_that_expires_with_it(limiters: Limiters) -> None:
+    redis_limiter = limiters.one
+    assert isinstance(redis_limiter, RedisLimiter)
+    redis_limiter.hold("acct", DAY + 2.5, now=DAY)
+    key = f"{redis_limiter.namespace}:hold:acct"
+    assert 0 < redis_limiter.client.pttl(key) <= 2500  # gone (an empty Redis) once it ends
+    redis_limiter.hold("acct", DAY - 1, now=DAY)  # already over: nothing booked
+    assert 0 < redis_limiter.client.pttl(key) <= 2500

@@ -5,6 +5,10 @@ under tests/providers/specs, with their sources and licences in its README), enf
 documented limits, answers with the documented success and error bodies, and records every
 recipient it accepted. Tests
 can script answers: a status with headers, or a hang past the client's timeout.
+
+Each also serves the provider's way of sending one whole message with inline images (SendGrid's
+``attachments``, Postmark's ``/email``, Mailgun's ``messages.mime``, SES's ``SendEmail`` with raw
+content) and records it as the recipient would see it (:class:`Single`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from email.header import decode_header, make_header
+from email.message import EmailMessage
 from email.parser import BytesParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -81,12 +87,62 @@ class Scripted:
 
 
 @dataclass
+class Single:
+    """One whole message a fake took, as its recipient would see it."""
+
+    sender: str
+    to: str
+    subject: str
+    text: str
+    html: str
+    images: dict[str, bytes]  # Content-ID -> content
+    metadata: dict[str, str]  # what the provider would report in its events
+
+
+@dataclass
 class Fake:
     url: str = ""
     accepted: list[tuple[str, str]] = field(default_factory=list)  # (address, delivery id)
     requests: int = 0
     script: list[Scripted] = field(default_factory=list)
     bodies: list[dict[str, Any]] = field(default_factory=list)
+    singles: list[Single] = field(default_factory=list)
+
+
+def from_mime(raw: bytes, metadata: dict[str, str]) -> Single:
+    """A MIME message as its recipient would see it: the parts a mail client shows, the inline
+    images by Content-ID. Raw bytes must be 7-bit clean, as a relay passes them on."""
+    raw.decode("ascii")  # raises on anything not 7-bit
+    msg = BytesParser(policy=email.policy.default).parsebytes(raw)
+    assert isinstance(msg, EmailMessage)
+    text, html = msg.get_body(("plain",)), msg.get_body(("html",))
+    assert text is not None
+    assert html is not None
+    images = {}
+    for part in msg.walk():
+        if part.get_content_maintype() == "image":
+            assert part.get_content_disposition() == "inline"
+            payload = part.get_payload(decode=True)
+            assert isinstance(payload, bytes)
+            images[str(part["Content-ID"]).strip("<>")] = payload
+    return Single(
+        str(msg["From"]),
+        str(msg["To"]),
+        str(msg["Subject"]),
+        _lines(text.get_content()),
+        _lines(html.get_content()),
+        images,
+        metadata,
+    )
+
+
+def _lines(text: str) -> str:
+    return text.replace("\r\n", "\n")
+
+
+def _shown(header: str) -> str:
+    """A header value as a mail client shows it (RFC 2047 words decoded)."""
+    return str(make_header(decode_header(header)))
 
 
 def _error(message: str) -> dict[str, Any]:
@@ -138,11 +194,16 @@ def sendgrid_handler(fake: Fake, key: str) -> Callable[[BaseHTTPRequestHandler],
     return handle
 
 
-def postmark_handler(fake: Fake, token: str) -> Callable[[BaseHTTPRequestHandler], None]:
+def _postmark_validator(definition: str) -> Draft4Validator:
     spec = json.loads((SPECS / "postmark" / "sending.swagger.json").read_text())
     root = dict(spec)
-    root["$ref"] = "#/definitions/SendEmailBatchRequest"
-    validator = Draft4Validator(root)
+    root["$ref"] = f"#/definitions/{definition}"
+    return Draft4Validator(root)
+
+
+def postmark_handler(fake: Fake, token: str) -> Callable[[BaseHTTPRequestHandler], None]:
+    validator = _postmark_validator("SendEmailBatchRequest")
+    single = _postmark_validator("SendEmailRequest")
 
     def handle(h: BaseHTTPRequestHandler) -> None:
         fake.requests += 1
@@ -151,6 +212,12 @@ def postmark_handler(fake: Fake, token: str) -> Callable[[BaseHTTPRequestHandler
             return
         if h.headers.get("X-Postmark-Server-Token") != token:
             _answer(h, 401, {"ErrorCode": 10, "Message": "Bad or missing Server API token."})
+            return
+        if h.path == "/email":
+            _postmark_single(fake, h, json.loads(raw), single)
+            return
+        if h.path != "/email/batch":
+            _answer(h, 404, {"ErrorCode": 404, "Message": "not found"})
             return
         body = json.loads(raw)
         problems = sorted(e.message for e in validator.iter_errors(body))
@@ -187,7 +254,48 @@ def postmark_handler(fake: Fake, token: str) -> Callable[[BaseHTTPRequestHandler
     return handle
 
 
-def _multipart(content_type: str, raw: bytes) -> list[tuple[str, str]]:
+def _postmark_single(
+    fake: Fake, h: BaseHTTPRequestHandler, body: dict[str, Any], validator: Draft4Validator
+) -> None:
+    """``POST /email``: one message; a refused recipient is a 422 with Postmark's ErrorCode."""
+    problems = sorted(e.message for e in validator.iter_errors(body))
+    if not body.get("To") or not (body.get("HtmlBody") or body.get("TextBody")):
+        problems.append("To and a body are required")
+    attachments = body.get("Attachments", [])
+    if any(not str(a.get("ContentID", "")).startswith("cid:") for a in attachments):
+        problems.append("an inline attachment's ContentID is written cid:<id>")
+    if problems:
+        _answer(h, 422, {"ErrorCode": 300, "Message": "; ".join(problems)})
+        return
+    if body["To"].startswith("inactive"):
+        message = "You tried to send to a recipient that has been marked as inactive."
+        _answer(h, 422, {"ErrorCode": 406, "Message": message})
+        return
+    images = {
+        a["ContentID"].removeprefix("cid:"): base64.b64decode(a["Content"], validate=True)
+        for a in attachments
+    }
+    fake.singles.append(
+        Single(
+            _shown(body["From"]),
+            body["To"],
+            body["Subject"],
+            body["TextBody"],
+            body["HtmlBody"],
+            images,
+            body.get("Metadata", {}),
+        )
+    )
+    message_id = f"pm-{fake.requests}"
+    answer = {"ErrorCode": 0, "Message": "OK", "MessageID": message_id, "To": body["To"]}
+    _answer(h, 200, answer | {"SubmittedAt": "2026-12-01T09:00:00Z"})
+
+
+def _multipart(
+    content_type: str, raw: bytes, files: dict[str, bytes] | None = None
+) -> list[tuple[str, str]]:
+    """The form's fields; a file's content goes into ``files`` (by field name) and its field
+    holds the file name, as a schema of ``format: binary`` strings sees it."""
     head = f"Content-Type: {content_type}\r\n\r\n".encode()
     message = BytesParser(policy=email.policy.HTTP).parsebytes(head + raw)
     fields = []
@@ -196,17 +304,53 @@ def _multipart(content_type: str, raw: bytes) -> list[tuple[str, str]]:
         payload = part.get_payload(decode=True)
         assert isinstance(name, str)
         assert isinstance(payload, bytes)
-        fields.append((name, payload.decode()))
+        filename = part.get_filename()
+        if filename is not None and files is not None:
+            files[name] = payload
+            fields.append((name, filename))
+        else:
+            fields.append((name, payload.decode()))
     return fields
 
 
-def mailgun_handler(fake: Fake, key: str, domain: str) -> Callable[[BaseHTTPRequestHandler], None]:
+def _mailgun_validator(endpoint: str) -> Draft202012Validator:
     spec = json.loads((SPECS / "mailgun" / "messages.openapi.json").read_text())
     root = dict(spec)
     root["$ref"] = (
-        "#/components/schemas/POST-v3-domain_name-messages-multipart-form-data-RequestBody"
+        f"#/components/schemas/POST-v3-domain_name-{endpoint}-multipart-form-data-RequestBody"
     )
-    validator = Draft202012Validator(root)
+    return Draft202012Validator(root)
+
+
+def _mailgun_mime(
+    fake: Fake, h: BaseHTTPRequestHandler, raw: bytes, validator: Draft202012Validator
+) -> None:
+    """``POST /v3/{domain}/messages.mime``: ``to`` and the whole message as a file."""
+    files: dict[str, bytes] = {}
+    form: dict[str, Any] = {}
+    for name, value in _multipart(h.headers["Content-Type"], raw, files):
+        if name == "to":
+            form.setdefault(name, []).append(value)
+        else:
+            form[name] = value
+    problems = sorted(e.message for e in validator.iter_errors(form))
+    if "message" not in files:
+        problems.append("message: the MIME message must be sent as a file")
+    if problems:
+        _answer(h, 400, {"message": "; ".join(problems)})
+        return
+    variables = {k[2:]: v for k, v in form.items() if k.startswith("v:")}
+    single = from_mime(files["message"], variables)
+    if form["to"] != [single.to]:
+        _answer(h, 400, {"message": f"to {form['to']} is not the message's To {single.to}"})
+        return
+    fake.singles.append(single)
+    _answer(h, 200, {"id": f"<mg{fake.requests}@mg.example>", "message": "Queued. Thank you."})
+
+
+def mailgun_handler(fake: Fake, key: str, domain: str) -> Callable[[BaseHTTPRequestHandler], None]:
+    validator = _mailgun_validator("messages")
+    mime = _mailgun_validator("messages-mime")
     arrays = {"to", "cc", "bcc", "o:tag", "attachment", "inline"}
     expected_auth = "Basic " + base64.b64encode(f"api:{key}".encode()).decode()
 
@@ -215,11 +359,14 @@ def mailgun_handler(fake: Fake, key: str, domain: str) -> Callable[[BaseHTTPRequ
         raw = h.rfile.read(int(h.headers.get("Content-Length", "0")))
         if _scripted(fake, h) is not None:
             return
-        if h.path != f"/v3/{domain}/messages":
+        if h.path not in (f"/v3/{domain}/messages", f"/v3/{domain}/messages.mime"):
             _answer(h, 404, {"message": "Domain not found"})
             return
         if h.headers.get("Authorization") != expected_auth:
             _answer(h, 401, "Forbidden")
+            return
+        if h.path.endswith(".mime"):
+            _mailgun_mime(fake, h, raw, mime)
             return
         fields = _multipart(h.headers["Content-Type"], raw)
         form: dict[str, Any] = {}
@@ -253,16 +400,43 @@ def mailgun_handler(fake: Fake, key: str, domain: str) -> Callable[[BaseHTTPRequ
     return handle
 
 
+def _ses_single(fake: Fake, h: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
+    """SendEmail with raw content: the destination must be the message's own To; a suppressed
+    address is MessageRejected."""
+    (to,) = body["Destination"]["ToAddresses"]
+    if to.startswith("reject"):
+        _answer(
+            h,
+            400,
+            {"message": "Email address is on the suppression list"},
+            {"x-amzn-ErrorType": "MessageRejected"},
+        )
+        return
+    tags = {t["Name"]: t["Value"] for t in body.get("EmailTags", [])}
+    single = from_mime(base64.b64decode(body["Content"]["Raw"]["Data"], validate=True), tags)
+    if single.to != to:
+        _answer(
+            h,
+            400,
+            {"message": f"destination {to} is not the message's To {single.to}"},
+            {"x-amzn-ErrorType": "BadRequestException"},
+        )
+        return
+    fake.singles.append(single)
+    _answer(h, 200, {"MessageId": f"ses-{fake.requests}"})
+
+
 def ses_handler(fake: Fake, key_id: str) -> Callable[[BaseHTTPRequestHandler], None]:
-    """SES v2 SendBulkEmail (REST-JSON). boto3 checks the request against SES's own model
-    before it leaves; here the signature's key id, the 50-destination limit and answers."""
+    """SES v2 SendBulkEmail and SendEmail (REST-JSON). boto3 checks the request against SES's
+    own model before it leaves; here the signature's key id, the 50-destination limit and
+    answers."""
 
     def handle(h: BaseHTTPRequestHandler) -> None:
         fake.requests += 1
         raw = h.rfile.read(int(h.headers.get("Content-Length", "0")))
         if _scripted(fake, h) is not None:
             return
-        if h.path != "/v2/email/outbound-bulk-emails":
+        if h.path not in ("/v2/email/outbound-bulk-emails", "/v2/email/outbound-emails"):
             _answer(h, 404, {"message": "not found"}, {"x-amzn-ErrorType": "NotFoundException"})
             return
         if f"Credential={key_id}/" not in h.headers.get("Authorization", ""):
@@ -272,6 +446,9 @@ def ses_handler(fake: Fake, key_id: str) -> Callable[[BaseHTTPRequestHandler], N
                 {"message": "The security token included in the request is invalid."},
                 {"x-amzn-ErrorType": "UnrecognizedClientException"},
             )
+            return
+        if h.path == "/v2/email/outbound-emails":
+            _ses_single(fake, h, json.loads(raw))
             return
         body = json.loads(raw)
         entries = body["BulkEmailEntries"]
@@ -315,7 +492,28 @@ def ses_handler(fake: Fake, key_id: str) -> Callable[[BaseHTTPRequestHandler], N
 def _take(fake: Fake, body: dict[str, Any]) -> None:
     fake.bodies.append(body)
     for p in body["personalizations"]:
-        fake.accepted += [(t["email"], p["custom_args"]["jv_delivery"]) for t in p["to"]]
+        if "jv_delivery" in p["custom_args"]:
+            fake.accepted += [(t["email"], p["custom_args"]["jv_delivery"]) for t in p["to"]]
+            continue
+        (to,) = p["to"]
+        parts = {c["type"]: c["value"] for c in body["content"]}
+        images = {
+            a["content_id"]: base64.b64decode(a["content"], validate=True)
+            for a in body.get("attachments", [])
+            if a.get("disposition") == "inline"
+        }
+        sender = f"{body['from'].get('name', '')} <{body['from']['email']}>"
+        fake.singles.append(
+            Single(
+                sender,
+                to["email"],
+                body["subject"],
+                parts["text/plain"],
+                parts["text/html"],
+                images,
+                p["custom_args"],
+            )
+        )
 
 
 def _answer(

@@ -60,12 +60,13 @@ def wait_ready(server: subprocess.Popen[bytes], base: str) -> None:
 
 
 @contextmanager
-def serving(url: str) -> Iterator[tuple[str, list[str]]]:
-    """`jvmail serve` on ``url``'s database: (its base URL, its output lines once stopped)."""
+def serving(url: str, env: dict[str, str] | None = None) -> Iterator[tuple[str, list[str]]]:
+    """`jvmail serve` on ``url``'s database, with ``env`` added to its environment: (its base
+    URL, its output lines once stopped)."""
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "jvmail", "serve", "--port", str(port)],
-        env=os.environ | {"JVMAIL_DATABASE_URL": url},
+        env=os.environ | {"JVMAIL_DATABASE_URL": url} | (env or {}),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )

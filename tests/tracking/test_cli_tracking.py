@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import signal
 from pathlib import Path
 
+import orjson
 import requests
 from click.testing import CliRunner
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from jvmail.cli import cli
 from jvmail.db import make_engine, make_sessionmaker
@@ -17,13 +19,16 @@ from jvmail.db.models import (
     HubRecord,
     Mailing,
     MailingStatus,
+    Partner,
     Subscriber,
     SubscriberStatus,
     Suppression,
     TrackingEvent,
+    WebhookInbox,
 )
 from jvmail.tracking.links import Keyring
 from tests.tracking.serving import sent_hub, serving
+from tests.tracking.signing import ec_key, sendgrid_headers
 
 
 def test_suppress_by_hand_and_its_errors(tmp_path: Path) -> None:
@@ -88,6 +93,56 @@ def test_serve_answers_clicks_and_writes_them_before_it_stops(tmp_path: Path) ->
         ).all()
     engine.dispose()
     assert len(clicks) == 1 + 24 * 8
+
+
+def test_serve_stores_every_webhook_event_it_answered_before_it_stops(tmp_path: Path) -> None:
+    url, mailing, first = sent_hub(tmp_path)
+    key, public = ec_key()
+    engine = make_engine(url)
+    sessions = make_sessionmaker(engine)
+    with sessions() as session:
+        sender = session.scalars(select(Partner).where(Partner.slug == "sender")).one()
+        sender.provider_kind = "sendgrid"
+        sender.provider = {"kind": "sendgrid", "webhook_public_key_env": "SENDER_SG_HOOK"}
+        session.commit()
+    now = dt.datetime.now(dt.UTC)
+    bodies = [
+        orjson.dumps(
+            [
+                {
+                    "email": f"reader{n}@mail.example",
+                    "timestamp": int(now.timestamp()),
+                    "event": "delivered",
+                    "sg_event_id": f"ev-{batch}-{n}",
+                    "jv_delivery": str(first + n),
+                }
+                for n in range(25)
+            ]
+        )
+        for batch in range(8)
+    ]
+    with (
+        serving(url, {"SENDER_SG_HOOK": public}) as (base, output),
+        requests.Session() as http,
+    ):
+        for body in bodies:  # the last ones are answered just before the server is stopped
+            answer = http.post(
+                f"{base}/webhooks/sendgrid/sender",
+                data=body,
+                headers=sendgrid_headers(key, body, now),
+                timeout=10,
+            )
+            assert answer.json() == {"accepted": 25, "confirmed": False}
+    assert output[-1] in ("exit 0", f"exit {-signal.SIGTERM}"), output
+    with sessions() as session:
+        stored = session.scalar(
+            select(func.count())
+            .select_from(TrackingEvent)
+            .where(TrackingEvent.provider == "sendgrid", TrackingEvent.mailing_id == mailing)
+        )
+        waiting = session.scalar(select(func.count()).select_from(WebhookInbox))
+    engine.dispose()
+    assert (stored, waiting) == (8 * 25, 0)
 
 
 def test_review_links_lists_the_mailings_awaiting_approval(tmp_path: Path) -> None:

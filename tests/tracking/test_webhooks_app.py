@@ -1,10 +1,12 @@
-"""Signed provider webhooks through the real app, on SQLite and PostgreSQL: stored once, acted on
-once (suppression policy, unknown deliveries), and nothing written for a forged request."""
+"""Signed provider webhooks through the real app, on SQLite and PostgreSQL: committed to the
+inbox before the answer, then stored once by the drain and acted on once (suppression policy,
+unknown deliveries), and nothing written for a forged request."""
 
 from __future__ import annotations
 
 import datetime as dt
 import secrets
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,11 +28,13 @@ from jvmail.db.models import (
     Suppression,
     SuppressionReason,
     TrackingEvent,
+    WebhookInbox,
 )
 from jvmail.dispatch.pipeline import dispatch, send_batch
 from jvmail.providers.outbox import OutboxProvider
 from jvmail.tracking.accounts import SnsPolicy
-from jvmail.tracking.app import Settings, create_app
+from jvmail.tracking.app import Settings, Tracker, create_app
+from jvmail.tracking.inbox import Drained, Drainer, drain
 from jvmail.tracking.webhooks import ses
 from tests.dispatch.conftest import Hub, build_hub
 from tests.tracking.signing import (
@@ -52,6 +56,7 @@ class Webhooks:
     hub: Hub
     deliveries: dict[str, int]
     key: ec.EllipticCurvePrivateKey  # the sender's SendGrid signing key
+    env: dict[str, str]  # the accounts' webhook keys
 
     def post(
         self, events: list[dict[str, Any]], *, account: str = "sender", key: Any = None
@@ -72,6 +77,29 @@ class Webhooks:
             "jv_delivery": str(self.deliveries[email]),
             **fields,
         }
+
+    def deliver(self, events: list[dict[str, Any]]) -> Drained:
+        """Post ``events`` (answered 200 with all accepted), then drain the inbox."""
+        answer = self.post(events)
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {"accepted": len(events), "confirmed": False}
+        return self.drain()
+
+    def drain(self) -> Drained:
+        tracker: Tracker = self.client.app.state.tracker  # type: ignore[attr-defined]
+        done = drain(tracker.sessions)
+        self.session.commit()  # a new transaction sees what the drain wrote
+        return done
+
+    def inbox(self) -> list[tuple[int, str, int]]:
+        """(partner id, provider, events) per inbox row, oldest first."""
+        self.session.commit()
+        rows = self.session.execute(
+            select(WebhookInbox.partner_id, WebhookInbox.provider, WebhookInbox.count).order_by(
+                WebhookInbox.id
+            )
+        )
+        return [(p, k, n) for p, k, n in rows]
 
     def stored(self) -> int:
         self.session.commit()
@@ -107,8 +135,9 @@ def hooks(db_url: str, session: Session, tmp_path: Path) -> Iterator[Webhooks]:
     _account(session, "sender", sendgrid | {"webhook_public_key_env": "SENDER_SG_HOOK"})
     _account(session, "owner", sendgrid | {"webhook_public_key_env": "OWNER_SG_HOOK"})
     env = {"SENDER_SG_HOOK": f"{ec_key()[1]},{sender_public}", "OWNER_SG_HOOK": owner_public}
-    with TestClient(create_app(Settings(db_url, env=env))) as client:
-        yield Webhooks(client, session, hub, deliveries, sender_key)
+    # The tests drain the inbox themselves, to see it between a request and its storing.
+    with TestClient(create_app(Settings(db_url, env=env, drain=False))) as client:
+        yield Webhooks(client, session, hub, deliveries, sender_key, env)
 
 
 def test_a_signed_batch_is_stored_once_even_sent_three_times_at_once(hooks: Webhooks) -> None:
@@ -121,8 +150,13 @@ def test_a_signed_batch_is_stored_once_even_sent_three_times_at_once(hooks: Webh
     with ThreadPoolExecutor(3) as pool:
         answers = list(pool.map(lambda _: hooks.post(events), range(3)))
     assert [a.status_code for a in answers] == [200, 200, 200]
-    assert sum(a.json()["stored"] for a in answers) == 4
-    assert sum(a.json()["duplicates"] for a in answers) == 8
+    assert [a.json() for a in answers] == [{"accepted": 4, "confirmed": False}] * 3
+    assert hooks.inbox() == [(hooks.hub.sender.id, "sendgrid", 4)] * 3
+    assert hooks.stored() == 0  # answered once safe in the inbox, not once stored
+    done = hooks.drain()
+    assert (done.rows, done.events, done.new, done.duplicate) == (3, 12, 4, 8)
+    assert done.suppressed == 2
+    assert hooks.inbox() == []
     assert hooks.stored() == 4
     assert hooks.suppressed() == {
         "reader2@mail.example": SuppressionReason.BOUNCED,
@@ -132,6 +166,61 @@ def test_a_signed_batch_is_stored_once_even_sent_three_times_at_once(hooks: Webh
         select(TrackingEvent.human).where(TrackingEvent.provider_event_id == "ev-4")
     ).one()
     assert machine is False
+
+
+def test_an_answered_request_is_in_the_inbox_or_stored_never_neither(
+    db_url: str, hooks: Webhooks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    readers = sorted(hooks.deliveries)[:15]
+    with TestClient(create_app(Settings(db_url, env=hooks.env))) as client:
+        drained = threading.Event()
+        until_empty = Drainer.until_empty
+
+        def watched(drainer: Drainer, upto: int | None = None) -> Drained:
+            done = until_empty(drainer, upto)
+            drained.set()
+            return done
+
+        monkeypatch.setattr(Drainer, "until_empty", watched)
+        for n in range(5):
+            events = [hooks.event("delivered", e, n * 3 + i) for i, e in enumerate(readers[:3])]
+            readers = readers[3:]
+            body = orjson.dumps(events)
+            answer = client.post(
+                "/webhooks/sendgrid/sender",
+                content=body,
+                headers=sendgrid_headers(hooks.key, body, NOW),
+            )
+            assert answer.json() == {"accepted": 3, "confirmed": False}
+            # The background drain may have stored them already: one transaction moves them,
+            # and one statement (one snapshot) counts both sides.
+            hooks.session.commit()
+            waiting = select(func.coalesce(func.sum(WebhookInbox.count), 0)).scalar_subquery()
+            stored = select(func.count()).select_from(TrackingEvent).scalar_subquery()
+            assert hooks.session.scalar(select(waiting + stored)) == 3 * (n + 1)
+        while hooks.stored() < 15:  # this server drains by itself, woken by its requests
+            assert drained.wait(10), "no drain within 10 s of a request"
+            drained.clear()
+        assert hooks.inbox() == []
+
+
+def test_the_server_drains_the_inbox_at_startup_and_as_it_stops(
+    db_url: str, hooks: Webhooks
+) -> None:
+    # `hooks.client` only fills the inbox (drain=False), as a server of a fleet may.
+    first = [hooks.event("delivered", "reader1@mail.example", 1)]
+    second = [hooks.event("spamreport", "reader2@mail.example", 2)]
+    assert hooks.post(first).status_code == 200
+    assert len(hooks.inbox()) == 1
+    settings = Settings(db_url, env=hooks.env, drain_seconds=3600)
+    with TestClient(create_app(settings)):
+        assert hooks.inbox() == []  # drained before it served
+        assert hooks.stored() == 1
+        assert hooks.post(second).status_code == 200
+        assert len(hooks.inbox()) == 1  # not its request, and its timer is an hour away
+    assert hooks.inbox() == []
+    assert hooks.stored() == 2
+    assert hooks.suppressed() == {"reader2@mail.example": SuppressionReason.COMPLAINED}
 
 
 def test_forged_stale_and_misdirected_webhooks_write_nothing(hooks: Webhooks) -> None:
@@ -154,6 +243,8 @@ def test_forged_stale_and_misdirected_webhooks_write_nothing(hooks: Webhooks) ->
     # A genuine request of the sender's account, posted on the owner's URL: the owner's key
     # does not verify it.
     assert hooks.post(events, account="owner").status_code == 403
+    assert hooks.inbox() == []
+    assert hooks.drain().took == 0
     assert hooks.stored() == 0
     assert hooks.suppressed() == {}
 
@@ -164,7 +255,11 @@ def test_events_about_another_accounts_deliveries_are_ignored(hooks: Webhooks) -
     events = [hooks.event("bounce", "reader2@mail.example", 1, type="bounce")]
     answer = hooks.post(events, account="owner", key=owner_key)
     assert answer.status_code == 200
-    assert answer.json() == {"stored": 0, "duplicates": 0, "ignored": 1, "confirmed": False}
+    assert answer.json() == {"accepted": 1, "confirmed": False}
+    assert hooks.inbox() == [(hooks.hub.owner.id, "sendgrid", 1)]
+    done = hooks.drain()
+    assert (done.rows, done.new, done.foreign) == (1, 0, 1)
+    assert hooks.inbox() == []
     assert hooks.stored() == 0
     assert hooks.suppressed() == {}
 
@@ -179,13 +274,26 @@ def test_soft_bounces_on_three_distinct_days_suppress_and_a_delivery_resets_them
     def soft(n: int, at: dt.datetime) -> dict[str, Any]:
         return hooks.event("bounce", email, n, at, type="blocked", reason="554 try later")
 
-    hooks.post([soft(1, start), soft(2, start + dt.timedelta(hours=1)), soft(3, start + day)])
+    hooks.deliver([soft(1, start), soft(2, start + dt.timedelta(hours=1)), soft(3, start + day)])
     assert hooks.suppressed() == {}  # two days (two bounces on the first)
-    hooks.post([hooks.event("delivered", email, 4, start + 1.5 * day)])
-    hooks.post([soft(5, start + 2 * day), soft(6, start + 3 * day)])
-    hooks.post([soft(5, start + 2 * day), soft(6, start + 3 * day)])  # duplicates count once
+    hooks.deliver([hooks.event("delivered", email, 4, start + 1.5 * day)])
+    hooks.deliver([soft(5, start + 2 * day), soft(6, start + 3 * day)])
+    hooks.deliver([soft(5, start + 2 * day), soft(6, start + 3 * day)])  # duplicates count once
     assert hooks.suppressed() == {}  # two days since the delivery
-    hooks.post([soft(7, start + 4 * day)])
+    hooks.deliver([soft(7, start + 4 * day)])
+    assert hooks.suppressed() == {email: SuppressionReason.BOUNCED}
+
+
+def test_soft_bounces_drained_together_count_as_if_drained_one_by_one(hooks: Webhooks) -> None:
+    email = "reader5@mail.example"
+    day = dt.timedelta(days=1)
+    start = NOW - 6 * day
+    for n in range(3):  # three requests, one inbox row each, one drain for all
+        answer = hooks.post([hooks.event("bounce", email, n, start + n * day, type="blocked")])
+        assert answer.status_code == 200
+    assert hooks.suppressed() == {}
+    done = hooks.drain()
+    assert (done.rows, done.new, done.suppressed) == (3, 3, 1)
     assert hooks.suppressed() == {email: SuppressionReason.BOUNCED}
 
 
@@ -196,13 +304,12 @@ def test_an_unknown_delivery_is_resolved_by_its_webhook(hooks: Webhooks) -> None
         assert row is not None
         row.status = DeliveryStatus.UNKNOWN
     hooks.session.commit()
-    hooks.post(
+    hooks.deliver(
         [
             hooks.event("delivered", "reader6@mail.example", 1),
             hooks.event("dropped", "reader7@mail.example", 2, reason="Invalid"),
         ]
     )
-    hooks.session.commit()
     hooks.session.expire_all()
     statuses = [hooks.session.get(Delivery, d).status for d in ids]  # type: ignore[union-attr]
     assert statuses == [DeliveryStatus.ACCEPTED, DeliveryStatus.FAILED]
@@ -233,8 +340,13 @@ def test_a_replayed_mailgun_request_is_refused(hooks: Webhooks) -> None:
     body = mailgun_body(key, data, secrets.token_hex(25), NOW)
     first = hooks.client.post("/webhooks/mailgun/sender", content=body)
     assert first.status_code == 200
-    assert first.json()["stored"] == 1
+    assert first.json() == {"accepted": 1, "confirmed": False}
+    # Refused while the first is still in the inbox: the token is committed with it.
     assert hooks.client.post("/webhooks/mailgun/sender", content=body).status_code == 406
+    assert hooks.inbox() == [(hooks.hub.sender.id, "mailgun", 1)]
+    assert hooks.drain().new == 1
+    assert hooks.client.post("/webhooks/mailgun/sender", content=body).status_code == 406
+    assert hooks.inbox() == []
     assert hooks.stored() == 1
     assert hooks.suppressed() == {"reader8@mail.example": SuppressionReason.BOUNCED}
 
@@ -312,6 +424,8 @@ def test_ses_through_sns_confirms_its_subscription_and_stores_bounces(
             client.post("/webhooks/ses/sender", content=orjson.dumps(other_topic)).status_code
             == 403
         )
+    # This server drains its own inbox, in the background and once more as it stops.
+    assert hooks.inbox() == []
     assert fetched
     assert all(u.startswith("https://sns.eu-west-1.amazonaws.com/") for u in fetched)
     assert hooks.stored() == 1
@@ -354,5 +468,6 @@ def test_postmark_needs_its_basic_auth(db_url: str, hooks: Webhooks) -> None:
             client.post(url, content=body, headers=basic_auth("jv", "new-secret")).status_code
             == 200
         )
+    assert hooks.inbox() == []  # drained by this server, which stopped
     assert hooks.stored() == 1
     assert hooks.suppressed() == {email: SuppressionReason.COMPLAINED}

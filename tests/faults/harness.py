@@ -1,0 +1,442 @@
+"""The fault harness: the sending side of a hub run the way production runs it, faults injected
+from outside, and the invariants checked once the system is quiet.
+
+What runs: a fresh PostgreSQL schema with one due mailing; a Redis server of the harness's own
+(append-only file, fsync on every write, on a free port) so that it can be killed and restarted
+without touching anyone else's; `dramatiq` worker processes with production's boot
+(tests/dispatch/fault_worker.py: every mailing through SendGrid's API); and a fake SendGrid that
+validates each request against SendGrid's published schema and records every recipient it took,
+with when. The harness enqueues ticks, as `jvmail scheduler` does every minute.
+
+Once the system is quiet (no delivery pending, claimed or sending), the provider's events are
+played back for the deliveries left ``unknown``, as SendGrid's event webhook would report them,
+and the reconciler's deadline is let pass for those it never took. Then the invariants:
+
+- I1 no loss: every delivery is final (accepted, suppressed, failed, or dead);
+- I2 no duplicates: the provider took each delivery at most once, and took exactly the accepted
+  ones;
+- I5 compliance: every request carried both unsubscribe headers and the sender's postal
+  address, and no recipient was taken after its unsubscribe was committed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any
+
+import dramatiq
+import pytest
+import redis
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.orm import Session
+
+from jvmail.broker import make_broker
+from jvmail.db import make_engine, make_sessionmaker, upgrade
+from jvmail.db.models import Delivery, DeliveryStatus, Partner, Subscriber, Suppression
+from jvmail.dispatch.actors import QUEUE, Actors, Runtime, declare
+from jvmail.dispatch.reconcile import GIVE_UP, reconcile
+from jvmail.tracking.store import store_events
+from jvmail.tracking.webhooks.sendgrid import SendGridKeys, parse
+from tests.dispatch.conftest import WHEN, Hub, build_hub
+from tests.providers.fakes import Fake, Scripted, sendgrid_handler, serve
+from tests.tracking.signing import ec_key, sendgrid_headers
+
+ROOT = Path(__file__).resolve().parents[2]
+KEY = "SG.faults"
+UNFINISHED = (DeliveryStatus.PENDING, DeliveryStatus.CLAIMED, DeliveryStatus.SENDING)
+FINAL = frozenset(
+    {DeliveryStatus.ACCEPTED, DeliveryStatus.SUPPRESSED, DeliveryStatus.FAILED, DeliveryStatus.DEAD}
+)
+POSTAL = "1 Example Street, Springfield"  # the sender's postal address (tests.dispatch.conftest)
+DEADLINE = 180.0  # seconds for a mailing to settle after a fault; generous for a busy machine
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def until(what: str, done: Callable[[], bool], seconds: float = DEADLINE) -> None:
+    """Wait for ``done``, polled every tenth of a second (other processes' progress)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if done():
+            return
+        time.sleep(0.1)  # waiting on other processes, not ordering a race
+    pytest.fail(f"gave up waiting: {what}")
+
+
+@dataclass
+class RedisServer:
+    """A redis-server of the harness's own: kill -9 it, restart it from its append-only file,
+    or restart it empty."""
+
+    folder: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed (apt-get install redis-server)")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        command = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        command += ["--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.folder)]
+        self.proc = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        client = redis.Redis.from_url(self.url)
+        try:
+            until("redis-server answering", lambda: self._pings(client), 30)
+        finally:
+            client.close()
+
+    @staticmethod
+    def _pings(client: redis.Redis) -> bool:
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            with suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+            self.proc = None
+
+    def restart(self, *, empty: bool = False) -> None:
+        self.kill()
+        if empty:  # the machine came back without its disk
+            shutil.rmtree(self.folder)
+        self.start()
+
+
+@dataclass
+class Recorder:
+    """The fake SendGrid, with when each recipient reached it."""
+
+    fake: Fake
+    taken_at: dict[str, list[float]] = field(default_factory=dict)  # address -> wall times
+
+    def wrap(
+        self, handle: Callable[[BaseHTTPRequestHandler], None]
+    ) -> Callable[[BaseHTTPRequestHandler], None]:
+        def timed(h: BaseHTTPRequestHandler) -> None:
+            raw = h.rfile.read(int(h.headers.get("Content-Length", "0")))
+            before = len(self.fake.accepted)
+            h.rfile = io.BytesIO(raw)  # the fake reads the body again
+            handle(h)
+            now = time.time()
+            for address, _ in self.fake.accepted[before:]:
+                self.taken_at.setdefault(address, []).append(now)
+
+        return timed
+
+
+@dataclass
+class System:
+    session: Session
+    hub: Hub
+    pg_url: str
+    readers: int
+    redis: RedisServer
+    sendgrid: Recorder
+    namespace: str = field(default_factory=lambda: f"faults-{uuid.uuid4().hex[:8]}")
+    lease: float = 6.0
+    batch: int = 200
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    doomed: list[subprocess.Popen[bytes]] = field(default_factory=list)  # die by a fault point
+    unsubscribed: dict[str, float] = field(default_factory=dict)  # address -> commit time
+    faulted_at: float | None = None  # when the (last) fault was injected
+    recovered_in: float | None = None  # seconds from it to a quiet, settled system
+    _actors: Actors | None = None
+    _broker: dramatiq.Broker | None = None
+
+    # -- processes -----------------------------------------------------------------------------
+
+    def start_worker(self, **env: str) -> subprocess.Popen[bytes]:
+        """A `dramatiq` worker process (production's boot), in a process group of its own."""
+        environ = os.environ | {
+            "JVMAIL_DATABASE_URL": self.pg_url,
+            "JVMAIL_REDIS_URL": self.redis.url,
+            "JVMAIL_REDIS_NAMESPACE": self.namespace,
+            "JVMAIL_LEASE_SECONDS": str(self.lease),
+            "JVMAIL_TEST_SENDGRID_API": self.sendgrid.fake.url,
+            "JVMAIL_TEST_SENDGRID_KEY": KEY,
+            "JVMAIL_TEST_BATCH": str(self.batch),
+            **env,
+        }
+        for name in ("JVMAIL_OUTBOX", *(() if "JVMAIL_FAULT" in env else ("JVMAIL_FAULT",))):
+            environ.pop(name, None)
+        command = [sys.executable, "-m", "dramatiq", "tests.dispatch.fault_worker"]
+        command += ["--processes", "1", "--threads", "2", "--queues", QUEUE]
+        proc = subprocess.Popen(
+            command,
+            env=environ,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        (self.doomed if "JVMAIL_FAULT" in env else self.workers).append(proc)
+        return proc
+
+    def signal(self, proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+        """``sig`` to the worker's whole process group (dramatiq's main process and its
+        worker process)."""
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+
+    def fault(self) -> None:
+        """Note that a fault is being injected now (for the time to recover)."""
+        self.faulted_at = time.monotonic()
+
+    def stop_all(self) -> None:
+        for proc in self.workers + self.doomed:
+            self.signal(proc, signal.SIGCONT)
+            self.signal(proc, signal.SIGKILL)
+            proc.wait()
+        self.workers.clear()
+        self.doomed.clear()
+
+    @property
+    def actors(self) -> Actors:
+        if self._actors is None:
+            self._broker = make_broker(self.redis.url, namespace=self.namespace)
+            self._actors = declare(
+                self._broker, Runtime(self.pg_url, lambda _: pytest.fail("enqueues only"))
+            )
+        return self._actors
+
+    def tick(self) -> bool:
+        """Enqueue a tick, as the scheduler does every minute; False while Redis is down."""
+        try:
+            self.actors.tick.send(WHEN.isoformat())
+        except (redis.RedisError, dramatiq.errors.ConnectionError):
+            return False
+        return True
+
+    def until_ticking(self, what: str, done: Callable[[], bool]) -> None:
+        """Wait for ``done``, ticking every half second as the scheduler would."""
+        last = 0.0
+
+        def ticked() -> bool:
+            nonlocal last
+            if time.monotonic() - last > 0.5:
+                self.tick()
+                last = time.monotonic()
+            return done()
+
+        until(what, ticked)
+
+    def close(self) -> None:
+        self.stop_all()
+        if self._broker is not None:
+            self._broker.close()
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def counts(self) -> dict[DeliveryStatus, int]:
+        self.session.rollback()  # a fresh snapshot
+        rows = self.session.execute(select(Delivery.status, func.count()).group_by(Delivery.status))
+        return dict(rows.all())
+
+    def accepted_so_far(self) -> int:
+        return self.counts().get(DeliveryStatus.ACCEPTED, 0)
+
+    def deliveries(self) -> dict[int, tuple[str, DeliveryStatus]]:
+        """Delivery id -> (address, status)."""
+        self.session.rollback()
+        rows = self.session.execute(
+            select(Delivery.id, Subscriber.email, Delivery.status).join(
+                Subscriber, Subscriber.id == Delivery.subscriber_id
+            )
+        )
+        return {d: (email, status) for d, email, status in rows}
+
+    # -- faults from outside -------------------------------------------------------------------
+
+    def unsubscribe(self, addresses: list[str]) -> None:
+        """The readers unsubscribe (what `POST /u/{token}` commits), now, mid-mailing."""
+        self.session.execute(
+            insert(Suppression),
+            [
+                {"partner_id": self.hub.sender.id, "email": a, "reason": "unsubscribed"}
+                for a in addresses
+            ],
+        )
+        self.session.commit()
+        now = time.time()
+        self.unsubscribed |= dict.fromkeys(addresses, now)
+
+    # -- settling ------------------------------------------------------------------------------
+
+    def settle(self, seconds: float = DEADLINE) -> dict[DeliveryStatus, int]:
+        """Tick every half second until no delivery is unfinished; then play the provider's
+        events back for what it took and let the reconciler's deadline pass; the counts."""
+        deadline = time.monotonic() + seconds
+        counts: dict[DeliveryStatus, int] = {}
+        while time.monotonic() < deadline:
+            for proc in self.workers:
+                if proc.poll() is not None and proc.returncode not in (0, -signal.SIGKILL):
+                    pytest.fail(f"a worker exited on its own ({proc.returncode})")
+            self.tick()
+            counts = self.counts()
+            if counts and not any(counts.get(s) for s in UNFINISHED):
+                break
+            time.sleep(0.5)  # waiting on other processes, not ordering a race
+        else:
+            pytest.fail(f"deliveries still unfinished: {counts}")
+        if counts.get(DeliveryStatus.UNKNOWN):
+            self._events_for_unknown()
+            later = dt.datetime.now(dt.UTC) + GIVE_UP + dt.timedelta(hours=1)
+            reconcile(self.session, later)
+            self.session.commit()
+        if self.faulted_at is not None:
+            self.recovered_in = time.monotonic() - self.faulted_at
+            print(f"\nrecovered in {self.recovered_in:.1f} s after the fault")
+        return self.counts()
+
+    def _events_for_unknown(self) -> None:
+        """SendGrid's signed 'delivered' events for the unknown deliveries it did take."""
+        rows = self.deliveries()
+        taken = {int(d) for _, d in self.sendgrid.fake.accepted}
+        doubt = sorted(d for d, (_, s) in rows.items() if s is DeliveryStatus.UNKNOWN)
+        events = [
+            {
+                "email": rows[d][0],
+                "timestamp": int(time.time()),
+                "event": "delivered",
+                "sg_event_id": f"delivered-{d}",
+                "sg_message_id": f"sg-{d}.filter0001",
+                "jv_delivery": str(d),
+                "jv_mailing": str(self.hub.mailing.id),
+            }
+            for d in doubt
+            if d in taken
+        ]
+        if not events:
+            return
+        private, public = ec_key()
+        now = dt.datetime.now(dt.UTC)
+        body = json.dumps(events).encode()
+        parsed = parse(sendgrid_headers(private, body, now), body, SendGridKeys((public,)), now)
+        store_events(self.session, parsed, sender_id=self.hub.sender.id, soft_bounce_days=3)
+        self.session.commit()
+        self.tick()  # the reconciler settles them from the stored events
+        until(
+            "the events settled the unknown deliveries",
+            lambda: self.counts().get(DeliveryStatus.UNKNOWN, 0) <= len(doubt) - len(events),
+            60,
+        )
+
+    # -- the invariants ------------------------------------------------------------------------
+
+    def check(self) -> dict[int, tuple[str, DeliveryStatus]]:
+        """I1, I2 and I5; the deliveries, for more checks."""
+        rows = self.deliveries()
+        # I1 no loss
+        assert len(rows) == self.readers
+        left = Counter(s for _, s in rows.values() if s not in FINAL)
+        assert not left, f"I1: deliveries not final: {dict(left)}"
+        # I2 no duplicates, and the provider took exactly the accepted deliveries
+        handed = Counter((a, int(d)) for a, d in self.sendgrid.fake.accepted)
+        twice = {k: n for k, n in handed.items() if n > 1}
+        assert not twice, f"I2: {len(twice)} recipients handed to the provider more than once"
+        accepted = {(a, d) for d, (a, s) in rows.items() if s is DeliveryStatus.ACCEPTED}
+        assert set(handed) == accepted, "I2: what the provider took is not what was accepted"
+        # I5 compliance
+        for body in self.sendgrid.fake.bodies:
+            assert _has_unsubscribe_headers(body), "I5: a request without both unsubscribe headers"
+            contents = " ".join(c["value"] for c in body["content"])
+            assert POSTAL in contents, "I5: a request without the sender's postal address"
+        late = [
+            a
+            for a, committed in self.unsubscribed.items()
+            if any(t > committed for t in self.sendgrid.taken_at.get(a, []))
+        ]
+        assert not late, f"I5: {len(late)} readers taken after their unsubscribe was committed"
+        return rows
+
+
+def _has_unsubscribe_headers(body: dict[str, Any]) -> bool:
+    """Both RFC 8058 headers, on the request or on every personalization."""
+    top = body.get("headers", {})
+    for p in body["personalizations"]:
+        headers = top | p.get("headers", {})
+        if "List-Unsubscribe" not in headers or "List-Unsubscribe-Post" not in headers:
+            return False
+    return True
+
+
+@contextmanager
+def running_system(
+    pg_url: str,
+    folder: Path,
+    readers: int,
+    *,
+    per_second: float,
+    script: list[Scripted] | None = None,
+    **settings: Any,
+) -> Iterator[System]:
+    """The hub (``readers`` on the sender's list, sending through a SendGrid account paced at
+    ``per_second``), its Redis and the fake SendGrid; no worker yet."""
+    engine = make_engine(pg_url)
+    upgrade(engine)
+    recorder = Recorder(Fake(script=list(script or [])))
+    server = RedisServer(folder / "redis")
+    server.start()
+    try:
+        with (
+            make_sessionmaker(engine)() as session,
+            serve(recorder.wrap(sendgrid_handler(recorder.fake, KEY)), recorder.fake),
+        ):
+            hub = build_hub(session)
+            session.execute(
+                insert(Subscriber),
+                [
+                    {"list_id": hub.lists[0].id, "email": f"bulk{n}@mail.example", "attributes": {}}
+                    for n in range(readers - 25)
+                ],
+            )
+            account = {
+                "kind": "sendgrid",
+                "api_key_env": "JV_SENDGRID_KEY",
+                "max_per_second": per_second,
+            }
+            session.execute(
+                update(Partner)
+                .where(Partner.id == hub.sender.id)
+                .values(provider_kind="sendgrid", provider=account)
+            )
+            session.commit()
+            system = System(session, hub, pg_url, readers, server, recorder, **settings)
+            try:
+                yield system
+            finally:
+                system.close()
+    finally:
+        server.kill()
+        engine.dispose()

@@ -1,0 +1,116 @@
+"""A real SMTP server for the provider tests (aiosmtpd): STARTTLS required with a throwaway
+certificate, PLAIN login as ``user`` / ``s3cret``; it records what it accepts, answers 550 for
+``gone@`` and 451 for ``grey@`` addresses, and can hang up instead of answering a message."""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+
+@dataclass
+class Handler:
+    """Records what it accepts; answers 550 / 451 for chosen addresses; can hang up."""
+
+    received: list[tuple[str, bytes]] = field(default_factory=list)
+    sessions: set[int] = field(default_factory=set)
+    hang_up_on: str = ""
+
+    async def handle_RCPT(
+        self, server: Any, session: Session, envelope: Envelope, address: str, options: Any
+    ) -> str:
+        if address.startswith("gone@"):
+            return "550 5.1.1 mailbox unavailable"
+        if address.startswith("grey@"):
+            return "451 4.7.1 greylisted, try again later"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
+        (to,) = envelope.rcpt_tos
+        if to == self.hang_up_on:
+            server.transport.close()  # drops the line before answering the end of data
+            return "250 never seen"
+        self.sessions.add(id(session))
+        self.received.append((to, envelope.content))  # type: ignore[arg-type]
+        return "250 2.0.0 queued"
+
+
+def _auth(
+    server: Any, session: Session, envelope: Envelope, mechanism: str, data: Any
+) -> AuthResult:
+    ok = isinstance(data, LoginPassword) and (data.login, data.password) == (b"user", b"s3cret")
+    return AuthResult(success=ok, handled=False)
+
+
+def _cert(tmp: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    crt, pem = tmp / "cert.pem", tmp / "key.pem"
+    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return crt, pem
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def smtp_server(tmp: Path) -> Iterator[tuple[Handler, int, ssl.SSLContext]]:
+    """The server on a free port: its handler, the port, and a TLS context that trusts it."""
+    crt, key = _cert(tmp)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(crt, key)
+    handler = Handler()
+    port = _free_port()
+    controller = Controller(
+        handler,
+        hostname="127.0.0.1",
+        port=port,
+        server_hostname="localhost",
+        tls_context=tls,
+        require_starttls=True,
+        authenticator=_auth,
+        auth_required=True,
+        auth_exclude_mechanism=["LOGIN"],  # PLAIN only: one failed attempt answers at once
+    )
+    controller.start()
+    client = ssl.create_default_context(cafile=str(crt))
+    try:
+        yield handler, port, client
+    finally:
+        controller.stop()

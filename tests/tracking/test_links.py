@@ -1,0 +1,39 @@
+"""Link tokens: pinned byte for byte (mail already sent carries them), and read back."""
+
+from __future__ import annotations
+
+import pytest
+
+from jvmail.tracking.links import Keyring, Link, click_url, open_url, unsubscribe_url
+
+KEYS = Keyring.from_hex(["ab" * 32])
+ROTATED = Keyring.from_hex(["cd" * 32, "ab" * 32])
+
+
+@pytest.mark.parametrize(
+    ("keys", "numbers", "token"),
+    [
+        (KEYS, (7, 123456, 2), "AAfAxAcC.kOrEKtm92PsESn1u"),
+        (KEYS, (1, 1, 0), "AAEBAA.p90nWeou5n-HLgpE"),
+        (KEYS, (300, 2**40, 0), "AKwCgICAgIAgAA.bg1mWrsXLU25KHNv"),
+        (ROTATED, (7, 123456, 2), "AQfAxAcC.lgeCEeGuyuxBIWNj"),
+    ],
+)
+def test_tokens_are_pinned_and_read_back(
+    keys: Keyring, numbers: tuple[int, int, int], token: str
+) -> None:
+    assert keys.sign(*numbers) == token
+    assert ROTATED.read(token) == Link(*numbers)
+
+
+def test_urls_carry_the_tokens() -> None:
+    base = "https://jv.example"
+    assert click_url(base, KEYS, 7, 123456, 2) == f"{base}/c/AAfAxAcC.kOrEKtm92PsESn1u"
+    assert unsubscribe_url(base, KEYS, 1, 1) == f"{base}/u/AAEBAA.p90nWeou5n-HLgpE"
+    assert open_url(base, KEYS, 1, 1) == f"{base}/o/AAEBAA.p90nWeou5n-HLgpE.gif"
+
+
+def test_a_tampered_token_reads_as_nothing() -> None:
+    head, sig = KEYS.sign(7, 123456, 2).split(".")
+    assert KEYS.read(f"{head}.{sig[:-1]}A" if sig[-1] != "A" else f"{head}.{sig[:-1]}B") is None
+    assert Keyring.from_hex(["cd" * 32]).read(f"{head}.{sig}") is None

@@ -12,7 +12,8 @@ network.
 
 Usage:
     python bench/send.py [--recipients N] [--smtp-recipients N] [--processes P] [--threads T]
-Targets (issue): >= 30,000 recipients/s on the batch API path (1M in under 35 s), at least 30%
+        [--batch B]
+Targets: >= 30,000 recipients/s on the batch API path (1M in under 35 s), at least 30%
 of the floor, >= 3,000 messages/s on SMTP; memory flat in list size.
 """
 

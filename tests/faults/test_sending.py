@@ -97,17 +97,23 @@ def test_sigstop_a_worker_past_its_lease_then_sigcont(pg_url: str, tmp_path: Pat
         system.signal(frozen, signal.SIGSTOP)
         started = time.monotonic()
         system.start_worker()
+        # The frozen worker's two threads hold a batch each at most: the one inside the held
+        # request, and perhaps one marked in flight before its request left.
         system.until_ticking(
             "the others sent, the frozen batch's lease over",
             lambda: (
                 time.monotonic() - started > 5.0
-                and system.accepted_so_far() >= READERS - system.batch
+                and system.accepted_so_far() >= READERS - 2 * system.batch
             ),
         )
         system.signal(frozen, signal.SIGCONT)  # its late commit must be refused
         counts = system.settle()
         system.check()
-    assert counts == {DeliveryStatus.ACCEPTED: READERS}
+    # The held request's batch was taken once and settled from the provider's events; a batch
+    # that never left is dead-lettered, not resent blindly.
+    dead = counts.get(DeliveryStatus.DEAD, 0)
+    assert dead <= system.batch
+    assert counts[DeliveryStatus.ACCEPTED] + dead == READERS
 
 
 @_scenario()

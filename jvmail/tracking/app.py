@@ -368,18 +368,9 @@ async def webhook(request: Request) -> Response:
     body = await _body(request)
     if body is None:
         return JSONResponse({"error": "the body is too large"}, 413)
-    account = await run_in_threadpool(accounts.load, tracker.sessions, slug)
-    if account is None or account.kind != kind:
-        return JSONResponse({"error": f"no {kind} account {slug!r} here"}, 404)
     headers = {k.lower(): v for k, v in request.headers.items()}
-    try:
-        parsed = await run_in_threadpool(
-            accounts.verify, account, headers, body, tracker.settings.env, tracker.settings.sns
-        )
-    except Rejected as exc:
-        return JSONResponse({"error": exc.reason}, exc.status)
-    try:
-        answer = await run_in_threadpool(_accept_webhook, tracker, account, parsed)
+    try:  # one trip to a worker thread: each is a wait for the event loop when CPU is short
+        answer = await run_in_threadpool(_accept_webhook, tracker, kind, slug, headers, body)
     except Rejected as exc:
         return JSONResponse({"error": exc.reason}, exc.status)
     if answer["accepted"]:
@@ -467,10 +458,16 @@ async def _body(request: Request) -> bytes | None:
 
 
 def _accept_webhook(
-    tracker: Tracker, account: accounts.Account, parsed: accounts.Verified
+    tracker: Tracker, kind: str, slug: str, headers: Mapping[str, str], body: bytes
 ) -> dict[str, Any]:
-    """Commit a verified request's events to the inbox (and its one-time token, refusing a
-    replay, in the same transaction); the request is answered only after."""
+    """Verify a request with account ``slug``'s keys, then commit its events to the inbox (and
+    its one-time token, refusing a replay, in the same transaction); the request is answered
+    only after. Raises `Rejected`, having written nothing."""
+    account = accounts.load(tracker.sessions, slug)
+    if account is None or account.kind != kind:
+        raise Rejected(404, f"no {kind} account {slug!r} here")
+    settings = tracker.settings
+    parsed = accounts.verify(account, headers, body, settings.env, settings.sns)
     if not parsed.events and parsed.nonce is None:
         return {"accepted": 0, "confirmed": parsed.confirmed}  # nothing to keep
     with tracker.writing() as session:

@@ -27,10 +27,10 @@ import logging
 import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
-from sqlalchemy import Row, delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from jvmail.db.models import EventType, HubRecord, WebhookInbox
@@ -61,7 +61,6 @@ _values = operator.attrgetter(*_FIELDS)
 _TYPE, _AT, _BOUNCE = (_FIELDS.index(f) for f in ("type", "occurred_at", "bounce"))
 _TYPES = {t.value: t for t in EventType}
 _BOUNCES = {b.value: b for b in BounceClass}
-_Taken = Row[int, int, bytes]  # id, partner_id, events
 
 
 def encode(events: Sequence[Event]) -> bytes:
@@ -232,6 +231,20 @@ def drain(sessions: sessionmaker[Session], *, max_events: int = DRAIN_EVENTS) ->
     return Drainer(sessions, max_events=max_events).until_empty()
 
 
+class _Taken(NamedTuple):
+    id: int
+    partner_id: int
+    events: bytes
+
+
+# On PostgreSQL the rows are read in binary: the payloads as they are, not as hex text twice
+# their size (about four times less work for both sides).
+_PG_TAKE = (
+    "SELECT id, partner_id, events FROM webhook_inbox WHERE attempts < %s AND id <= %s"
+    " ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED"
+)
+
+
 def _take(session: Session, budget: int, upto: int | None) -> Sequence[_Taken]:
     """The oldest rows not set aside, up to ``budget`` events (at least one row), locked."""
     live = [WebhookInbox.attempts < MAX_ATTEMPTS]
@@ -247,15 +260,19 @@ def _take(session: Session, budget: int, upto: int | None) -> Sequence[_Taken]:
         rows, events = rows + 1, events + size
     if not rows:
         return []
+    if session.get_bind().dialect.name == "postgresql":
+        driver = session.connection().connection.driver_connection
+        with driver.cursor(binary=True) as cursor:  # type: ignore[union-attr]
+            last = upto if upto is not None else 2**63 - 1
+            cursor.execute(_PG_TAKE, (MAX_ATTEMPTS, last, rows))
+            return [_Taken(*row) for row in cursor.fetchall()]
     take = (
         select(WebhookInbox.id, WebhookInbox.partner_id, WebhookInbox.events)
         .where(*live)
         .order_by(WebhookInbox.id)
         .limit(rows)
     )
-    if session.get_bind().dialect.name == "postgresql":
-        take = take.with_for_update(skip_locked=True)
-    return session.execute(take).all()
+    return [_Taken(*row) for row in session.execute(take)]
 
 
 def _store(session: Session, rows: Sequence[_Taken]) -> Drained:

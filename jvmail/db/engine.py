@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
+    "begin_writing",
     "insert_or_skip",
     "is_sqlite",
     "make_engine",
@@ -70,6 +71,16 @@ def _sqlite_on_begin(connection: Any) -> None:
     # `sqlite_begin="BEGIN IMMEDIATE"` takes the write lock up front (waiting busy_timeout),
     # for transactions that will write after reading, such as migrations.
     connection.exec_driver_sql(connection.get_execution_options().get("sqlite_begin", "BEGIN"))
+
+
+def begin_writing(session: Session) -> None:
+    """Commit what the session has open, then begin a transaction that will write: on SQLite it
+    takes the write lock up front, waiting its turn. A SQLite transaction that has read cannot
+    wait for the lock when it first writes: once another connection has written since its read,
+    the write fails at once ("database is locked")."""
+    if session.in_transaction():
+        session.commit()
+    session.connection(execution_options={"sqlite_begin": "BEGIN IMMEDIATE"})
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -41,7 +41,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from jvmail.db.engine import insert_or_skip
+from jvmail.db.engine import begin_writing, insert_or_skip
 from jvmail.db.models import HubRecord, Partner, StatementSend
 from jvmail.providers.base import Provider, ProviderError, SingleMessage
 from jvmail.providers.factory import HUB, build_provider
@@ -171,7 +171,8 @@ def statement_message(
 
 def expire_sending(session: Session, now: dt.datetime, lease: dt.timedelta = LEASE) -> int:
     """Mark ``unknown`` the rows left ``sending`` longer than ``lease`` (their process died
-    between claim and record); commits; how many."""
+    between claim and record); commits what the session had open first; how many."""
+    begin_writing(session)
     gone = session.connection().execute(
         update(StatementSend)
         .where(
@@ -217,6 +218,7 @@ def _claim(
 ) -> tuple[int, int] | None:
     """Claim (partner, week) and commit: the row id and copy, or None if it is not ours to send
     (sent, being sent, failed or in doubt). ``resend`` claims a new copy."""
+    begin_writing(session)
     last = session.execute(
         select(StatementSend.id, StatementSend.copy, StatementSend.status)
         .where(StatementSend.partner_id == partner_id, StatementSend.week == week)

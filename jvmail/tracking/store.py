@@ -26,7 +26,7 @@ from sqlalchemy import BigInteger, Row, String, any_, bindparam, select, type_co
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session, sessionmaker
 
-from jvmail.db.engine import insert_or_skip
+from jvmail.db.engine import begin_writing, insert_or_skip
 from jvmail.db.models import (
     Delivery,
     DeliveryStatus,
@@ -79,7 +79,7 @@ def writing(sessions: sessionmaker[Session]) -> Iterator[Session]:
     """A session for a transaction that writes: on SQLite it takes the write lock up front
     (waiting its turn), as one that reads first and writes later could not wait for it."""
     with sessions() as session:
-        session.connection(execution_options={"sqlite_begin": "BEGIN IMMEDIATE"})
+        begin_writing(session)
         yield session
 
 

@@ -234,3 +234,18 @@ def test_a_missing_secret_names_the_variable_and_the_table(
     assert built.name == "postmark"
     overridden = hub_provider(record, outbox=Path("elsewhere"), env={})
     assert isinstance(overridden, OutboxProvider)
+
+
+def test_a_run_whose_session_has_read_sends_after_another_connection_wrote(
+    session: Session, hub: dict[str, Partner], tmp_path: Path
+) -> None:
+    """A session that has read (as the statements job reads the hub's account first) and
+    another connection writing meanwhile (a scheduler's tick): on SQLite the run's first write
+    would fail at once ("database is locked") if its transaction went on from the read."""
+    assert session.get(HubRecord, 1) is not None  # the session's transaction has read
+    sessions = sessionmaker(session.get_bind(), expire_on_commit=False)
+    with sessions() as other:
+        other.add(StatementSend(partner_id=hub["ben"].id, week="2026-W42", status="sent"))
+        other.commit()
+    done = send_statements(session, MONDAY, None, OutboxProvider(tmp_path), now=NOW)
+    assert sorted(done.sent) == ["ana", "ben", "cho"]

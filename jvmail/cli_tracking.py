@@ -13,12 +13,13 @@ from sqlalchemy import select
 
 from jvmail.cli import _JSON, App, cli, pass_app
 from jvmail.console import print_json, print_table
-from jvmail.db import DEFAULT_DATABASE_URL
+from jvmail.db import DEFAULT_DATABASE_URL, make_sessionmaker
 from jvmail.db.models import HubRecord, Mailing, Partner, SuppressionReason
 from jvmail.dispatch.reconcile import GIVE_UP, reconcile
 from jvmail.errors import UsageError
 from jvmail.mailings import awaiting_approval, rows_of
 from jvmail.tracking.credit import credit_measured
+from jvmail.tracking.inbox import drain
 from jvmail.tracking.links import Keyring, review_url
 from jvmail.tracking.store import suppress as suppress_address
 
@@ -71,9 +72,12 @@ def credit(app: App) -> None:
     Example:
       jvmail credit && jvmail ledger
     """
+    stored = drain(make_sessionmaker(app.engine()))  # the events servers have not stored yet
     with app.session() as session:
         posted = credit_measured(session)
         session.commit()
+    if stored.events:
+        app.out.print(f"{stored.events} webhook event(s) stored from the inbox")
     app.out.print(f"{posted} mailing(s) credited with their measured value")
 
 
@@ -164,12 +168,14 @@ def rotate_link_key(app: App) -> None:
 @pass_app
 def reconcile_command(app: App, outbox: Path | None, give_up_days: int, as_json: bool) -> None:
     """Settle deliveries left `unknown` by an interrupted send: from provider events, or the
-    outbox journal; never by resending blindly. Workers do it on every tick too.
+    outbox journal; never by resending blindly. The provider events a server accepted and has
+    not stored yet (its webhook inbox) are stored first. Workers do both on every tick too.
 
     \b
     Example:
       jvmail reconcile --json
     """
+    stored = drain(make_sessionmaker(app.engine()))
     with app.session() as session:
         done = reconcile(
             session,
@@ -178,10 +184,11 @@ def reconcile_command(app: App, outbox: Path | None, give_up_days: int, as_json:
             give_up=dt.timedelta(days=give_up_days),
         )
         session.commit()
+    figures = {"inbox_events_stored": stored.events, **asdict(done)}
     if as_json:
-        print_json(app.out, asdict(done))
+        print_json(app.out, figures)
         return
-    print_table(app.out, "Unknown deliveries settled", [asdict(done)], list(asdict(done)))
+    print_table(app.out, "Unknown deliveries settled", [figures], list(figures))
 
 
 def demo_readers(app: App, outbox: Path, step: int) -> None:

@@ -82,7 +82,9 @@ def credit(runtime: Runtime) -> str:
     """Credit what tracking measured; finalize what is past the credit window."""
     from jvmail.ledger.book import finalize_due
     from jvmail.tracking.credit import credit_measured
+    from jvmail.tracking.inbox import drain
 
+    drain(runtime.sessions())  # what the servers accepted and have not stored yet counts too
     with _locked(runtime, "credit") as session:
         hub = session.get(HubRecord, 1)
         if hub is None:

@@ -1,12 +1,13 @@
 """The dramatiq actors of the send pipeline. Messages carry ids and batch bounds, never bodies.
 
-* ``jv_tick(until=None)`` (the periodic job): mark in-flight rows past their lease
-  ``unknown`` and settle the unknown ones the provider has reported on
-  (:mod:`jvmail.dispatch.reconcile`), dispatch what is due (by ``until``, an ISO time, or
-  now), and relay (:mod:`jvmail.dispatch.relay`): re-enqueue the batches that still have rows
-  to send of queued mailings that show no progress for ``relay_after`` (their messages were
-  lost: Redis restarted empty, or the in-process broker went with its process), at most once
-  per ``relay_after``, and not while the sender's account is held (its batches wait out the
+* ``jv_tick(until=None)`` (the periodic job): store the events left in the webhook inbox
+  (:func:`~jvmail.tracking.inbox.drain`: a server that stopped before storing what it accepted),
+  mark in-flight rows past their lease ``unknown`` and settle the unknown ones the provider has
+  reported on (:mod:`jvmail.dispatch.reconcile`), dispatch what is due (by ``until``, an ISO
+  time, or now), and relay (:mod:`jvmail.dispatch.relay`): re-enqueue the batches that still
+  have rows to send of queued mailings that show no progress for ``relay_after`` (their messages
+  were lost: Redis restarted empty, or the in-process broker went with its process), at most
+  once per ``relay_after``, and not while the sender's account is held (its batches wait out the
   hold in the broker). A relayed batch that someone else is sending finds nothing to claim and
   returns at once, so relaying twice is harmless, if wasteful.
 * ``jv_dispatch(mailing_id)``: materialize the mailing's deliveries, commit, then enqueue one
@@ -46,6 +47,7 @@ from jvmail.dispatch.pipeline import (
 from jvmail.dispatch.reconcile import reconcile
 from jvmail.dispatch.relay import relay, stalled
 from jvmail.providers.base import Provider, ProviderError
+from jvmail.tracking.inbox import drain
 
 __all__ = ["Actors", "Runtime", "TryLater", "declare"]
 
@@ -73,11 +75,14 @@ class Runtime:
     _engine: Engine | None = field(default=None, repr=False)
     _maker: sessionmaker[Session] | None = field(default=None, repr=False)
 
-    def session(self) -> Session:
+    def sessions(self) -> sessionmaker[Session]:
         if self._maker is None:
             self._engine = make_engine(self.database_url)
             self._maker = make_sessionmaker(self._engine)
-        return self._maker()
+        return self._maker
+
+    def session(self) -> Session:
+        return self.sessions()()
 
     def close(self) -> None:
         if self._engine is not None:
@@ -125,6 +130,7 @@ def declare(broker: dramatiq.Broker, runtime: Runtime) -> Actors:
 
     def jv_tick(until: str | None = None) -> None:
         now = runtime.now()
+        drain(runtime.sessions())  # events a server took and could not store yet settle too
         with runtime.session() as session:
             expire(session, now)
             reconcile(session, now)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import subprocess
 import sys
 import threading
@@ -16,19 +17,25 @@ from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import Engine, func, select, text
+from click.testing import CliRunner
+from dramatiq.brokers.stub import StubBroker
+from sqlalchemy import Engine, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from jvmail.cli import cli
 from jvmail.db import make_sessionmaker
 from jvmail.db.models import (
     Delivery,
+    DeliveryStatus,
     EventType,
     Subscriber,
     Suppression,
     TrackingEvent,
     WebhookInbox,
 )
+from jvmail.dispatch.actors import Runtime, declare
 from jvmail.dispatch.pipeline import dispatch, send_batch
+from jvmail.jobs import credit
 from jvmail.providers.outbox import OutboxProvider
 from jvmail.tracking import inbox
 from jvmail.tracking.events import BounceClass, Event
@@ -269,3 +276,62 @@ def test_two_drainers_at_once_never_take_the_same_rows(
     assert one.new + one.duplicate + two.new + two.duplicate == 36
     assert sent.stored_ids() == sorted(f"ev-{n}" for n in range(14))
     assert sent.count(WebhookInbox) == 0
+
+
+def _unknown(sent: Sent, email: str) -> int:
+    delivery = sent.deliveries[email]
+    sent.session.execute(
+        update(Delivery)
+        .where(Delivery.id == delivery)
+        .values(status=DeliveryStatus.UNKNOWN, updated_at=dt.datetime.now(dt.UTC))
+    )
+    sent.session.commit()
+    return delivery
+
+
+def _status(sent: Sent, delivery: int) -> DeliveryStatus:
+    sent.session.commit()
+    return DeliveryStatus(
+        sent.session.scalar(select(Delivery.status).where(Delivery.id == delivery))
+    )
+
+
+def test_the_tick_and_jvmail_reconcile_store_the_inbox_before_they_settle(
+    sent: Sent, tmp_path: Path
+) -> None:
+    """A server stopped before storing what it accepted, and none runs: the workers' tick
+    stores the inbox's events, so the deliveries in doubt they report on are settled by them;
+    `jvmail reconcile` and `jvmail credit` store them too."""
+    a, b, c = sent.readers(3)
+    url = sent.engine.url.render_as_string(hide_password=False)
+    first = _unknown(sent, a)
+    sent.accept([sent.event(1, a)])
+    runtime = Runtime(url, lambda _: OutboxProvider(tmp_path))
+    try:
+        declare(StubBroker(), runtime).tick(None)
+    finally:
+        runtime.close()
+    assert sent.count(WebhookInbox) == 0
+    assert _status(sent, first) is DeliveryStatus.ACCEPTED
+
+    second = _unknown(sent, b)
+    sent.accept([sent.event(2, b)])
+    result = CliRunner().invoke(cli, ["--db", url, "reconcile", "--json"])
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.output)
+    assert figures["inbox_events_stored"] == 1  # which settled it: nothing left in doubt
+    assert (figures["accepted"], figures["waiting"]) == (0, 0)
+    assert _status(sent, second) is DeliveryStatus.ACCEPTED
+
+    sent.accept([sent.event(3, c, EventType.OPENED)])
+    result = CliRunner().invoke(cli, ["--db", url, "credit"])
+    assert result.exit_code == 0, result.output
+    assert "1 webhook event(s) stored from the inbox" in result.output
+    sent.accept([sent.event(4, c, EventType.CLICKED)])
+    runtime = Runtime(url, lambda _: OutboxProvider(tmp_path))
+    try:
+        credit(runtime)  # the scheduler's credit job
+    finally:
+        runtime.close()
+    assert sent.count(WebhookInbox) == 0
+    assert sent.stored_ids() == ["ev-1", "ev-2", "ev-3", "ev-4"]

@@ -760,7 +760,13 @@ def run(args: argparse.Namespace, url: str, logdir: Path) -> Figures:
         f"{time.perf_counter() - start:.1f} s",
         flush=True,
     )
-    env = os.environ | {"JVMAIL_DATABASE_URL": url, KEY_ENV: public}
+    # wrk is one client address sending thousands of clicks a second: a budget it never
+    # exhausts, so the limiter does its work on every request and refuses none.
+    env = os.environ | {
+        "JVMAIL_DATABASE_URL": url,
+        KEY_ENV: public,
+        "JVMAIL_THROTTLE_CLICKS": "1000000000/1000000000",
+    }
     workers = ["--workers", str(args.workers)]
     jvmail = [str(Path(sys.executable).parent / "jvmail"), "serve", *workers]
     floor = [sys.executable, str(HERE / "tracking_floor.py"), *workers]

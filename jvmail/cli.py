@@ -1049,4 +1049,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 # Commands defined in their own modules register themselves on `cli` when imported.
-from jvmail import cli_reports, cli_tracking  # noqa: E402, F401
+from jvmail import cli_reports, cli_secrets, cli_tracking  # noqa: E402, F401

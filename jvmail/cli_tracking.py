@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -22,8 +23,30 @@ from jvmail.tracking.credit import credit_measured
 from jvmail.tracking.inbox import drain
 from jvmail.tracking.links import Keyring, review_url
 from jvmail.tracking.store import suppress as suppress_address
+from jvmail.tracking.throttle import Budget, Limits, parse_proxies
 
 KEYS_KEPT = 3  # link keys a hub keeps: the newest signs, all of them verify
+
+
+def _budget_option(family: str, what: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    return click.option(
+        f"--throttle-{family}",
+        f"throttle_{family}",
+        default=str(getattr(Limits(), family)),
+        show_default=True,
+        envvar=f"JVMAIL_THROTTLE_{family.upper()}",
+        metavar="BURST/PER_S",
+        callback=lambda _ctx, _param, text: _parsed(Budget.parse, text),
+        help=f"{what} one client address may make: BURST at once, refilled at PER_S a "
+        "second; 0: no limit.",
+    )
+
+
+def _parsed(parse: Callable[[str], object], text: str) -> object:
+    try:
+        return parse(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
 
 
 @cli.command()
@@ -31,13 +54,42 @@ KEYS_KEPT = 3  # link keys a hub keeps: the newest signs, all of them verify
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True)
 @click.option("--access-log", is_flag=True, help="Log every request (costs about a sixth).")
+@_budget_option("clicks", "Clicks and opens")
+@_budget_option("unsubscribe", "Unsubscribe pages and one-click POSTs")
+@_budget_option("webhooks", "Refused webhook requests (signed ones never count)")
+@_budget_option("postbacks", "Refused conversion postbacks (signed ones never count)")
+@click.option(
+    "--trusted-proxies",
+    default=",".join(Limits().trusted_proxies),
+    show_default=True,
+    envvar="JVMAIL_TRUSTED_PROXIES",
+    metavar="ADDRESSES",
+    callback=lambda _ctx, _param, text: _parsed(parse_proxies, text),
+    help="Comma-separated proxy addresses or networks whose X-Forwarded-For names the client; "
+    "empty: none.",
+)
 @pass_app
-def serve(app: App, host: str, port: int, workers: int, access_log: bool) -> None:
+def serve(
+    app: App,
+    *,
+    host: str,
+    port: int,
+    workers: int,
+    access_log: bool,
+    throttle_clicks: Budget,
+    throttle_unsubscribe: Budget,
+    throttle_webhooks: Budget,
+    throttle_postbacks: Budget,
+    trusted_proxies: tuple[str, ...],
+) -> None:
     """Serve clicks, opens, unsubscribes, provider webhooks and conversion postbacks.
 
     Put it behind your HTTPS proxy at the hub's base_url. Provider webhooks go to
     {base_url}/webhooks/{provider}/{partner id}; conversion postbacks to
     {base_url}/postback/{promotion id}.
+
+    A client address over a budget is answered 429 with Retry-After and nothing is recorded.
+    Budgets are per worker process: with --workers N a client may get up to N of them.
 
     \b
     Example:
@@ -47,8 +99,16 @@ def serve(app: App, host: str, port: int, workers: int, access_log: bool) -> Non
 
     import uvicorn
 
+    limits = Limits(
+        throttle_clicks,
+        throttle_unsubscribe,
+        throttle_webhooks,
+        throttle_postbacks,
+        trusted_proxies=trusted_proxies,
+    )
     app.engine()  # fail here, clearly, if the database is unreachable; migrate it once
     os.environ["JVMAIL_DATABASE_URL"] = app.database_url or DEFAULT_DATABASE_URL
+    os.environ.update(limits.env())  # what each worker's app reads (jvmail.tracking.serve)
     app.close()
     uvicorn.run(
         "jvmail.tracking.serve:app",
@@ -56,7 +116,10 @@ def serve(app: App, host: str, port: int, workers: int, access_log: bool) -> Non
         host=host,
         port=port,
         workers=workers,
-        proxy_headers=True,
+        # uvicorn takes the client from X-Forwarded-For for the same proxies only, so the
+        # address a click records is the one the limits are kept for.
+        proxy_headers=bool(trusted_proxies),
+        forwarded_allow_ips=",".join(trusted_proxies),
         access_log=access_log,
         log_level="info",
     )

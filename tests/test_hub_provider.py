@@ -75,7 +75,8 @@ def test_the_account_is_synced_into_the_hubs_row(session: Session, starter_hub: 
     hub = session.get(HubRecord, 1)
     assert hub is not None
     assert hub.provider["kind"] == "outbox"  # the default: .eml files in "outbox"
-    assert hub.provider["directory"] == "outbox"
+    # ... of the config directory, wherever the workers and the scheduler are started
+    assert hub.provider["directory"] == str(starter_hub.resolve() / "outbox")
     _with_account(starter_hub, POSTMARK)
     report = sync_hub(session, load_config(starter_hub))
     session.commit()
@@ -120,7 +121,9 @@ def test_report_send_uses_the_default_account(
     result = runner.invoke(cli, ["--db", db_url, "report", "--week", "2026-W49", "--send"])
     assert result.exit_code == 0, result.output
     assert "1 statement(s) sent" in result.output
-    assert (tmp_path / "outbox" / "statements" / "2026-W49" / "your-business.eml").exists()
+    # The outbox is the config directory's, not the one of the folder the command ran in.
+    assert (starter_hub / "outbox" / "statements" / "2026-W49" / "your-business.eml").exists()
+    assert not (tmp_path / "outbox").exists()
 
 
 class Recorded:

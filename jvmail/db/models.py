@@ -42,6 +42,7 @@ __all__ = [
     "MailingList",
     "MailingStatus",
     "Partner",
+    "PartnerSecret",
     "Promotion",
     "Subscriber",
     "SubscriberStatus",
@@ -213,6 +214,22 @@ class Partner(Base):
 
     lists: Mapped[list[MailingList]] = relationship(back_populates="partner")
     promotions: Mapped[list[Promotion]] = relationship(back_populates="partner")
+
+
+class PartnerSecret(Base):
+    """One of a partner's provider secrets at rest (see jvmail.secrets): ``name`` is the
+    environment variable its `[provider]` names, ``token`` the Fernet token of the value, sealed
+    together with the partner and the name so that it reads only from this row."""
+
+    __tablename__ = "partner_secret"
+    __table_args__ = (UniqueConstraint("partner_id", "name"),)
+
+    id: Mapped[IntPk]
+    partner_id: Mapped[int] = mapped_column(ForeignKey("partner.id"))
+    name: Mapped[str] = mapped_column(String(128))
+    token: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[Stamp]  # when this value was set
+    rotated_at: Mapped[MaybeStamp]  # when it was last re-encrypted under a new master key
 
 
 class MailingList(Base):

@@ -9,7 +9,8 @@ carries ids and bounds, never bodies. :func:`send_batch` is what a worker does w
 2. render the mailing once (a broken template fails the mailing with its reason);
 3. book the rows against the sender's account (pace, daily quota, a hold the provider asked
    for): wait for their turn, or give them back unsent to be retried later;
-4. mark the claimed rows in flight and commit: a worker that lost its lease stops here;
+4. mark the claimed rows in flight and commit: a worker that lost its lease stops here, and so
+   does one whose mailing was paused or cancelled since its claim (its rows go back unsent);
 5. one provider call per provider-sized piece; a refusal with Retry-After holds the whole
    account (every batch of it, in every worker) for that long;
 6. record each recipient's outcome under its fence and commit.
@@ -261,9 +262,7 @@ def send_batch(
         session, message, held, report, limiter=limiter, clock=clock
     ):
         return report
-    going = start(session, held)
-    session.commit()
-    report.stale = len(held) - len(going)
+    going = _start(session, mailing_id, held, report)
     if not going:
         return report
     fences = {c.delivery_id: c.fence for c in going}
@@ -326,6 +325,37 @@ def _claim(
         touch(session, mailing_id, bounds[0], dt.datetime.now(dt.UTC))
     session.commit()
     return held
+
+
+def _start(
+    session: Session, mailing_id: int, held: list[Claimed], report: BatchReport
+) -> list[Claimed]:
+    """Mark the claimed rows in flight and commit; the rows that may go out (none when the
+    mailing was paused or cancelled since the claim: they go back unsent)."""
+    if not _still_running(session, mailing_id):
+        unclaim(session, held)
+        session.commit()
+        return []
+    going = start(session, held)
+    session.commit()
+    report.stale = len(held) - len(going)
+    return going
+
+
+def _still_running(session: Session, mailing_id: int) -> bool:
+    """Whether the mailing may still send (not paused or cancelled since the claim), read under
+    a share lock kept until the caller's commit: a pause or cancel waits for the rows this
+    transaction marks in flight, and a start that comes after one sees it. So once a pause has
+    committed, the only rows that may still reach the provider are those then ``sending``."""
+    running = session.scalar(
+        select(Mailing.id)
+        .where(
+            Mailing.id == mailing_id,
+            Mailing.status.in_((MailingStatus.QUEUED, MailingStatus.SENDING)),
+        )
+        .with_for_update(read=True)
+    )
+    return running is not None
 
 
 def _hold(limiter: Limiter, clock: Clock, message: Message, problem: ProviderError) -> None:

@@ -3,10 +3,11 @@
 A provider declares what it can do (:class:`Capabilities`): how many recipients one request may
 carry, whether it fills per-recipient parts itself, whether it carries our delivery id as
 metadata. :meth:`Provider.send` is the template method: it cuts the batch to the provider's
-size and hands each piece to the module's :meth:`Provider._send`, which makes exactly one
-request per piece and reports one :class:`Result` per recipient. A request that fails as a whole
-raises :class:`ProviderError`, saying whether it is worth retrying (429, 5xx, connection) and
-whether the account's credentials were refused.
+size and hands each piece to the module's :meth:`Provider._send`, which makes one request per
+piece (and one more for the piece's other recipients when the provider refused the request for
+some addresses of it, as SendGrid does) and reports one :class:`Result` per recipient. A
+request that fails as a whole raises :class:`ProviderError`, saying whether it is worth
+retrying (429, 5xx, connection) and whether the account's credentials were refused.
 
 Besides batches of a mailing, a provider that declares ``single`` sends one whole message to one
 recipient (:class:`SingleMessage`: a statement, with its charts as inline images) in one request,
@@ -136,7 +137,8 @@ class ProviderError(JvmailError):
         self.retry_after = retry_after
         self.maybe_sent = maybe_sent
         # A provider that sends recipient by recipient (SMTP) reports what it finished before
-        # the failure, and how many after those may have left (one message in flight).
+        # the failure, and how many after those may have left (one message in flight); one
+        # that refused some addresses before the failed request (SendGrid), those.
         self.partial = tuple(partial)
         self.in_doubt = in_doubt
 
@@ -170,7 +172,8 @@ class Provider(ABC):
             except ProviderError as exc:
                 done.error = exc
                 done.results += exc.partial
-                rest = [r.delivery_id for r in people[start + len(exc.partial) :]]
+                finished = {r.delivery_id for r in exc.partial}
+                rest = [r.delivery_id for r in people[start:] if r.delivery_id not in finished]
                 if exc.maybe_sent:
                     doubt = len(piece) - len(exc.partial) if exc.in_doubt is None else exc.in_doubt
                     done.doubtful, done.untried = rest[:doubt], rest[doubt:]

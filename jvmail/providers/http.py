@@ -5,7 +5,8 @@
 * 429 and 5xx: a passing refusal, retried later (``Retry-After`` honoured when given, in
   seconds or as an HTTP-date).
 * other 4xx: the request itself is wrong: not retried; the message carries the provider's own
-  words so the cause can be fixed.
+  words so the cause can be fixed (:class:`Refused`, with the answer's status and body, for a
+  provider whose answer names the recipients it refused).
 * no connection: retried later; nothing left.
 * a timeout after the request was sent: the provider may have it: ``maybe_sent``, never resent.
 
@@ -25,11 +26,20 @@ import requests
 
 from jvmail.providers.base import ProviderError
 
-__all__ = ["TIMEOUT", "FormValue", "post"]
+__all__ = ["TIMEOUT", "FormValue", "Refused", "post"]
 
 TIMEOUT = (5.0, 30.0)  # seconds to connect, seconds to wait for the answer
 # A multipart field: text, or a file as (file name, content, content type).
 FormValue = str | tuple[str, bytes, str]
+
+
+class Refused(ProviderError):
+    """The provider refused the request itself (a 4xx but 401, 403 and 429): not retried as it
+    is. ``status`` and ``body`` are its answer."""
+
+    def __init__(self, message: str, fix: str, *, status: int, body: str) -> None:
+        super().__init__(message, fix, transient=False)
+        self.status, self.body = status, body
 
 
 def post(
@@ -89,10 +99,11 @@ def post(
             transient=True,
             retry_after=_seconds(answer.headers.get("Retry-After")),
         )
-    raise ProviderError(
+    raise Refused(
         f"{name}: the request was refused ({status}: {said})",
         "the provider's message above says what to change",
-        transient=False,
+        status=status,
+        body=answer.text,
     )
 
 

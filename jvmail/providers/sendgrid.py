@@ -7,6 +7,11 @@ partner name goes there; the published schema types the top-level ``custom_args`
 so they sit on each personalization). A marker appears in the HTML part under its ``_H`` key, so its
 value is HTML-escaped there and plain in the text part.
 
+SendGrid checks every address before it takes a request: one it deems invalid refuses the
+whole request (400), each error naming its recipient's field (``personalizations.N.to.0.email``).
+Those recipients are refused for good, with SendGrid's words; the others, not sent, go at once
+in one more request without them: a bad address costs its batch a request, not the mailing.
+
 A single message is one personalization whose custom args hold its metadata pair (a number,
 never a delivery's key), with its images as ``attachments`` of disposition ``inline``, each
 with the ``content_id`` its HTML refers to.
@@ -15,6 +20,8 @@ with the ``content_id`` its HTML refers to.
 from __future__ import annotations
 
 import base64
+import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,15 +32,17 @@ from jvmail.providers.base import (
     Capabilities,
     OutboundBatch,
     Provider,
+    ProviderError,
     Recipient,
     Result,
     SingleMessage,
 )
-from jvmail.providers.http import TIMEOUT, post
+from jvmail.providers.http import TIMEOUT, Refused, post
 
 __all__ = ["SendGridProvider"]
 
 API = "https://api.sendgrid.com"
+_RECIPIENT_FIELD = re.compile(r"personalizations\.(\d+)\.to\.\d+\.email")
 
 
 def _key(name: str) -> str:
@@ -113,7 +122,23 @@ class SendGridProvider(Provider):
         return body
 
     def _send(self, batch: OutboundBatch, recipients: Sequence[Recipient]) -> list[Result]:
-        message_id = self._post(self.body(batch, recipients))
+        try:
+            message_id = self._post(self.body(batch, recipients))
+        except Refused as exc:
+            bad = _refused_addresses(exc, len(recipients))
+            if not bad:
+                raise
+            refused = [
+                Result(r.delivery_id, False, error=f"SendGrid: {bad[n]}")
+                for n, r in enumerate(recipients)
+                if n in bad
+            ]
+            rest = [r for n, r in enumerate(recipients) if n not in bad]
+            try:
+                return refused + (self._send(batch, rest) if rest else [])
+            except ProviderError as again:  # the refused stay refused, whatever became of the rest
+                again.partial = (*refused, *again.partial)
+                raise
         return [Result(r.delivery_id, True, message_id) for r in recipients]
 
     def _send_message(self, message: SingleMessage) -> str:
@@ -129,3 +154,22 @@ class SendGridProvider(Provider):
             timeout=self.timeout,
         )
         return answer.headers.get("X-Message-Id")
+
+
+def _refused_addresses(refused: Refused, count: int) -> dict[int, str]:
+    """Personalization index -> SendGrid's reason, when its 400 names only recipients'
+    addresses (of ``count`` personalizations); empty when anything else is wrong with the
+    request (then it fails as a whole)."""
+    if refused.status != 400:
+        return {}
+    try:
+        errors = json.loads(refused.body)["errors"]
+        found = {}
+        for error in errors:
+            match = _RECIPIENT_FIELD.fullmatch(str(error.get("field")))
+            if match is None or int(match[1]) >= count:
+                return {}
+            found[int(match[1])] = str(error.get("message") or "invalid address")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return {}
+    return found

@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from jvmail.config import Hub, ListConfig, PartnerConfig, PromotionConfig
+from jvmail.config import Hub, ListConfig, PartnerConfig, PromotionConfig, ProviderAccount
 from jvmail.db.models import HubRecord, MailingList, Partner, Promotion
 from jvmail.registry.subscribers import ImportResult, import_subscribers
 
@@ -186,7 +186,7 @@ def _sync_hub_record(session: Session, hub: Hub, report: SyncReport, now: dt.dat
         "report_hour": hub.settings.report_hour,
         "missed_grace_hours": hub.settings.missed_grace_hours,
         "scheduler": hub.scheduler.model_dump(mode="json"),
-        "provider": hub.settings.provider.model_dump(mode="json"),
+        "provider": _account(hub, hub.settings.provider),
     }
     row = session.get(HubRecord, 1)
     if row is None:
@@ -204,12 +204,21 @@ def _sync_hub_record(session: Session, hub: Hub, report: SyncReport, now: dt.dat
         report.changes.append(Change("hub", "settings", "changed", changed))
 
 
+def _account(hub: Hub, account: ProviderAccount) -> dict[str, Any]:
+    """A provider account as stored: an outbox's folder resolved against the config directory,
+    so that every process writes to the same one, wherever it was started."""
+    values: dict[str, Any] = account.model_dump(mode="json")
+    if values["kind"] == "outbox":
+        values["directory"] = str(hub.path(values["directory"]))
+    return values
+
+
 def _partner_rows(hub: Hub) -> Iterable[tuple[str, dict[str, Any]]]:
     for p in hub.partners:
-        yield p.id, _partner_values(p)
+        yield p.id, _partner_values(hub, p)
 
 
-def _partner_values(p: PartnerConfig) -> dict[str, Any]:
+def _partner_values(hub: Hub, p: PartnerConfig) -> dict[str, Any]:
     return {
         "name": p.name,
         "contact_email": str(p.contact_email),
@@ -218,7 +227,7 @@ def _partner_values(p: PartnerConfig) -> dict[str, Any]:
         "categories": list(p.categories),
         "wants_to_meet": list(p.wants_to_meet),
         "provider_kind": p.provider.kind,
-        "provider": p.provider.model_dump(mode="json"),
+        "provider": _account(hub, p.provider),
         "approve_mailings": p.approve_mailings,
         "postback_secret_env": p.postback_secret_env,
     }

@@ -15,7 +15,9 @@ A window is a set of partners: every unlocked arc between two of them is free; e
 chosen arc stays as it is and only uses up capacity and moves balances. The whole hub is the
 window of every partner. HiGHS starts from the board's current arcs, runs on one thread with a
 fixed seed and a node budget (not a clock, so the answer is the same on every run), and the
-board takes the result when it scores higher.
+board takes the result when it scores higher. The same model always gets the same answer,
+which lets :func:`improve` solve the next window ahead, on a second thread, and keep that
+answer when the window's model turns out unchanged.
 
 :func:`improve` is the large-neighbourhood search that follows annealing on a large hub: a
 fixed number of small windows, each grown from one of the most imbalanced partners through the
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
+from threading import Thread
 
 import highspy
 import numpy as np
@@ -69,76 +72,118 @@ def solve_window(
     ``quick`` stops at the root node and keeps, of the root's heuristics, RINS (a sub-MIP
     around the current plan, which finds nearly all of the gain on a small window) without
     restarts: a few times faster than the full root."""
-    free = window.free
-    if not free:
+    if not window.free:
         return 0.0
-    current = [float(board.chosen[a]) for a in free]
-    h = new_highs()
-    h.setOptionValue("mip_max_nodes", 1 if quick else max_nodes)
-    h.setOptionValue("mip_rel_gap", 1e-6)
-    if quick:
-        h.setOptionValue("mip_allow_restart", False)
-        h.setOptionValue("mip_heuristic_run_feasibility_jump", False)
-        h.setOptionValue("mip_heuristic_run_root_reduced_cost", False)
-        h.setOptionValue("mip_heuristic_run_rens", False)
-    col = {a: n for n, a in enumerate(free)}
-    partners = window.members
-    s = board
-    costs = [s.a_value[a] + s.bonus[a] for a in free] + [-s.w1, -s.w1, -s.w2] * len(partners)
-    upper = [1.0] * len(free) + [_INF] * (3 * len(partners))
-    h.addCols(
-        len(costs),
-        np.array(costs),
-        np.zeros(len(costs)),
-        np.array(upper),
-        0,
-        np.array([], dtype=np.int32),
-        np.array([], dtype=np.int32),
-        np.array([]),
-    )
-    h.changeColsIntegrality(
-        len(free),
-        np.arange(len(free), dtype=np.int32),
-        np.array([highspy.HighsVarType.kInteger] * len(free)),
-    )
-    h.changeObjectiveSense(highspy.ObjSense.kMaximize)
-    rows = RowBuffer()
-    _capacity_rows(rows, board, window, col)
-    balance_start = _balance_rows(rows, board, window, col, len(free))
-    rows.flush(h)
-    start = current + balance_start
-    h.setSolution(len(start), np.arange(len(start), dtype=np.int32), np.array(start))
-    h.run()
-    if (
-        h.getModelStatus()
-        not in (
-            highspy.HighsModelStatus.kOptimal,
-            highspy.HighsModelStatus.kSolutionLimit,
-            highspy.HighsModelStatus.kIterationLimit,
-            highspy.HighsModelStatus.kTimeLimit,
-            highspy.HighsModelStatus.kInterrupt,
+    model = _Model(board, window, max_nodes, quick=quick)
+    model.start(thread=False)
+    return model.apply(board)
+
+
+class _Model:
+    """The exact model of one window in HiGHS, solved here or on a thread of its own (HiGHS
+    lets go of the interpreter while it runs). ``key`` is everything HiGHS is given: two
+    models with the same key get the same answer."""
+
+    def __init__(self, board: Board, window: Window, max_nodes: int, *, quick: bool) -> None:
+        free = self.free = window.free
+        self.current = current = [float(board.chosen[a]) for a in free]
+        h = self.highs = new_highs()
+        h.setOptionValue("mip_max_nodes", 1 if quick else max_nodes)
+        h.setOptionValue("mip_rel_gap", 1e-6)
+        if quick:
+            h.setOptionValue("mip_allow_restart", False)
+            h.setOptionValue("mip_heuristic_run_feasibility_jump", False)
+            h.setOptionValue("mip_heuristic_run_root_reduced_cost", False)
+            h.setOptionValue("mip_heuristic_run_rens", False)
+        col = {a: n for n, a in enumerate(free)}
+        partners = window.members
+        s = board
+        costs = [s.a_value[a] + s.bonus[a] for a in free]
+        costs += [-s.w1, -s.w1, -s.w2] * len(partners)
+        upper = [1.0] * len(free) + [_INF] * (3 * len(partners))
+        h.addCols(
+            len(costs),
+            np.array(costs),
+            np.zeros(len(costs)),
+            np.array(upper),
+            0,
+            np.array([], dtype=np.int32),
+            np.array([], dtype=np.int32),
+            np.array([]),
         )
-        or h.getInfo().primal_solution_status != 2
-    ):
-        return 0.0
-    values = h.getSolution().col_value
-    remove = [a for n, a in enumerate(free) if current[n] > 0.5 and values[n] < 0.5]
-    add = [a for n, a in enumerate(free) if current[n] < 0.5 and values[n] > 0.5]
-    if not remove and not add:
-        return 0.0
-    before = board.score()
-    for a in remove + add:
-        board.toggle(a)
-    gain = board.score() - before
-    touched = {board.a_list[a] for a in add}
-    if gain < 1e-6 or not all(board.fits(i, board.on_list[i]) for i in touched):
+        h.changeColsIntegrality(
+            len(free),
+            np.arange(len(free), dtype=np.int32),
+            np.array([highspy.HighsVarType.kInteger] * len(free)),
+        )
+        h.changeObjectiveSense(highspy.ObjSense.kMaximize)
+        rows = RowBuffer()
+        _capacity_rows(rows, board, window, col)
+        balance_start = _balance_rows(rows, board, window, col, len(free))
+        start = current + balance_start
+        self.key = (
+            quick,
+            max_nodes,
+            tuple(free),
+            tuple(costs),
+            tuple(rows.lower),
+            tuple(rows.upper),
+            tuple(rows.starts),
+            tuple(rows.index),
+            tuple(rows.value),
+            tuple(start),
+        )
+        rows.flush(h)
+        h.setSolution(len(start), np.arange(len(start), dtype=np.int32), np.array(start))
+        self.thread: Thread | None = None
+
+    def start(self, *, thread: bool = True) -> None:
+        """Solve, on a thread of its own unless ``thread`` is false."""
+        if thread:
+            self.thread = Thread(target=self.highs.run, daemon=True)
+            self.thread.start()
+        else:
+            self.highs.run()
+
+    def wait(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+
+    def apply(self, board: Board) -> float:
+        """Wait for the answer and apply it if it is better; returns the gain (>= 0)."""
+        self.wait()
+        h, free, current = self.highs, self.free, self.current
+        if (
+            h.getModelStatus()
+            not in (
+                highspy.HighsModelStatus.kOptimal,
+                highspy.HighsModelStatus.kSolutionLimit,
+                highspy.HighsModelStatus.kIterationLimit,
+                highspy.HighsModelStatus.kTimeLimit,
+                highspy.HighsModelStatus.kInterrupt,
+            )
+            or h.getInfo().primal_solution_status != 2
+        ):
+            return 0.0
+        values = h.getSolution().col_value
+        remove = [a for n, a in enumerate(free) if current[n] > 0.5 and values[n] < 0.5]
+        add = [a for n, a in enumerate(free) if current[n] < 0.5 and values[n] > 0.5]
+        if not remove and not add:
+            return 0.0
+        before = board.score()
         for a in remove + add:
             board.toggle(a)
-        return 0.0
-    return gain
+        gain = board.score() - before
+        touched = {board.a_list[a] for a in add}
+        if gain < 1e-6 or not all(board.fits(i, board.on_list[i]) for i in touched):
+            for a in remove + add:
+                board.toggle(a)
+            return 0.0
+        return gain
 
 
-def improve(board: Board, windows: int, window_arcs: int) -> float:
+def improve(board: Board, windows: int, window_arcs: int, *, ahead: bool = True) -> float:
     """Large-neighbourhood search: re-solve up to ``windows`` windows (``quick``), each of
     about ``window_arcs`` free arcs, keeping every improvement; returns the total gain.
 
@@ -147,7 +192,13 @@ def improve(board: Board, windows: int, window_arcs: int) -> float:
     partner with the most arcs to its members, weighted up by that partner's current penalty
     (relative to twice the mean chosen value: enough to bring imbalanced partners in, not so
     much that the window ends up with no trade among its members). Every step is counted in
-    windows and nodes, never in seconds."""
+    windows and nodes, never in seconds.
+
+    With ``ahead``, the next window is solved on a second thread while this one is (HiGHS lets
+    go of the interpreter while it runs), as it would be on the plan before this window's
+    changes; it is used only when its model, rebuilt afterwards, is exactly the same (the usual
+    case: windows far apart leave each other alone), so the result is that of one window at a
+    time, bit for bit."""
     links: list[dict[int, int]] = [{} for _ in board.partners]
     for a, (o, q) in enumerate(board.a_owners):
         if not board.locked[a]:
@@ -159,12 +210,31 @@ def improve(board: Board, windows: int, window_arcs: int) -> float:
     seeds = sorted((p for p, near in enumerate(links) if near), key=lambda p: (-pen[p], p))
     seen: set[tuple[int, ...]] = set()
     total = 0.0
-    for seed in seeds[:windows]:
+    spare: _Model | None = None  # the next window, solved meanwhile on the plan as it was
+    for k, seed in enumerate(seeds[:windows]):
         members = _grow(seed, links, pen, max(scale, 1e-9), window_arcs)
         if members in seen:
             continue
         seen.add(members)
-        total += solve_window(board, Window(board, members), quick=True)
+        window = Window(board, members)
+        if not window.free:
+            continue
+        model = _Model(board, window, 0, quick=True)
+        if spare is not None and spare.key == model.key:
+            model = spare  # the same model: the same answer, already on its way
+        else:
+            if spare is not None:
+                spare.wait()
+            model.start(thread=ahead)
+        spare = None
+        if ahead and k + 1 < min(windows, len(seeds)):
+            guess = Window(board, _grow(seeds[k + 1], links, pen, max(scale, 1e-9), window_arcs))
+            if tuple(guess.members) not in seen and guess.free:
+                spare = _Model(board, guess, 0, quick=True)
+                spare.start()
+        total += model.apply(board)
+    if spare is not None:
+        spare.wait()
     return total
 
 

@@ -9,7 +9,9 @@ rotated without losing webhooks signed with the old one:
 - postmark: ``webhook_username`` and ``webhook_password_env`` (basic auth in the webhook URL);
 - ses: ``sns_topic_arn`` (the SNS topic the account's events are published to).
 
-An account without them set refuses every webhook (403): nothing unverified is ever stored.
+A variable that is not set is looked up in the encrypted secret store under the same name
+(:mod:`jvmail.secrets`), as the sending secrets are. An account with its keys in neither refuses
+every webhook (403): nothing unverified is ever stored.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from jvmail.db.models import Partner
+from jvmail.secrets import SecretError, lookup
 from jvmail.tracking.events import Event, Rejected
 from jvmail.tracking.webhooks import mailgun, postmark, sendgrid, ses
 
@@ -37,6 +40,8 @@ class Account:
     slug: str
     kind: str
     settings: Mapping[str, Any]
+    # Where its stored secrets are read from, when their variables are not set.
+    sessions: sessionmaker[Session] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -65,20 +70,35 @@ def load(sessions: sessionmaker[Session], slug: str) -> Account | None:
         partner = session.scalars(select(Partner).where(Partner.slug == slug)).first()
         if partner is None or partner.archived_at is not None:
             return None
-        return Account(partner.id, partner.slug, partner.provider_kind, dict(partner.provider))
+        provider = dict(partner.provider)
+        return Account(partner.id, partner.slug, partner.provider_kind, provider, sessions)
 
 
 def _values(account: Account, env: Mapping[str, str], key: str) -> tuple[str, ...]:
     name = account.settings.get(key)
     raw = env.get(str(name), "") if name else ""
+    if name and not raw and account.sessions is not None:
+        raw = _stored(account.sessions, account, env, str(name))
     values = tuple(v.strip() for v in raw.split(",") if v.strip())
     if not values:
         raise Rejected(
             403,
             f"webhooks of {account.slug}'s {account.kind} account are not set up: "
-            f"its [provider] {key} must name an environment variable that is set",
+            f"its [provider] {key} must name an environment variable that is set or stored",
         )
     return values
+
+
+def _stored(
+    sessions: sessionmaker[Session], account: Account, env: Mapping[str, str], name: str
+) -> str:
+    try:
+        with sessions() as session:
+            return lookup(session, env, account.partner_id, account.slug, name) or ""
+    except SecretError as exc:
+        raise Rejected(
+            403, f"webhooks of {account.slug}'s {account.kind} account: {exc.message}"
+        ) from exc
 
 
 def verify(

@@ -17,6 +17,9 @@ conversion postbacks, as one Starlette app.
   Forged, stale, replayed or malformed requests get 4xx and write nothing.
 - ``POST /postback/{promotion}``: a conversion (or, with a negative amount, a refund) signed
   with the promotion owner's postback secret, credited to the mailing the click came from.
+
+A client over its budget for clicks and opens, unsubscribes, or refused webhooks and postbacks
+is answered 429 before any route sees its request (:mod:`jvmail.tracking.throttle`).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -65,6 +69,7 @@ from jvmail.tracking.links import Keyring, Link
 from jvmail.tracking.pages import NO_STORE, not_found, page
 from jvmail.tracking.review import review_action, review_page
 from jvmail.tracking.store import (
+    _Target,
     _targets,
     flag_link_sweeps,
     recipient_hash,
@@ -73,6 +78,7 @@ from jvmail.tracking.store import (
     suppress,
     writing,
 )
+from jvmail.tracking.throttle import Limiter, Limits, Throttle
 
 __all__ = ["Settings", "create_app"]
 
@@ -99,6 +105,7 @@ class Settings:
     drainers: int = 2
     env: Mapping[str, str] = field(default_factory=lambda: os.environ)
     sns: accounts.SnsPolicy = field(default_factory=accounts.SnsPolicy)
+    throttle: Limits = field(default_factory=Limits)  # per-client budgets; Limits.off(): none
 
 
 class Tracker:
@@ -197,7 +204,9 @@ class Tracker:
     def _write_hits(self, rows: list[dict[str, Any]]) -> int:
         with self.writing() as session:
             targets = _targets(session, {r["delivery_id"] for r in rows})
-            rows = [r for r in rows if r["delivery_id"] in targets]
+            # Only a delivery of the token's own mailing: a token naming another mailing's
+            # delivery (one the hub never signed) records nothing.
+            rows = [r for r in rows if _of_mailing(targets.get(r["delivery_id"]), r["mailing_id"])]
             stored = store_rows(session, rows, targets=targets)
             clicked = [r["delivery_id"] for r in rows if r["type"] == EventType.CLICKED]
             counts = {m: len(urls) for m, urls in self.links.items()}
@@ -247,6 +256,10 @@ class Tracker:
             await self.drain()
         except Exception:
             log.exception("draining the webhook inbox (%s) failed; its rows wait in it", when)
+
+
+def _of_mailing(target: _Target | None, mailing: int) -> bool:
+    return target is not None and target.mailing == mailing
 
 
 # -- pages --------------------------------------------------------------------------------
@@ -395,6 +408,7 @@ async def postback(request: Request) -> Response:
 
 def create_app(settings: Settings) -> Starlette:
     tracker = Tracker(settings)
+    limiter = Limiter(settings.throttle)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -432,9 +446,11 @@ def create_app(settings: Settings) -> Starlette:
             Route("/review/{token}", review_action, methods=["POST"]),
             Route("/healthz", lambda r: JSONResponse({"ok": True}), methods=["GET"]),
         ],
+        middleware=[Middleware(Throttle, limiter=limiter)] if limiter.buckets else [],
         lifespan=lifespan,
     )
     app.state.tracker = tracker
+    app.state.limiter = limiter
     return app
 
 

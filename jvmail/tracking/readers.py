@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from jvmail.db.models import Delivery, DeliveryStatus, Mailing, MailingList, MailingStatus
 from jvmail.tracking.app import Settings, create_app
+from jvmail.tracking.throttle import Limits
 
 __all__ = ["Readers", "local_server", "simulate_readers"]
 
@@ -52,9 +53,9 @@ def local_server(database_url: str, base_url: str) -> Iterator[str]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = int(probe.getsockname()[1])
-    config = uvicorn.Config(
-        create_app(Settings(database_url)), host="127.0.0.1", port=port, log_level="warning"
-    )
+    # Every reader comes from loopback: one client address, never to be throttled.
+    app = create_app(Settings(database_url, throttle=Limits.off()))
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="jvmail-serve", daemon=True)
     thread.start()

@@ -1,5 +1,7 @@
 """The app `jvmail serve` runs under uvicorn, configured from the environment
-(``JVMAIL_DATABASE_URL``, default ``sqlite:///jvmail.db``)."""
+(``JVMAIL_DATABASE_URL``, default ``sqlite:///jvmail.db``; the per-client limits in
+``JVMAIL_THROTTLE_<FAMILY>`` and ``JVMAIL_TRUSTED_PROXIES``, see
+:meth:`jvmail.tracking.throttle.Limits.from_env`)."""
 
 from __future__ import annotations
 
@@ -9,9 +11,11 @@ from starlette.applications import Starlette
 
 from jvmail.db import DEFAULT_DATABASE_URL
 from jvmail.tracking.app import Settings, create_app
+from jvmail.tracking.throttle import Limits
 
 __all__ = ["app"]
 
 
 def app() -> Starlette:
-    return create_app(Settings(os.environ.get("JVMAIL_DATABASE_URL", DEFAULT_DATABASE_URL)))
+    url = os.environ.get("JVMAIL_DATABASE_URL", DEFAULT_DATABASE_URL)
+    return create_app(Settings(url, throttle=Limits.from_env(os.environ)))

@@ -5,10 +5,13 @@ a webhook delivered twice, or three times at once, is stored once and acted on o
 rows the insert returns are new. For new events, in the same transaction:
 
 - a delivery left ``unknown`` by the send pipeline is resolved: any event about it proves the
-  provider took the message (``accepted``), a provider rejection fails it; never a resend;
+  provider took the message (``accepted``), a provider rejection fails it; never a resend.
+  Events arrive in any order: one that proves the message was taken accepts a delivery a
+  rejection failed before it arrived, as it would have in the same request;
 - the suppression policy runs: an unsubscribe, a complaint or a hard bounce suppresses the
   address for the list owner at once; soft bounces on ``soft_bounce_days`` distinct days do,
-  unless a delivery came in between (see :func:`_soft_bounce_days`);
+  unless a delivery came in between (see :func:`_soft_bounce_days`), whenever its event arrives:
+  a late delivery lifts a soft-bounce suppression that it shows was one day short;
 - clicks that swept every link of a message within seconds are flagged machine-made.
 """
 
@@ -22,7 +25,17 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import orjson
-from sqlalchemy import BigInteger, Row, String, any_, bindparam, select, type_coerce, update
+from sqlalchemy import (
+    BigInteger,
+    Row,
+    String,
+    any_,
+    bindparam,
+    delete,
+    select,
+    type_coerce,
+    update,
+)
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -61,6 +74,8 @@ SOFT_BOUNCE_DAYS = 3
 # What an event says about a delivery the send pipeline could not confirm.
 _REFUSED = frozenset({EventType.REJECTED})
 _SAYS_NOTHING = frozenset({EventType.UNKNOWN, EventType.CONVERTED})
+_REJECTED = "rejected by the provider"  # the error of a delivery a provider's event failed
+_SOFT = "soft bounces"  # the source of a suppression for soft bounces
 
 _SUPPRESS_BY_TYPE = {
     EventType.UNSUBSCRIBED: SuppressionReason.UNSUBSCRIBED,
@@ -288,26 +303,35 @@ class _New(NamedTuple):  # a tuple: thousands are made per batch
 def _resolve_unknown(
     session: Session, new: Sequence[Row[Any]], targets: Mapping[int, _Target]
 ) -> None:
-    """A delivery whose provider call ended in doubt is settled by what the provider reports."""
+    """A delivery whose provider call ended in doubt is settled by what the provider reports:
+    any event but a rejection proves the message was taken, also after a rejection that arrived
+    first failed the delivery (the provider's events come in any order)."""
     verdict: dict[int, DeliveryStatus] = {}
     for r in new:
         target = targets.get(r.delivery_id)
-        if target is None or target.status != DeliveryStatus.UNKNOWN:
+        if target is None or target.status not in (DeliveryStatus.UNKNOWN, DeliveryStatus.FAILED):
             continue
         if r.type in _REFUSED:
-            verdict.setdefault(r.delivery_id, DeliveryStatus.FAILED)
+            if target.status == DeliveryStatus.UNKNOWN:
+                verdict.setdefault(r.delivery_id, DeliveryStatus.FAILED)
         elif r.type not in _SAYS_NOTHING:
             verdict[r.delivery_id] = DeliveryStatus.ACCEPTED
     now = dt.datetime.now(dt.UTC)
     for status in (DeliveryStatus.ACCEPTED, DeliveryStatus.FAILED):
         ids = [d for d, s in verdict.items() if s is status]
         if ids:
+            settles = Delivery.status == DeliveryStatus.UNKNOWN
+            if status is DeliveryStatus.ACCEPTED:  # or failed by a rejection, not by the send
+                rejected = (Delivery.status == DeliveryStatus.FAILED) & (
+                    Delivery.error == _REJECTED
+                )
+                settles = settles | rejected
             session.execute(
                 update(Delivery)
-                .where(Delivery.id.in_(ids), Delivery.status == DeliveryStatus.UNKNOWN)
+                .where(Delivery.id.in_(ids), settles)
                 .values(
                     status=status,
-                    error=None if status is DeliveryStatus.ACCEPTED else "rejected by the provider",
+                    error=None if status is DeliveryStatus.ACCEPTED else _REJECTED,
                     updated_at=now,
                 )
             )
@@ -324,10 +348,13 @@ def _apply_policy(
 ) -> None:
     hits: dict[tuple[int, SuppressionReason], dict[str, str]] = {}
     soft: dict[int, set[str]] = {}
+    delivered: dict[int, set[str]] = {}
     for r in new:
         target = targets.get(r.delivery_id)
         if target is None:
             continue
+        if r.type == EventType.DELIVERED:
+            delivered.setdefault(target.sender, set()).add(target.email)
         reason = _SUPPRESS_BY_TYPE.get(r.type)
         if reason is None and r.bounce == BounceClass.COMPLAINT:
             reason = SuppressionReason.COMPLAINED
@@ -343,9 +370,52 @@ def _apply_policy(
         )
     for owner, addresses in sorted(soft.items()):
         days = _soft_bounce_days(session, owner, sorted(addresses))
-        over = {e: "soft bounces" for e, n in days.items() if n >= soft_bounce_days}
+        over = {e: _SOFT for e, n in days.items() if n >= soft_bounce_days}
         for _ in suppress_many(session, owner, over, SuppressionReason.BOUNCED):
             stored.suppressed.append(f"{owner}:{SuppressionReason.BOUNCED}")
+    for owner, addresses in sorted(delivered.items()):
+        _lift_soft_bounces(session, owner, sorted(addresses), soft_bounce_days)
+
+
+def _lift_soft_bounces(
+    session: Session, owner: int, emails: Sequence[str], soft_bounce_days: int
+) -> None:
+    """Lift ``owner``'s soft-bounce suppressions of ``emails`` that a delivery, whose event
+    arrived after the bounces, shows were not on enough days since the last delivery; their
+    subscribers (which only that suppression marked bounced) are subscribed again."""
+    held = session.scalars(
+        select(Suppression.email).where(
+            Suppression.partner_id == owner,
+            _among(session, Suppression.email, [e.strip().lower() for e in emails], String),
+            Suppression.reason == SuppressionReason.BOUNCED,
+            Suppression.source == _SOFT,
+        )
+    ).all()
+    if not held:
+        return
+    days = _soft_bounce_days(session, owner, held)
+    lift = sorted(e for e in held if days.get(e, 0) < soft_bounce_days)
+    if not lift:
+        return
+    session.execute(
+        delete(Suppression).where(
+            Suppression.partner_id == owner,
+            Suppression.email.in_(lift),
+            Suppression.reason == SuppressionReason.BOUNCED,
+            Suppression.source == _SOFT,
+        )
+    )
+    now = dt.datetime.now(dt.UTC)
+    lists = select(MailingList.id).where(MailingList.partner_id == owner)
+    session.execute(
+        update(Subscriber)
+        .where(
+            Subscriber.list_id.in_(lists),
+            Subscriber.email.in_(lift),
+            Subscriber.status == SubscriberStatus.BOUNCED,
+        )
+        .values(status=SubscriberStatus.SUBSCRIBED, status_changed_at=now, updated_at=now)
+    )
 
 
 def _soft_bounce_days(session: Session, owner: int, emails: Sequence[str]) -> dict[str, int]:
@@ -388,7 +458,8 @@ def suppress_many(
     session: Session, owner: int, emails: Mapping[str, str], reason: SuppressionReason
 ) -> list[str]:
     """Suppress several addresses (address -> source) for ``owner``, all its lists, in two
-    statements; returns those that are new."""
+    statements; returns those that are new. An address held only for soft bounces takes the
+    firmer cause instead, so a late delivery never lifts it (:func:`_lift_soft_bounces`)."""
     if not emails:
         return []
     rows = [  # in one order everywhere: two writers of the same addresses never deadlock
@@ -408,6 +479,21 @@ def suppress_many(
             )
             .scalars()
             .all()
+        )
+    firmer: dict[str, list[str]] = {}  # source -> addresses that were held already
+    new = set(inserted)
+    for e, s in sorted(emails.items()):
+        if s[:64] != _SOFT and e.strip().lower() not in new:
+            firmer.setdefault(s[:64], []).append(e.strip().lower())
+    for source, held in sorted(firmer.items()):
+        session.execute(
+            update(Suppression)
+            .where(
+                Suppression.partner_id == owner,
+                _among(session, Suppression.email, held, String),
+                Suppression.source == _SOFT,
+            )
+            .values(reason=reason, source=source)
         )
     lists = select(MailingList.id).where(MailingList.partner_id == owner)
     now = dt.datetime.now(dt.UTC)

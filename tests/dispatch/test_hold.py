@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from jvmail.db.models import Delivery, Partner
 from jvmail.dispatch.actors import Runtime, TryLater, declare
+from jvmail.dispatch.control import pause, resume
 from jvmail.dispatch.limits import Clock, Limiter, account_key
 from jvmail.dispatch.pipeline import MAX_PACE_WAIT, BatchReport, dispatch, send_batch
 from jvmail.providers.base import ProviderError
@@ -195,6 +196,30 @@ def test_a_hold_booked_while_a_batch_waits_for_its_pace_gives_it_back(
     assert (report.sent, report.retry, report.retry_after) == (0, True, pytest.approx(59.0))
     assert scene.sendgrid.arrivals == [START]
     assert _pending(scene.session) == 20 + 6
+
+
+@pytest.mark.parametrize("scene", [{"max_per_second": 5}], indirect=True)
+@pytest.mark.parametrize("sendgrid", [None], indirect=True)
+def test_a_pause_committed_while_a_batch_waits_for_its_pace_gives_it_back(
+    scene: Scene, limiters: Limiters, hub: Hub
+) -> None:
+    assert scene.send(scene.first, limiters.one).sent == 5  # 5 at 5/s: the next waits 1 s
+
+    def coordinator_pauses() -> None:
+        pause(scene.session, [hub.mailing.id], dt.datetime.now(dt.UTC))
+        scene.session.commit()
+
+    scene.time.meanwhile = coordinator_pauses
+    report = scene.send(scene.rest[0], limiters.one)
+    assert scene.time.slept == [pytest.approx(1.0)]
+    assert (report.claimed, report.sent, report.error) == (5, 0, "")
+    assert scene.sendgrid.arrivals == [START]  # the claimed batch never left
+    assert _pending(scene.session) == 20 + 6  # given back unsent: resume sends it
+
+    scene.time.meanwhile = None
+    resume(scene.session, [hub.mailing.id], dt.datetime.now(dt.UTC))
+    scene.session.commit()
+    assert scene.send(scene.rest[0], limiters.one).sent == 5
 
 
 def _each_reader_once(scene: Scene) -> None:

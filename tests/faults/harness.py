@@ -6,7 +6,9 @@ What runs: a fresh PostgreSQL schema with one due mailing; a Redis server of the
 without touching anyone else's; `dramatiq` worker processes with production's boot
 (tests/dispatch/fault_worker.py: every mailing through SendGrid's API); and a fake SendGrid that
 validates each request against SendGrid's published schema and records every recipient it took,
-with when. The harness enqueues ticks, as `jvmail scheduler` does every minute.
+with when, and every request it got (:class:`Arrival`). The workers' database connections carry
+the scenario's namespace as their application_name. The harness enqueues ticks, as `jvmail
+scheduler` does every minute.
 
 Once the system is quiet (no delivery pending, claimed or sending), the provider's events are
 played back for the deliveries left ``unknown``, as SendGrid's event webhook would report them,
@@ -43,13 +45,22 @@ from typing import Any
 import dramatiq
 import pytest
 import redis
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from jvmail.broker import make_broker
 from jvmail.db import make_engine, make_sessionmaker, upgrade
-from jvmail.db.models import Delivery, DeliveryStatus, Partner, Subscriber, Suppression
+from jvmail.db.models import (
+    Delivery,
+    DeliveryStatus,
+    Mailing,
+    MailingStatus,
+    Partner,
+    Subscriber,
+    Suppression,
+)
 from jvmail.dispatch.actors import QUEUE, Actors, Runtime, declare
+from jvmail.dispatch.control import pause, resume
 from jvmail.dispatch.reconcile import GIVE_UP, reconcile
 from jvmail.tracking.store import store_events
 from jvmail.tracking.webhooks.sendgrid import SendGridKeys, parse
@@ -133,18 +144,30 @@ class RedisServer:
         self.start()
 
 
+@dataclass(frozen=True)
+class Arrival:
+    """One request as it reached the fake SendGrid: when (wall time, read as the handler
+    starts, so never before the request arrived) and to whom, whatever the answer."""
+
+    at: float
+    addresses: tuple[str, ...]
+
+
 @dataclass
 class Recorder:
-    """The fake SendGrid, with when each recipient reached it."""
+    """The fake SendGrid, with when each request and each recipient reached it."""
 
     fake: Fake
     taken_at: dict[str, list[float]] = field(default_factory=dict)  # address -> wall times
+    arrivals: list[Arrival] = field(default_factory=list)  # every request, in arrival order
 
     def wrap(
         self, handle: Callable[[BaseHTTPRequestHandler], None]
     ) -> Callable[[BaseHTTPRequestHandler], None]:
         def timed(h: BaseHTTPRequestHandler) -> None:
+            at = time.time()
             raw = h.rfile.read(int(h.headers.get("Content-Length", "0")))
+            self.arrivals.append(Arrival(at, _addresses(raw)))
             before = len(self.fake.accepted)
             h.rfile = io.BytesIO(raw)  # the fake reads the body again
             handle(h)
@@ -153,6 +176,20 @@ class Recorder:
                 self.taken_at.setdefault(address, []).append(now)
 
         return timed
+
+
+def _in_claim(waiting: str | None, query: str) -> bool:
+    """A worker connection waiting, inside its claim transaction, to stamp its batch claimed."""
+    return waiting == "Lock" and "delivery_batch" in query and "claimed_at" in query
+
+
+def _addresses(raw: bytes) -> tuple[str, ...]:
+    """The recipients of a SendGrid request body (none when it is not one)."""
+    try:
+        body = json.loads(raw)
+        return tuple(t["email"] for p in body["personalizations"] for t in p["to"])
+    except (ValueError, KeyError, TypeError):
+        return ()
 
 
 @dataclass
@@ -179,7 +216,7 @@ class System:
     def start_worker(self, **env: str) -> subprocess.Popen[bytes]:
         """A `dramatiq` worker process (production's boot), in a process group of its own."""
         environ = os.environ | {
-            "JVMAIL_DATABASE_URL": self.pg_url,
+            "JVMAIL_DATABASE_URL": self.worker_db_url,
             "JVMAIL_REDIS_URL": self.redis.url,
             "JVMAIL_REDIS_NAMESPACE": self.namespace,
             "JVMAIL_LEASE_SECONDS": str(self.lease),
@@ -202,6 +239,17 @@ class System:
         )
         (self.doomed if "JVMAIL_FAULT" in env else self.workers).append(proc)
         return proc
+
+    @property
+    def worker_db_url(self) -> str:
+        """The workers' database URL: their connections carry the scenario's namespace as
+        their application_name, so a fault can find them in pg_stat_activity."""
+        return f"{self.pg_url}{'&' if '?' in self.pg_url else '?'}application_name={self.namespace}"
+
+    @property
+    def threads(self) -> int:
+        """Worker threads running now (each holds at most one batch at a time)."""
+        return 2 * sum(1 for proc in self.workers if proc.poll() is None)
 
     def signal(self, proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
         """``sig`` to the worker's whole process group (dramatiq's main process and its
@@ -276,6 +324,22 @@ class System:
         )
         return {d: (email, status) for d, email, status in rows}
 
+    def errors(self, status: DeliveryStatus) -> list[str]:
+        """The recorded reasons of the deliveries in ``status``."""
+        self.session.rollback()
+        return [
+            e or ""
+            for e in self.session.scalars(select(Delivery.error).where(Delivery.status == status))
+        ]
+
+    def mailing_status(self) -> MailingStatus:
+        self.session.rollback()
+        status = self.session.scalar(
+            select(Mailing.status).where(Mailing.id == self.hub.mailing.id)
+        )
+        assert status is not None
+        return status
+
     # -- faults from outside -------------------------------------------------------------------
 
     def unsubscribe(self, addresses: list[str]) -> None:
@@ -290,6 +354,70 @@ class System:
         self.session.commit()
         now = time.time()
         self.unsubscribed |= dict.fromkeys(addresses, now)
+
+    def pause(self) -> tuple[float, frozenset[str]]:
+        """Pause the mailing, as `jvmail pause` does. When the pause had committed (wall time,
+        read just after), and the addresses then in flight (``sending``): the only ones the
+        provider may still receive while the mailing is paused."""
+        self.session.rollback()
+        pause(self.session, [self.hub.mailing.id], dt.datetime.now(dt.UTC))
+        self.session.commit()
+        committed = time.time()
+        flying = self.session.scalars(
+            select(Subscriber.email)
+            .join(Delivery, Delivery.subscriber_id == Subscriber.id)
+            .where(Delivery.status == DeliveryStatus.SENDING)
+        )
+        return committed, frozenset(flying)
+
+    def resume(self) -> float:
+        """Resume the mailing, as `jvmail resume` does; when (wall time, read just before)."""
+        self.session.rollback()
+        began = time.time()
+        resume(self.session, [self.hub.mailing.id], dt.datetime.now(dt.UTC))
+        self.session.commit()
+        return began
+
+    def restart_workers(self) -> None:
+        """SIGTERM every worker, wait for each to stop, start as many new ones."""
+        old = list(self.workers)
+        for proc in old:
+            self.signal(proc, signal.SIGTERM)
+        for proc in old:
+            proc.wait(timeout=60)
+        self.workers = [w for w in self.workers if w not in old]
+        for _ in old:
+            self.start_worker()
+
+    def reset_claims(self, wait: float = 5.0) -> list[str]:
+        """Reset the connections of workers inside a claim transaction: hold the batch table, so
+        that a claim, its rows already updated, waits for it inside its transaction (the
+        claim's stamp of its batch); terminate the worker connections waiting so, with any
+        other worker connection then inside a transaction; let the table go. Waits up to
+        ``wait`` seconds for a claim to be caught. The statements the terminated connections
+        were in."""
+        engine = make_engine(self.pg_url)
+        try:
+            with engine.connect() as holder, engine.connect() as admin:
+                admin.execution_options(isolation_level="AUTOCOMMIT")
+                holder.execute(text("LOCK TABLE delivery_batch IN SHARE ROW EXCLUSIVE MODE"))
+                find = text(
+                    "SELECT pid, wait_event_type, query FROM pg_stat_activity "
+                    "WHERE application_name = :app AND xact_start IS NOT NULL"
+                )
+                deadline = time.monotonic() + wait
+                rows = admin.execute(find, {"app": self.namespace}).all()
+                while not any(_in_claim(w, q) for _, w, q in rows):
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.02)  # polling other processes' progress
+                    rows = admin.execute(find, {"app": self.namespace}).all()
+                for pid, _, _ in rows:
+                    admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+                holder.rollback()
+        finally:
+            engine.dispose()
+        return ["claim" if _in_claim(w, q) else q for _, w, q in rows]
 
     # -- settling ------------------------------------------------------------------------------
 
@@ -440,3 +568,15 @@ def running_system(
     finally:
         server.kill()
         engine.dispose()
+
+
+def scenario(*marks: pytest.MarkDecorator) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """The marks of a fault scenario (worker processes on PostgreSQL and Redis), and ``marks``
+    (``pytest.mark.quick`` for the ones `make test` runs)."""
+
+    def mark(test: Callable[..., None]) -> Callable[..., None]:
+        for m in (pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis, *marks):
+            test = m(test)
+        return test
+
+    return mark

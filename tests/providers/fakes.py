@@ -4,7 +4,10 @@ Each checks auth, validates the request body against the provider's published sc
 under tests/providers/specs, with their sources and licences in its README), enforces the
 documented limits, answers with the documented success and error bodies, and records every
 recipient it accepted. Tests
-can script answers: a status with headers, or a hang past the client's timeout.
+can script answers: a status with headers, or a hang past the client's timeout; queued in order
+(``script``), or decided at each request (``rule``: a share of requests, a storm for a while).
+The fake SendGrid can also be told which addresses it deems invalid (``invalid``): it then
+refuses a request that carries any of them with SendGrid's 400, naming each one's field.
 
 Each also serves the provider's way of sending one whole message with inline images (SendGrid's
 ``attachments``, Postmark's ``/email``, Mailgun's ``messages.mime``, SES's ``SendEmail`` with raw
@@ -69,10 +72,14 @@ def sample_batch(
 
 
 def _scripted(fake: Fake, h: BaseHTTPRequestHandler) -> Scripted | None:
-    """Answer with the next scripted answer, if the test queued one (after its hang)."""
-    if not fake.script:
+    """Answer with the next scripted answer, if the test queued one, else with the rule's
+    answer for this request, if it gives one (after its hang)."""
+    if fake.script:
+        scripted: Scripted | None = fake.script.pop(0)
+    else:
+        scripted = fake.rule() if fake.rule is not None else None
+    if scripted is None:
         return None
-    scripted = fake.script.pop(0)
     time.sleep(scripted.hang)  # the fake provider being slow, not a test waiting
     _answer(h, scripted.status, scripted.body, scripted.headers)
     return scripted
@@ -107,6 +114,10 @@ class Fake:
     script: list[Scripted] = field(default_factory=list)
     bodies: list[dict[str, Any]] = field(default_factory=list)
     singles: list[Single] = field(default_factory=list)
+    # Once the script is used up: called at each request, the answer to give instead of the
+    # provider's own (None: the provider answers).
+    rule: Callable[[], Scripted | None] | None = None
+    invalid: frozenset[str] = frozenset()  # addresses SendGrid refuses as invalid (400)
 
 
 def from_mime(raw: bytes, metadata: dict[str, str]) -> Single:
@@ -188,10 +199,30 @@ def sendgrid_handler(fake: Fake, key: str) -> Callable[[BaseHTTPRequestHandler],
         if problems:
             _answer(h, 400, {"errors": [{"message": m, "field": None} for m in problems]})
             return
+        refused = _invalid_addresses(fake, body)
+        if refused:
+            _answer(h, 400, {"errors": refused})
+            return
         _take(fake, body)
         _answer(h, 202, None, {"X-Message-Id": f"sg{fake.requests}"})
 
     return handle
+
+
+def _invalid_addresses(fake: Fake, body: dict[str, Any]) -> list[dict[str, str]]:
+    """SendGrid's errors for the recipients whose address it deems invalid: the whole request
+    is refused (400), each error naming its recipient's field."""
+    return [
+        {
+            "message": "Does not contain a valid address.",
+            "field": f"personalizations.{n}.to.{m}.email",
+            "help": "http://sendgrid.com/docs/API_Reference/Web_API_v3/Mail/errors.html"
+            "#message.personalizations.to",
+        }
+        for n, p in enumerate(body.get("personalizations", []))
+        for m, to in enumerate(p.get("to", []))
+        if to.get("email") in fake.invalid
+    ]
 
 
 def _postmark_validator(definition: str) -> Draft4Validator:

@@ -101,3 +101,43 @@ def test_an_answer_that_never_comes_leaves_the_request_in_doubt(fake: Fake) -> N
     assert sent.error.maybe_sent
     assert sent.doubtful == list(range(1, 1001))
     assert sent.untried == list(range(1001, 1201))
+
+
+def test_an_invalid_address_is_refused_for_good_the_rest_sent_at_once(fake: Fake) -> None:
+    # SendGrid refuses a whole request for an address it deems invalid, naming its field.
+    fake.invalid = frozenset({"r2@mail.example", "r1002@mail.example"})
+    sent = _provider(fake).send(_batch(1500))
+    assert sent.error is None
+    assert fake.requests == 4  # each piece refused once, then sent without its bad address
+    refused = {r.delivery_id: r for r in sent.results if not r.accepted}
+    assert set(refused) == {2, 1002}
+    assert all(r.error == "SendGrid: Does not contain a valid address." for r in refused.values())
+    taken = sorted(int(d) for _, d in fake.accepted)
+    assert taken == [d for d in range(1, 1501) if d not in (2, 1002)]
+    assert sorted(r.delivery_id for r in sent.results) == list(range(1, 1501))
+
+
+def test_the_refused_stay_refused_when_the_request_without_them_fails(fake: Fake) -> None:
+    provider = SendGridProvider(
+        KEY, from_addr="news@s.example", from_name="Sender Co", api=fake.url, timeout=(1.0, 0.5)
+    )
+    fake.invalid = frozenset({"r5@mail.example"})
+    numbers = iter(range(1, 100))
+    fake.rule = lambda: Scripted(202, hang=1.5) if next(numbers) == 2 else None
+    sent = provider.send(_batch(20))
+    assert sent.error is not None
+    assert sent.error.maybe_sent
+    assert [(r.delivery_id, r.accepted) for r in sent.results] == [(5, False)]
+    assert sent.doubtful == [d for d in range(1, 21) if d != 5]  # the second request's
+    assert sent.untried == []
+
+
+def test_a_400_that_names_no_recipient_fails_the_request_as_a_whole(fake: Fake) -> None:
+    fake.script.append(
+        Scripted(400, body={"errors": [{"message": "bad subject", "field": "subject"}]})
+    )
+    sent = _provider(fake).send(_batch(3))
+    assert sent.error is not None
+    assert not sent.error.transient
+    assert "bad subject" in sent.error.message
+    assert sent.results == []

@@ -35,7 +35,7 @@ from jvmail.providers.outbox import OutboxProvider
 from jvmail.tracking.app import Settings, Tracker, create_app, postback_signature
 from jvmail.tracking.credit import credit_measured
 from jvmail.tracking.links import Keyring, review_url
-from tests.dispatch.conftest import Hub, build_hub, mailing
+from tests.dispatch.conftest import Hub, build_hub, mailing, second_mailing
 
 KEYS = Keyring.from_hex(["ab" * 32])
 BROWSER = "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_0) AppleWebKit/605.1.15 Safari/605.1.15"
@@ -149,6 +149,28 @@ def test_a_link_number_the_mailing_does_not_have_is_404(served: Served) -> None:
     assert served.client.get(f"/c/{other}", follow_redirects=False).status_code == 404
     served.flush()
     assert served.events(EventType.CLICKED) == []
+
+
+def test_a_token_naming_another_mailings_delivery_records_nothing(
+    served: Served, tmp_path: Path
+) -> None:
+    other = second_mailing(served.session, served.hub)
+    for bounds in dispatch(served.session, other.id, batch_size=100):
+        send_batch(served.session, OutboxProvider(tmp_path / "second"), other.id, bounds)
+    # Tokens the hub never signed: the second mailing's links with a delivery of the first.
+    delivery = served.deliveries["reader1@mail.example"]
+    click = KEYS.sign(other.id, delivery, 1)
+    answer = served.client.get(
+        f"/c/{click}", headers={"user-agent": BROWSER}, follow_redirects=False
+    )
+    assert answer.status_code in (302, 404)
+    if answer.status_code == 302:  # never anywhere but the token's own mailing's link
+        assert answer.headers["location"] == "https://owner.example/more"
+    pixel = KEYS.sign(other.id, delivery, 0)
+    served.client.get(f"/o/{pixel}.gif", headers={"user-agent": BROWSER})
+    served.flush()
+    assert served.events(EventType.CLICKED) == []
+    assert served.events(EventType.OPENED) == []
 
 
 def test_scanners_and_sweeps_are_stored_but_not_human(served: Served) -> None:

@@ -284,6 +284,46 @@ def test_soft_bounces_on_three_distinct_days_suppress_and_a_delivery_resets_them
     assert hooks.suppressed() == {email: SuppressionReason.BOUNCED}
 
 
+def test_a_late_delivery_between_soft_bounces_lifts_their_suppression(hooks: Webhooks) -> None:
+    lifted, kept = "reader5@mail.example", "reader6@mail.example"
+    day = dt.timedelta(days=1)
+    start = NOW - 6 * day
+    n = iter(range(100))
+
+    def soft(email: str, at: dt.datetime) -> dict[str, Any]:
+        return hooks.event("bounce", email, next(n), at, type="blocked", reason="554 try later")
+
+    for email in (lifted, kept):
+        hooks.deliver([soft(email, start), soft(email, start + day), soft(email, start + 2 * day)])
+    hooks.deliver([hooks.event("unsubscribe", kept, next(n), start + 2.5 * day)])
+    assert hooks.suppressed() == {lifted: SuppressionReason.BOUNCED, kept: "unsubscribed"}
+    # Each address's delivery on the second day arrives last: it came in between.
+    hooks.deliver([hooks.event("delivered", e, next(n), start + 1.5 * day) for e in (lifted, kept)])
+    assert hooks.suppressed() == {kept: SuppressionReason.UNSUBSCRIBED}
+    statuses = dict(
+        hooks.session.execute(
+            select(Subscriber.email, Subscriber.status).where(
+                Subscriber.list_id == hooks.hub.lists[0].id, Subscriber.email == lifted
+            )
+        ).all()
+    )
+    assert statuses == {lifted: "subscribed"}
+
+
+def test_an_event_after_a_rejection_accepts_the_delivery_it_failed(hooks: Webhooks) -> None:
+    email = "reader6@mail.example"
+    row = hooks.session.get(Delivery, hooks.deliveries[email])
+    assert row is not None
+    row.status = DeliveryStatus.UNKNOWN
+    hooks.session.commit()
+    hooks.deliver([hooks.event("dropped", email, 1, reason="Spam Content")])
+    hooks.session.expire_all()
+    assert hooks.session.get(Delivery, row.id).status == DeliveryStatus.FAILED  # type: ignore[union-attr]
+    hooks.deliver([hooks.event("delivered", email, 2)])  # as if both had come in one request
+    hooks.session.expire_all()
+    assert hooks.session.get(Delivery, row.id).status == DeliveryStatus.ACCEPTED  # type: ignore[union-attr]
+
+
 def test_soft_bounces_drained_together_count_as_if_drained_one_by_one(hooks: Webhooks) -> None:
     email = "reader5@mail.example"
     day = dt.timedelta(days=1)

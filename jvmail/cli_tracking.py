@@ -19,6 +19,7 @@ from jvmail.db.models import HubRecord, Mailing, Partner, SuppressionReason
 from jvmail.dispatch.reconcile import GIVE_UP, reconcile
 from jvmail.errors import UsageError
 from jvmail.mailings import awaiting_approval, rows_of
+from jvmail.tracking.app import Settings
 from jvmail.tracking.credit import credit_measured
 from jvmail.tracking.inbox import drain
 from jvmail.tracking.links import Keyring, review_url
@@ -68,6 +69,15 @@ def _parsed(parse: Callable[[str], object], text: str) -> object:
     help="Comma-separated proxy addresses or networks whose X-Forwarded-For names the client; "
     "empty: none.",
 )
+@click.option(
+    "--drainers",
+    type=click.IntRange(0, 16),
+    default=Settings.drainers,
+    show_default=True,
+    envvar="JVMAIL_DRAINERS",
+    help="Transactions at once storing the webhook inbox's events (PostgreSQL; SQLite: one). "
+    "0: this server only fills the inbox, and another server, or the workers' tick, stores it.",
+)
 @pass_app
 def serve(
     app: App,
@@ -76,6 +86,7 @@ def serve(
     port: int,
     workers: int,
     access_log: bool,
+    drainers: int,
     throttle_clicks: Budget,
     throttle_unsubscribe: Budget,
     throttle_webhooks: Budget,
@@ -92,8 +103,9 @@ def serve(
     Budgets are per worker process: with --workers N a client may get up to N of them.
 
     \b
-    Example:
+    Examples:
       JVMAIL_DATABASE_URL=postgresql://jvmail@db/jvmail jvmail serve --port 8000 --workers 4
+      jvmail serve --port 8001 --drainers 0   # answers only; another server stores the inbox
     """
     import os
 
@@ -109,6 +121,7 @@ def serve(
     app.engine()  # fail here, clearly, if the database is unreachable; migrate it once
     os.environ["JVMAIL_DATABASE_URL"] = app.database_url or DEFAULT_DATABASE_URL
     os.environ.update(limits.env())  # what each worker's app reads (jvmail.tracking.serve)
+    os.environ["JVMAIL_DRAINERS"] = str(drainers)
     app.close()
     uvicorn.run(
         "jvmail.tracking.serve:app",

@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 
 import orjson
+import pytest
 import requests
 from click.testing import CliRunner
 from sqlalchemy import func, select
@@ -27,6 +28,7 @@ from jvmail.db.models import (
     WebhookInbox,
 )
 from jvmail.tracking.links import Keyring
+from jvmail.tracking.serve import app as serve_app
 from tests.tracking.serving import sent_hub, serving
 from tests.tracking.signing import ec_key, sendgrid_headers
 
@@ -163,3 +165,17 @@ def test_review_links_lists_the_mailings_awaiting_approval(tmp_path: Path) -> No
     (link,) = json.loads(listed.output)
     token = link["url"].removeprefix("https://jv.example/review/")
     assert Keyring.from_hex(["ab" * 32]).read(token) == (mailing, 0, 0)
+
+
+def test_serve_drainers_0_makes_a_server_that_only_fills_the_inbox(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JVMAIL_DATABASE_URL", f"sqlite:///{tmp_path / 'jv.db'}")
+    monkeypatch.setenv("JVMAIL_DRAINERS", "0")
+    assert serve_app().state.tracker.settings.drain is False
+    monkeypatch.setenv("JVMAIL_DRAINERS", "3")
+    settings = serve_app().state.tracker.settings
+    assert (settings.drain, settings.drainers) == (True, 3)
+    result = CliRunner().invoke(cli, ["serve", "--drainers", "-1"])
+    assert result.exit_code == 2
+    assert "--drainers" in result.output

@@ -15,7 +15,8 @@
 * ``jv_send(mailing_id, lo, hi)``: :func:`~jvmail.dispatch.pipeline.send_batch`. When the
   provider refused a request for a passing reason (429, 5xx), the rows went back to pending;
   the actor raises :class:`TryLater` so dramatiq retries the batch with backoff, or after
-  the wait the provider or the account's limits named.
+  the wait the provider or the account's limits named. A batch that lost its database
+  connection is retried with backoff too (its claimed rows stay leased: never sent twice).
 
 Actors are declared on a broker by :func:`declare`, with a :class:`Runtime` that says where the
 database is and which provider sends: the same code runs in `jvmail run` (in-process broker,
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 
 import dramatiq
 from sqlalchemy import Engine
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from jvmail.db import make_engine, make_sessionmaker
@@ -162,7 +164,11 @@ def declare(broker: dramatiq.Broker, runtime: Runtime) -> Actors:
 
 
 def _worth_retrying(retries: int, exc: Exception) -> bool:
-    return isinstance(exc, TryLater) and retries < 20
+    """A refusal for now, or the database lost mid-batch (a connection reset, a failover, a
+    lock wait given up): the batch is tried again with backoff. Safe whatever step failed: rows
+    claimed before the failure stay under their lease, so the retry cannot send them again."""
+    passing = isinstance(exc, TryLater | OperationalError | InterfaceError)
+    return passing and retries < 20
 
 
 def _lost(session: Session, runtime: Runtime, now: dt.datetime) -> list[int]:

@@ -9,6 +9,7 @@ import dramatiq
 import pytest
 from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from jvmail.db.models import (
@@ -137,3 +138,28 @@ def test_the_providers_retry_after_decides_when_the_batch_is_tried_again(
     assert raised.value.delay == 7500  # dramatiq waits what the provider asked, not its backoff
     assert isinstance(raised.value, dramatiq.Retry)
     assert _statuses(session) == {"pending": 25}  # nothing lost, nothing sent
+
+
+def test_a_batch_that_lost_its_database_connection_is_retried(
+    session: Session, hub: Hub, db_url: str, tmp_path: Path
+) -> None:
+    provider = Recording(tmp_path)
+    calls = {"n": 0}
+
+    def dropped_once(_mailing: int) -> Provider:
+        calls["n"] += 1
+        if calls["n"] == 1:  # the connection went as the batch began (a reset, a failover)
+            raise OperationalError(
+                "SELECT", {}, Exception("server closed the connection unexpectedly")
+            )
+        return provider
+
+    runtime = Runtime(db_url, dropped_once)
+    try:
+        report = run_due(runtime, WHEN)
+    finally:
+        runtime.close()
+    assert calls["n"] == 2  # retried by the broker, not left for the relay
+    assert _statuses(session) == {"accepted": 24, "failed": 1}  # the hub's one bad address
+    assert set(provider.seen.values()) == {1}
+    assert report.sent == 24

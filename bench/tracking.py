@@ -478,44 +478,9 @@ def sign(private: ec.EllipticCurvePrivateKey, body: bytes) -> dict[str, str]:
 def post_batches(
     port: int, path: str, requests: list[tuple[bytes, dict[str, str]]], concurrency: int
 ) -> tuple[list[float], list[dict[str, Any]], float]:
-    """Post every request over ``concurrency`` keep-alive connections; returns per-request
-    latencies (s), the answers and the wall time."""
-    latencies: list[float] = []
-    answers: list[dict[str, Any]] = []
-    lock = threading.Lock()
-    todo = iter(requests)
-    failures: list[str] = []
-
-    def worker() -> None:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-        while True:
-            with lock:
-                item = next(todo, None)
-            if item is None or failures:
-                break
-            body, headers = item
-            start = time.perf_counter()
-            connection.request("POST", path, body=body, headers=headers)
-            answer = connection.getresponse()
-            data = answer.read()
-            elapsed = time.perf_counter() - start
-            with lock:
-                if answer.status != 200:
-                    failures.append(f"{answer.status}: {data[:300]!r}")
-                latencies.append(elapsed)
-                answers.append(orjson.loads(data))
-        connection.close()
-
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - start
-    if failures:
-        raise SystemExit(f"webhook requests failed: {failures[:3]}")
-    return latencies, answers, wall
+    """Post every request over ``concurrency`` keep-alive connections, each as soon as one is
+    free; returns per-request latencies (s), the answers and the wall time."""
+    return _post(port, path, requests, concurrency, None)
 
 
 def post_paced(
@@ -525,12 +490,24 @@ def post_paced(
     providers post: they do not wait for the previous answer), on up to PACED_CONNECTIONS
     keep-alive connections. A latency counts from when the request was due, so a request held
     up behind slow answers counts its wait too. Returns latencies (s), answers, wall time."""
+    return _post(port, path, requests, PACED_CONNECTIONS, per_second)
+
+
+def _post(
+    port: int,
+    path: str,
+    requests: list[tuple[bytes, dict[str, str]]],
+    connections: int,
+    per_second: float | None,
+) -> tuple[list[float], list[dict[str, Any]], float]:
+    """The requests over ``connections`` threads, each with its keep-alive connection: at
+    once (``per_second`` None), or each when due."""
     latencies: list[float] = []
     answers: list[dict[str, Any]] = []
     lock = threading.Lock()
     todo = iter(enumerate(requests))
     failures: list[str] = []
-    start = time.perf_counter() + 0.1
+    start = time.perf_counter()
 
     def worker() -> None:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
@@ -540,8 +517,11 @@ def post_paced(
             if item is None or failures:
                 break
             n, (body, headers) = item
-            due = start + n / per_second
-            time.sleep(max(0.0, due - time.perf_counter()))  # the request's scheduled time
+            if per_second is None:
+                due = time.perf_counter()
+            else:
+                due = start + n / per_second
+                time.sleep(max(0.0, due - time.perf_counter()))  # its scheduled time
             connection.request("POST", path, body=body, headers=headers)
             answer = connection.getresponse()
             data = answer.read()
@@ -553,7 +533,7 @@ def post_paced(
                 answers.append(orjson.loads(data))
         connection.close()
 
-    threads = [threading.Thread(target=worker) for _ in range(PACED_CONNECTIONS)]
+    threads = [threading.Thread(target=worker) for _ in range(connections)]
     for t in threads:
         t.start()
     for t in threads:
@@ -562,32 +542,6 @@ def post_paced(
     if failures:
         raise SystemExit(f"webhook requests failed: {failures[:3]}")
     return latencies, answers, wall
-
-
-def drive_paced(
-    server: Server, requests: list[tuple[bytes, dict[str, str]]], per_second: float, url: str
-) -> tuple[Result, list[dict[str, Any]]]:
-    """Post the requests at ``per_second`` (requests); the time counts until the inbox is
-    empty, so the figure is what was stored per second at that offered rate."""
-    inbox = _connect(url)
-    cpu = server.cpu()
-    latencies, answers, answered = post_paced(
-        server.port, "/webhooks/sendgrid/sender", requests, per_second
-    )
-    wall = answered + wait_drained(inbox)
-    server_cpu = (server.cpu() - cpu) / wall
-    inbox.close()
-    events = len(requests) * BATCH
-    result = Result(
-        events,
-        wall,
-        _quantile(latencies, 0.5) * 1000,
-        _quantile(latencies, 0.99) * 1000,
-        server_cpu,
-        0.0,
-        answered,
-    )
-    return result, answers
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -600,21 +554,26 @@ def drive_webhooks(
     server: Server,
     requests: list[tuple[bytes, dict[str, str]]],
     concurrency: int,
-    events: int,
     url: str | None = None,
+    per_second: float | None = None,
 ) -> tuple[Result, list[dict[str, Any]]]:
-    """Post the requests; with ``url`` (jvmail), the time counts until its inbox is empty."""
+    """Post the requests, ``concurrency`` at a time, or paced at ``per_second`` (requests);
+    with ``url`` (jvmail), the time counts until its inbox is empty, so the figure is what
+    was stored per second."""
     inbox = _connect(url) if url else None
     cpu = server.cpu()
-    latencies, answers, answered = post_batches(
-        server.port, "/webhooks/sendgrid/sender", requests, concurrency
+    path = "/webhooks/sendgrid/sender"
+    latencies, answers, answered = (
+        post_batches(server.port, path, requests, concurrency)
+        if per_second is None
+        else post_paced(server.port, path, requests, per_second)
     )
     wall = answered + (wait_drained(inbox) if inbox else 0.0)
     server_cpu = (server.cpu() - cpu) / wall
     if inbox:
         inbox.close()
     result = Result(
-        events,
+        len(requests) * BATCH,
         wall,
         _quantile(latencies, 0.5) * 1000,
         _quantile(latencies, 0.99) * 1000,
@@ -774,7 +733,7 @@ def run(args: argparse.Namespace, url: str, logdir: Path) -> Figures:
     with serving(floor, env, logdir, "floor") as server:
         floor_clicks, _ = drive_clicks(server, tokens, args)
         requests = [(b, sign(private, b)) for b in bodies]
-        floor_hooks, _ = drive_webhooks(server, requests, args.webhook_concurrency, events)
+        floor_hooks, _ = drive_webhooks(server, requests, args.webhook_concurrency)
     print(
         f"floor: {floor_clicks.per_second:,.0f} redirects/s, wrk used "
         f"{floor_clicks.client_cpu:.2f} cores; {floor_hooks.per_second:,.0f} webhook events/s",
@@ -802,18 +761,18 @@ def run(args: argparse.Namespace, url: str, logdir: Path) -> Figures:
     )
     paced: Result | None = None
     with serving(jvmail, env, logdir, "jvmail-webhooks") as server:
-        hooks, answers = drive_webhooks(server, requests, args.webhook_concurrency, events, url)
+        hooks, answers = drive_webhooks(server, requests, args.webhook_concurrency, url)
         if later:
             requests = [(b, sign(private, b)) for b in later]
-            paced, more = drive_paced(server, requests, args.webhook_rate / BATCH, url)
+            paced, more = drive_webhooks(server, requests, 0, url, args.webhook_rate / BATCH)
             answers += more
             events += paced.count
         stored_hooks = count_events(url, "sendgrid")  # before SIGTERM, whose drain could add
     said = sum(a["accepted"] for a in answers)
     print(
-        f"webhooks: {hooks.per_second:,.0f} events/s stored end to end ({events:,} in "
+        f"webhooks: {hooks.per_second:,.0f} events/s stored end to end ({hooks.count:,} in "
         f"tracking_event {hooks.seconds:.2f} s after the first request); the last answer came "
-        f"at {hooks.answered:.2f} s ({events / hooks.answered:,.0f} events/s answered); "
+        f"at {hooks.answered:.2f} s ({hooks.count / hooks.answered:,.0f} events/s answered); "
         f"{said:,} events answered as accepted, {stored_hooks:,} in tracking_event; "
         f"server used {hooks.server_cpu:.2f} cores; load average {_load()}",
         flush=True,

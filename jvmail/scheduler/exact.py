@@ -33,7 +33,7 @@ from threading import Thread
 import highspy
 import numpy as np
 
-from jvmail.scheduler.highs import RowBuffer, new_highs
+from jvmail.scheduler.highs import RowBuffer, add_columns, new_highs
 from jvmail.scheduler.search import Board
 
 __all__ = ["Window", "improve", "solve_window"]
@@ -101,16 +101,7 @@ class _Model:
         costs = [s.a_value[a] + s.bonus[a] for a in free]
         costs += [-s.w1, -s.w1, -s.w2] * len(partners)
         upper = [1.0] * len(free) + [_INF] * (3 * len(partners))
-        h.addCols(
-            len(costs),
-            np.array(costs),
-            np.zeros(len(costs)),
-            np.array(upper),
-            0,
-            np.array([], dtype=np.int32),
-            np.array([], dtype=np.int32),
-            np.array([]),
-        )
+        add_columns(h, costs, upper)
         h.changeColsIntegrality(
             len(free),
             np.arange(len(free), dtype=np.int32),

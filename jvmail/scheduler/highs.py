@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import highspy
 import numpy as np
 
-__all__ = ["RowBuffer", "new_highs"]
+__all__ = ["RowBuffer", "add_columns", "new_highs"]
 
 
 @contextmanager
@@ -25,6 +25,20 @@ def _stdout_to_stderr() -> Iterator[None]:
     finally:
         os.dup2(saved, 1)
         os.close(saved)
+
+
+def add_columns(h: highspy.Highs, costs: list[float], upper: list[float]) -> None:
+    """Columns with these objective costs, each from 0 to its ``upper``, in no row yet."""
+    h.addCols(
+        len(costs),
+        np.array(costs),
+        np.zeros(len(costs)),
+        np.array(upper),
+        0,
+        np.array([], dtype=np.int32),
+        np.array([], dtype=np.int32),
+        np.array([]),
+    )
 
 
 def new_highs() -> highspy.Highs:

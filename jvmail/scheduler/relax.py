@@ -15,11 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import highspy
-import numpy as np
 
 from jvmail.scheduler.arcs import Arc, eligible_arcs
 from jvmail.scheduler.balance import tolerances
-from jvmail.scheduler.highs import RowBuffer, new_highs
+from jvmail.scheduler.highs import RowBuffer, add_columns, new_highs
 from jvmail.scheduler.problem import Problem
 
 __all__ = ["Relaxation", "lp_bound", "relax", "value_bound"]
@@ -52,16 +51,7 @@ def relax(problem: Problem, arcs: Sequence[Arc], tau: dict[str, float]) -> Relax
     n = len(arcs)
     costs = [a.value for a in arcs] + [-s.balance_weight, -s.excess_weight] * len(partners)
     upper = [1.0] * n + [_INF] * (2 * len(partners))
-    h.addCols(
-        len(costs),
-        np.array(costs),
-        np.zeros(len(costs)),
-        np.array(upper),
-        0,
-        np.array([], dtype=np.int32),
-        np.array([], dtype=np.int32),
-        np.array([]),
-    )
+    add_columns(h, costs, upper)
     h.changeObjectiveSense(highspy.ObjSense.kMaximize)
     rows = RowBuffer()
     _static_rows(rows, problem, arcs, partners, tau)

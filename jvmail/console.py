@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -170,9 +171,11 @@ class ImportBar:
 
 
 def print_error(console: Console, error: JvmailError) -> None:
+    """The error and how to fix it, its text shown as written: a ``[provider]`` table name or a
+    bracket in a partner's template is not taken for markup."""
     if isinstance(error, ConfigError):
         for problem in error.problems:
-            console.print(f"[red]error:[/] {problem}", highlight=False, soft_wrap=True)
-    console.print(f"[red]error:[/] {error.message}", highlight=False, soft_wrap=True)
+            console.print(f"[red]error:[/] {escape(str(problem))}", highlight=False, soft_wrap=True)
+    console.print(f"[red]error:[/] {escape(error.message)}", highlight=False, soft_wrap=True)
     if error.fix:
-        console.print(f"[bold]fix:[/] {error.fix}", highlight=False, soft_wrap=True)
+        console.print(f"[bold]fix:[/] {escape(error.fix)}", highlight=False, soft_wrap=True)

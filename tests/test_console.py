@@ -7,7 +7,8 @@ import io
 import pytest
 from rich.console import Console
 
-from jvmail.console import print_table
+from jvmail.console import print_error, print_table
+from jvmail.errors import ConfigError, ConfigProblem, JvmailError
 
 
 @pytest.mark.parametrize("ident", [12, "clear-ledger-freelancers"])
@@ -32,3 +33,14 @@ def test_wrapped_columns_keep_every_word_and_the_table_fits() -> None:
     assert max(len(line) for line in lines) <= 60
     words = " ".join(line.split("│")[3] for line in lines if line.count("│") == 4).split()
     assert " ".join(words) == sentence
+
+
+def test_errors_are_printed_as_written_brackets_included() -> None:
+    out = io.StringIO()
+    problem = ConfigProblem("partners/a.toml", 3, "provider", "[provider] needs [bold] kind", "")
+    print_error(Console(file=out, width=200), ConfigError([problem]))
+    print_error(Console(file=out, width=200), JvmailError("template {{ x[/y] }}", "remove [/y]"))
+    text = out.getvalue()
+    assert "[provider] needs [bold] kind" in text
+    assert "error: template {{ x[/y] }}" in text
+    assert "fix: remove [/y]" in text

@@ -49,6 +49,7 @@ class Verified:
     events: list[Event]
     nonce: str | None = None  # a one-time token to refuse replays of (Mailgun)
     confirmed: bool = False  # an SNS subscription was confirmed
+    skipped: tuple[str, ...] = ()  # why each unreadable event of the batch was left out
 
 
 def _confirm(url: str) -> None:
@@ -115,7 +116,8 @@ def verify(
     now = now or dt.datetime.now(dt.UTC)
     if account.kind == "sendgrid":
         keys = sendgrid.SendGridKeys(_values(account, env, "webhook_public_key_env"))
-        return Verified(sendgrid.parse(headers, body, keys, now))
+        batch = sendgrid.parse_batch(headers, body, keys, now)
+        return Verified(batch.events, skipped=tuple(batch.skipped))
     if account.kind == "mailgun":
         mg = mailgun.MailgunKeys(_values(account, env, "webhook_signing_key_env"))
         events = mailgun.parse(headers, body, mg, now)

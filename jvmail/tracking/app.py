@@ -484,14 +484,24 @@ def _accept_webhook(
         raise Rejected(404, f"no {kind} account {slug!r} here")
     settings = tracker.settings
     parsed = accounts.verify(account, headers, body, settings.env, settings.sns)
+    answer: dict[str, Any] = {"accepted": 0, "confirmed": parsed.confirmed}
+    if parsed.skipped:
+        answer["skipped"] = list(parsed.skipped)
+        # The reasons go to the provider only: they may quote what the event held.
+        log.warning(
+            "%s account %s: %d unreadable events left out of a signed batch (its answer says why)",
+            kind,
+            slug,
+            len(parsed.skipped),
+        )
     if not parsed.events and parsed.nonce is None:
-        return {"accepted": 0, "confirmed": parsed.confirmed}  # nothing to keep
+        return answer  # nothing to keep
     with tracker.writing() as session:
         if parsed.nonce is not None and not refuse_replay(session, account.kind, parsed.nonce):
             raise Rejected(406, "this signed request was already received (a replay)")
-        accepted = inbox.accept(session, account.partner_id, account.kind, parsed.events)
+        answer["accepted"] = inbox.accept(session, account.partner_id, account.kind, parsed.events)
         session.commit()
-    return {"accepted": accepted, "confirmed": parsed.confirmed}
+    return answer
 
 
 def _postback(
@@ -523,6 +533,10 @@ def _postback(
         mailing = session.get(Mailing, link.mailing)
         if mailing is None or mailing.promotion_id != row.id:
             raise Rejected(400, f"that click did not come from a mailing of {promotion!r}")
+        # Only a delivery of the token's own mailing (one the hub never signed credits nothing).
+        delivery = session.get(Delivery, link.delivery)
+        if delivery is None or delivery.mailing_id != link.mailing:
+            raise Rejected(400, "click is not a genuine click token")
         stored = store_rows(
             session,
             [

@@ -330,6 +330,10 @@ def test_conversions_and_refunds_by_signed_postback(served: Served) -> None:
     assert _postback(served, sale | {"id": "order-3"}, age=3600) == 401
     assert _postback(served, sale | {"id": "order-4", "click": click[:-2]}) == 400
     assert _postback(served, {"click": click, "id": "order-5"}) == 400
+    # Signed for this mailing but naming a delivery that is not one of its own.
+    other = served.deliveries["reader1@mail.example"] + 10_000
+    stray = KEYS.sign(served.hub.mailing.id, other, 1)
+    assert _postback(served, sale | {"id": "order-6", "click": stray}) == 400
     amounts = sorted(e.amount or 0.0 for e in served.events(EventType.CONVERTED))
     assert amounts == [-49.0, 49.0]
 

@@ -347,7 +347,7 @@ def test_mangled_signatures_are_refused(
     [
         b"[{not json",
         b'{"event": "delivered"}',
-        b'[{"event": "delivered", "email": "a@example.com", "timestamp": 1715688000}, 3]',
+        b'[3, {"event": "delivered", "timestamp": 1715688000}]',
         b'[{"event": "delivered", "timestamp": 1715688000}]',
         b'[{"event": "delivered", "email": "a@example.com", "timestamp": "soon"}]',
         b'[{"email": "a@example.com", "timestamp": 1715688000}]',
@@ -360,6 +360,19 @@ def test_malformed_bodies_are_400_as_a_whole(
     with pytest.raises(Rejected) as info:
         sendgrid.parse(sendgrid_headers(key[0], body), body, keys, NOW)
     assert info.value.status == 400
+
+
+def test_unreadable_events_are_left_out_of_a_signed_batch_with_why(
+    key: tuple[ec.EllipticCurvePrivateKey, str], keys: sendgrid.SendGridKeys
+) -> None:
+    good = {"event": "delivered", "email": "a@example.com", "timestamp": 1715688000}
+    body = json.dumps(
+        [3, good, {"event": "delivered", "email": "no address", "timestamp": 1}]
+    ).encode()
+    batch = sendgrid.parse_batch(sendgrid_headers(key[0], body), body, keys, NOW)
+    assert [e.recipient for e in batch.events] == ["a@example.com"]
+    assert [why.split(":")[0] for why in batch.skipped] == ["event 0", "event 2"]
+    assert "not an address" in batch.skipped[1]
 
 
 def test_a_configured_key_that_is_not_p256_is_a_configuration_error(

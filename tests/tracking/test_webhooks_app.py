@@ -140,6 +140,19 @@ def hooks(db_url: str, session: Session, tmp_path: Path) -> Iterator[Webhooks]:
         yield Webhooks(client, session, hub, deliveries, sender_key, env)
 
 
+def test_a_signed_batch_keeps_its_readable_events_and_says_why_others_were_left_out(
+    hooks: Webhooks,
+) -> None:
+    broken = hooks.event("bounce", "reader2@mail.example", 2) | {"timestamp": "soon"}
+    answer = hooks.post([hooks.event("delivered", "reader1@mail.example", 1), broken])
+    assert answer.status_code == 200
+    assert answer.json()["accepted"] == 1
+    assert answer.json()["skipped"] == ["event 1: timestamp 'soon' is not unix seconds"]
+    assert hooks.inbox() == [(hooks.hub.sender.id, "sendgrid", 1)]
+    assert hooks.post([broken]).status_code == 400  # nothing readable: refused as a whole
+    assert hooks.inbox() == [(hooks.hub.sender.id, "sendgrid", 1)]
+
+
 def test_a_signed_batch_is_stored_once_even_sent_three_times_at_once(hooks: Webhooks) -> None:
     events = [
         hooks.event("delivered", "reader1@mail.example", 1),

@@ -61,7 +61,7 @@ from jvmail.tracking.webhooks.common import (
     text,
 )
 
-__all__ = ["SIGNATURE_HEADER", "TIMESTAMP_HEADER", "SendGridKeys", "parse"]
+__all__ = ["SIGNATURE_HEADER", "TIMESTAMP_HEADER", "Batch", "SendGridKeys", "parse", "parse_batch"]
 
 PROVIDER = "sendgrid"
 SIGNATURE_HEADER = "x-twilio-email-event-webhook-signature"
@@ -99,18 +99,45 @@ class SendGridKeys:
     max_age: dt.timedelta = dt.timedelta(hours=25)
 
 
+@dataclass(frozen=True)
+class Batch:
+    """A verified request's events, and why each event that could not be read was left out."""
+
+    events: list[Event]
+    skipped: list[str]
+
+
 def parse(headers: Headers, body: bytes, keys: SendGridKeys, now: dt.datetime) -> list[Event]:
+    """The events of a verified SendGrid request that could be read (see :func:`parse_batch`)."""
+    return parse_batch(headers, body, keys, now).events
+
+
+def parse_batch(headers: Headers, body: bytes, keys: SendGridKeys, now: dt.datetime) -> Batch:
     """Verify a SendGrid event webhook request and map its events.
+
+    A verified batch is SendGrid's own, so one event in it that cannot be read is left out,
+    with why, rather than the whole batch refused: SendGrid would post it again for three days
+    and its good events would never be stored.
 
     Raises `Rejected`: 401 without the signature headers, 403 for a signature no key verifies
     or a timestamp outside ``keys.max_age`` of ``now``, 400 for a body that is not a JSON list
-    of events. Raises ValueError when a configured key is not an EC P-256 public key.
+    of events or whose events cannot be read at all. Raises ValueError when a configured key is
+    not an EC P-256 public key.
     """
     _verify(headers, body, keys, now)
     batch = load_json(body)
     if not isinstance(batch, list):
         raise Rejected(400, "body is not a JSON list of events")
-    return [_event(mapping(item, "event")) for item in batch]
+    events: list[Event] = []
+    skipped: list[str] = []
+    for n, item in enumerate(batch):
+        try:
+            events.append(_event(mapping(item, "event")))
+        except Rejected as exc:
+            skipped.append(f"event {n}: {exc.reason}")
+    if skipped and not events:
+        raise Rejected(400, f"no event could be read ({'; '.join(skipped[:3])})")
+    return Batch(events, skipped)
 
 
 def _verify(headers: Headers, body: bytes, keys: SendGridKeys, now: dt.datetime) -> None:

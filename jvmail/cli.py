@@ -901,9 +901,11 @@ def worker(app: App, processes: int, threads: int) -> None:
     """Run send workers on this machine, taking work from Redis.
 
     Start as many as you like on any number of machines against one database: batches are
-    claimed with a lease, so each message is sent once whoever takes it. Messages are written
-    to the outbox folder JVMAIL_OUTBOX (default ./outbox). Something must enqueue the periodic
-    tick that finds due mailings: `jvmail tick` from cron, every minute.
+    claimed with a lease, so each message is sent once whoever takes it. Each mailing goes
+    through its sender's own provider account or, when JVMAIL_OUTBOX names a folder, into it as
+    .eml files (a trial run). Something must enqueue the periodic work: `jvmail scheduler`
+    (one long-lived process; a second one started by mistake waits), or `jvmail tick` from
+    cron every minute.
 
     \b
     Example:

@@ -58,6 +58,7 @@ from jvmail.planner import (
 from jvmail.providers.base import Provider
 from jvmail.providers.outbox import OutboxProvider
 from jvmail.registry import SyncReport, sync_hub
+from jvmail.registry.subscribers import refresh_statistics
 from jvmail.registry.views import list_rows, partner_rows, promotion_rows
 from jvmail.scaffold import example_hub_dir, scaffold, write_demo_subscribers
 from jvmail.scheduler import Plan, Problem, Settings, plan_figures, solve
@@ -192,7 +193,10 @@ def _run_sync(app: App, hub: Hub, *, dry_run: bool, strict: bool, progress: bool
         fault("sync:before-commit")  # a crash here must leave the database as it was
         if dry_run:
             session.rollback()
-        else:
+            return report
+        session.commit()
+        if any(not result.is_noop for result in report.imports):
+            refresh_statistics(session.connection())
             session.commit()
     return report
 

@@ -193,6 +193,26 @@ def test_debug_shows_the_traceback(capsys: pytest.CaptureFixture[str], tmp_path:
     assert "config directory not found" in err
 
 
+def test_a_sync_that_imported_rows_refreshes_the_planner_statistics(
+    capsys: pytest.CaptureFixture[str], starter_hub: Path, db_url: str
+) -> None:
+    engine = make_engine(db_url)
+    query = (
+        "SELECT count(*) FROM sqlite_master WHERE name = 'sqlite_stat1'"
+        if db_url.startswith("sqlite")
+        else "SELECT count(*) FROM pg_class WHERE oid = 'subscriber'::regclass AND reltuples > 0"
+    )
+    try:
+        assert run(capsys, "--db", db_url, "sync", str(starter_hub))[0] == 0
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql(query).scalar_one() == 1
+            if db_url.startswith("sqlite"):
+                stat = "SELECT count(*) FROM sqlite_stat1 WHERE tbl = 'subscriber'"
+                assert conn.exec_driver_sql(stat).scalar_one() > 0
+    finally:
+        engine.dispose()
+
+
 def test_concurrent_syncs_wait_for_each_other(starter_hub: Path, db_url: str) -> None:
     env = {**os.environ, "COLUMNS": "200"}
     command = [sys.executable, "-m", "jvmail", "--db", db_url, "sync", str(starter_hub), "--json"]

@@ -129,6 +129,15 @@ def import_subscribers(
     return result
 
 
+def refresh_statistics(conn: Connection) -> None:
+    """ANALYZE the subscriber table after imports that changed it, so that the next dispatch's
+    set-based insert is planned with the new row counts rather than the old ones (PostgreSQL's
+    autovacuum gets to it only later; SQLite never does). SQLite samples, to stay quick."""
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("PRAGMA analysis_limit = 1000")
+    conn.exec_driver_sql("ANALYZE subscriber")
+
+
 def _load_direct_sqlite(
     conn: Connection, rows: Iterable[CsvRow], params: dict[str, Any]
 ) -> tuple[int, int]:

@@ -10,40 +10,40 @@ Headers carry ``List-Unsubscribe`` (the signed https link and a mailto) with
 ``List-Unsubscribe-Post: List-Unsubscribe=One-Click`` (RFC 8058), a Message-ID, and
 ``X-Jvmail-Delivery`` with the delivery id so a bounce or reply can be traced to its delivery.
 
-:func:`whole_message` builds a single message the plain way (the stdlib's ``EmailMessage``, for
-one message speed does not matter): text and HTML alternatives, the HTML with its images inline
-(``multipart/related``, by Content-ID), 7-bit clean so any relay or API takes it as it is.
+:func:`whole_message` writes a single message the same way, straight to bytes (a weekly
+statement run writes thousands, and the stdlib's ``EmailMessage`` took 15 to 25 ms for each):
+text and HTML alternatives, the HTML with its images inline (``multipart/related``, by
+Content-ID), 7-bit clean so any relay or API takes it as it is.
 """
 
 from __future__ import annotations
 
+import base64
 import binascii
-import email.policy
 import email.utils
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.header import Header
-from email.message import EmailMessage
 
 from jvmail.dispatch.render import Rendered, fill
 
 __all__ = ["Skeleton", "png_name", "skeleton", "whole_message"]
 
 _CRLF = "\r\n"
-# CRLF line ends, and quoted-printable or base64 for anything that is not ASCII: 7-bit clean.
-_SEVEN_BIT = email.policy.SMTP.clone(cte_type="7bit")
 
 
 def _qp(text: str) -> bytes:
-    data = text.replace("\r\n", "\n").replace("\n", _CRLF).encode("utf-8")
-    return binascii.b2a_qp(data, istext=True)
+    """Quoted-printable with CRLF line ends, soft breaks included (binascii ends those in a bare
+    LF when the text has no line break of its own, which SMTP servers refuse)."""
+    data = text.replace("\r\n", "\n").encode("utf-8")
+    return binascii.b2a_qp(data, istext=True).replace(b"\n", b"\r\n")
 
 
 def _header(name: str, value: str) -> str:
     clean = " ".join(value.split())  # no CR or LF may reach a header
     if clean.isascii():
         return f"{name}: {clean}"
-    return f"{name}: {Header(clean, 'utf-8', header_name=name).encode()}"
+    return f"{name}: {Header(clean, 'utf-8', header_name=name).encode(linesep=_CRLF)}"
 
 
 @dataclass(frozen=True)
@@ -119,22 +119,56 @@ def whole_message(
     message_id: str,
 ) -> bytes:
     """One message in MIME: ``text`` then ``html`` with ``images`` (Content-ID without angle
-    brackets -> PNG) inline. ``sender`` is the whole From value (``Name <address>``)."""
-    msg = EmailMessage(policy=_SEVEN_BIT)
-    msg["From"] = sender
-    msg["To"] = to
-    msg["Subject"] = " ".join(subject.split())
-    msg["Date"] = email.utils.formatdate(usegmt=True)
-    msg["Message-ID"] = message_id
-    msg.set_content(text)
-    msg.add_alternative(html, subtype="html")
-    html_part = msg.get_body(("html",))
-    assert isinstance(html_part, EmailMessage), "the alternative just added"
-    for cid, png in images.items():
-        html_part.add_related(
-            png, "image", "png", cid=f"<{cid}>", disposition="inline", filename=png_name(cid)
-        )
-    return msg.as_bytes()
+    brackets -> PNG) inline. ``sender`` is the whole From value (``Name <address>``).
+
+    Quoted-printable text parts and base64 images can never hold the boundaries (they start
+    with ``=_``, which quoted-printable always escapes and base64 never writes)."""
+    outer = f"=_jv_{binascii.crc32(message_id.encode()):08x}_a"
+    inner = f"=_jv_{binascii.crc32(message_id.encode()):08x}_r"
+    name, address = email.utils.parseaddr(sender)
+    head = [
+        f"From: {email.utils.formataddr((name, address))}" if name else _header("From", sender),
+        _header("To", to),
+        _header("Subject", subject),
+        f"Date: {email.utils.formatdate(usegmt=True)}",
+        _header("Message-ID", message_id),
+        "MIME-Version: 1.0",
+        f'Content-Type: multipart/alternative; boundary="{outer}"',
+    ]
+    out = [(_CRLF.join(head) + _CRLF + _CRLF).encode()]
+    out += [f"--{outer}{_CRLF}".encode(), _text_part("plain"), _qp(text), _CRLF.encode()]
+    out.append(f"--{outer}{_CRLF}".encode())
+    if images:
+        out.append(f'Content-Type: multipart/related; boundary="{inner}"{_CRLF}{_CRLF}'.encode())
+        out += [f"--{inner}{_CRLF}".encode(), _text_part("html"), _qp(html), _CRLF.encode()]
+        for cid, png in images.items():
+            out.append(f"--{inner}{_CRLF}".encode())
+            out.append(_image_part(cid, png))
+        out.append(f"--{inner}--{_CRLF}".encode())
+    else:
+        out += [_text_part("html"), _qp(html), _CRLF.encode()]
+    out.append(f"--{outer}--{_CRLF}".encode())
+    return b"".join(out)
+
+
+def _text_part(kind: str) -> bytes:
+    return (
+        f"Content-Type: text/{kind}; charset=utf-8{_CRLF}"
+        f"Content-Transfer-Encoding: quoted-printable{_CRLF}{_CRLF}"
+    ).encode()
+
+
+def _image_part(cid: str, png: bytes) -> bytes:
+    head = _CRLF.join(
+        [
+            "Content-Type: image/png",
+            "Content-Transfer-Encoding: base64",
+            _header("Content-ID", f"<{cid}>"),
+            f'Content-Disposition: inline; filename="{png_name(cid)}"',
+        ]
+    )
+    body = base64.encodebytes(png).replace(b"\n", b"\r\n")  # lines of 76, as MIME wants
+    return (head + _CRLF + _CRLF).encode() + body
 
 
 def png_name(cid: str) -> str:

@@ -213,18 +213,60 @@ def settled(session: Session) -> set[tuple[str, str]]:
     return {(slug, week) for slug, week in rows}
 
 
+@dataclass(frozen=True)
+class _Latest:
+    """A partner's latest copy of the week's statement, as read before the run."""
+
+    id: int
+    copy: int
+    status: str
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What became of one statement's send, to be recorded on its row."""
+
+    row_id: int
+    status: Status
+    message_id: str | None = None
+    error: str | None = None
+
+
+def _latest(session: Session, week: str, partner_ids: Sequence[int]) -> dict[int, _Latest]:
+    """Each partner's latest copy of the week's statement, in one query."""
+    top = (
+        select(StatementSend.partner_id, func.max(StatementSend.copy).label("copy"))
+        .where(StatementSend.week == week, StatementSend.partner_id.in_(partner_ids))
+        .group_by(StatementSend.partner_id)
+        .subquery()
+    )
+    rows = session.execute(
+        select(StatementSend.partner_id, StatementSend.id, StatementSend.copy, StatementSend.status)
+        .join(
+            top, (top.c.partner_id == StatementSend.partner_id) & (top.c.copy == StatementSend.copy)
+        )
+        .where(StatementSend.week == week)
+    ).all()
+    return {pid: _Latest(row_id, copy, status) for pid, row_id, copy, status in rows}
+
+
 def _claim(
-    session: Session, partner_id: int, week: str, resend: bool, now: dt.datetime
+    session: Session,
+    partner_id: int,
+    week: str,
+    *,
+    last: _Latest | None,
+    resend: bool,
+    now: dt.datetime,
+    done: _Outcome | None,
 ) -> tuple[int, int] | None:
-    """Claim (partner, week) and commit: the row id and copy, or None if it is not ours to send
-    (sent, being sent, failed or in doubt). ``resend`` claims a new copy."""
+    """Record the previous statement's outcome (``done``), claim (partner, week) and commit, in
+    one transaction: the row id and copy, or None if it is not ours to send (sent, being sent,
+    failed or in doubt). ``last`` is its latest copy as read before the run: a run that took it
+    since makes this insert or update miss. ``resend`` claims a new copy."""
     begin_writing(session)
-    last = session.execute(
-        select(StatementSend.id, StatementSend.copy, StatementSend.status)
-        .where(StatementSend.partner_id == partner_id, StatementSend.week == week)
-        .order_by(StatementSend.copy.desc())
-        .limit(1)
-    ).first()
+    if done is not None:
+        _record(session, done)
     claimed: tuple[int, int] | None = None
     if last is None or resend:
         copy = 0 if last is None else last.copy + 1
@@ -247,22 +289,18 @@ def _claim(
     return claimed
 
 
-def _record(
-    session: Session, row_id: int, status: Status, *, message_id: str | None, error: str | None
-) -> None:
-    """The outcome of the row's send. ``sent_at`` is when the last attempt began until the
-    provider takes it, then when it did."""
-    values: dict[str, object] = {"status": status, "message_id": message_id, "error": error}
-    if error is not None:
-        values["error"] = error[:1000]
-    if status is Status.SENT:
+def _record(session: Session, done: _Outcome) -> None:
+    """The outcome of the row's send (the caller commits). ``sent_at`` is when the last attempt
+    began until the provider takes it, then when it did."""
+    values: dict[str, object] = {"status": done.status, "message_id": done.message_id}
+    values["error"] = done.error[:1000] if done.error is not None else None
+    if done.status is Status.SENT:
         values["sent_at"] = dt.datetime.now(dt.UTC)
     session.execute(
         update(StatementSend)
-        .where(StatementSend.id == row_id, StatementSend.status == Status.SENDING)
+        .where(StatementSend.id == done.row_id, StatementSend.status == Status.SENDING)
         .values(values)
     )
-    session.commit()
 
 
 def _outcome(exc: ProviderError) -> Status:
@@ -301,13 +339,18 @@ def send_statements(
             select(Partner.slug, Partner.id, Partner.contact_email)
         ).all()
     }
+    latest = _latest(session, week, [people[slug][0] for slug in wanted if slug in people])
     statements = build_statements(session, monday, wanted)
-    # Rendered ahead, in worker processes when there are many; claimed only when sent.
+    # Rendered ahead, in worker processes when there are many; claimed only when sent. Each
+    # outcome is recorded in the next statement's claim transaction: one commit a statement.
     rendering = render_statements(statements, processes=processes_for(len(statements)))
+    outcome: _Outcome | None = None
     try:
         for st, rendered in rendering:
             pid, contact = people[st.partner_slug]
-            claim = _claim(session, pid, week, resend, now)
+            last = latest.get(pid)
+            claim = _claim(session, pid, week, last=last, resend=resend, now=now, done=outcome)
+            outcome = None
             if claim is None:
                 done.skipped.append(st.partner_slug)  # another run took it meanwhile
                 continue
@@ -316,13 +359,16 @@ def send_statements(
             letter = statement_letter(
                 rendered, to_addr=contact, row_id=row_id, name=name, domain=domain
             )
-            if not _send_one(
-                session, provider, letter, row_id=row_id, slug=st.partner_slug, done=done
-            ):
+            outcome = _send_one(provider, letter, row_id=row_id, slug=st.partner_slug, done=done)
+            if done.stopped is not None:
                 break
     finally:
         rendering.close()  # stops the workers, when the account failed before the end
         provider.close()
+        if outcome is not None:  # the last statement's, or one whose next claim failed
+            session.rollback()
+            _record(session, outcome)
+            session.commit()
     return done
 
 
@@ -340,22 +386,15 @@ def _to_send(
 
 
 def _send_one(
-    session: Session,
-    provider: Provider,
-    letter: SingleMessage,
-    *,
-    row_id: int,
-    slug: str,
-    done: Sending,
-) -> bool:
-    """Hand ``letter`` over and record what became of it; False when the account cannot send
-    (the rest would be refused the same way)."""
+    provider: Provider, letter: SingleMessage, *, row_id: int, slug: str, done: Sending
+) -> _Outcome:
+    """Hand ``letter`` over: what became of it, to record. ``done.stopped`` is set when the
+    account cannot send (the rest would be refused the same way)."""
     try:
         message_id = provider.send_message(letter)
     except ProviderError as exc:
         status = _outcome(exc)
         why = f"{exc.message} (fix: {exc.fix})" if exc.fix else exc.message
-        _record(session, row_id, status, message_id=None, error=why)
         {Status.FAILED: done.failed, Status.RETRY: done.retry, Status.UNKNOWN: done.unknown}[
             status
         ][slug] = exc.message
@@ -363,8 +402,6 @@ def _send_one(
             done.retry_after = max(done.retry_after or 0.0, exc.retry_after)
         if exc.auth:
             done.stopped = exc
-            return False
-        return True
-    _record(session, row_id, Status.SENT, message_id=message_id, error=None)
+        return _Outcome(row_id, status, error=why)
     done.sent.append(slug)
-    return True
+    return _Outcome(row_id, Status.SENT, message_id=message_id)

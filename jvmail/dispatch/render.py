@@ -3,8 +3,13 @@
 The promotion's subject, HTML and text are written by partners, so they are rendered in Jinja2's
 sandbox with limits: a deadline (checked on every call, every loop step over ``range`` and every
 ``*`` or ``**``), a cap on the output size, and the sandbox's own refusal of unsafe attributes.
-A template that breaks a limit or fails to render raises :class:`TemplateProblem` naming the
-promotion and the reason; the caller fails that mailing and carries on with the others.
+Those checks run between the template's steps, and one step can be a single long call (a string
+method or filter asked for a width of billions, ``lipsum`` asked for millions of paragraphs): so
+where the system can fork, the three parts are rendered in a child process of their own with a
+memory cap, killed at a wall-clock deadline. Whatever the template does, the worker that renders
+it keeps its memory, its time and its other threads. A template that breaks a limit or fails to
+render raises :class:`TemplateProblem` naming the promotion and the reason; the caller fails
+that mailing and carries on with the others.
 
 The rendered content then sits inside the list owner's wrapper (``templates/wrapper.*.j2``,
 trusted) with the owner's introduction and the footer: postal address and unsubscribe link. CSS
@@ -17,13 +22,19 @@ substitution (SendGrid, Mailgun, SES) translate the markers to their syntax inst
 
 from __future__ import annotations
 
+import gc
 import html as html_lib
+import json
+import os
 import re
+import select
+import signal
 import time
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import css_inline
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateError, select_autoescape
@@ -64,6 +75,13 @@ class Limits:
     seconds: float = 2.0  # rendering time of one part
     output_chars: int = 500_000  # size of one rendered part
     operand_chars: int = 100_000  # a string or list that '*' may build
+    memory_bytes: int = 512 * 2**20  # what rendering the three parts may allocate
+
+    @property
+    def wall_seconds(self) -> float:
+        """When a render of the three parts is stopped, whatever it is doing: each part's
+        deadline, and a second for starting and compiling."""
+        return 3 * self.seconds + 1.0
 
 
 LIMITS = Limits()
@@ -157,6 +175,11 @@ def _content(promo: str, part: str, source: str, limits: Limits, *, html: bool) 
         return sandbox.render_limited(source, {"first_name": first_name})
     except TemplateProblem as exc:
         raise TemplateProblem(f"promotion {promo}: {part} {exc.message}", _FIX) from exc
+    except MemoryError as exc:
+        megabytes = limits.memory_bytes // 2**20
+        raise TemplateProblem(
+            f"promotion {promo}: {part} needs more than {megabytes:,} MB to render", _FIX
+        ) from exc
     except (TemplateError, RecursionError, ArithmeticError, TypeError, ValueError) as exc:
         what = f"{exc.__class__.__name__}: {exc}"[:300]
         raise TemplateProblem(
@@ -165,6 +188,136 @@ def _content(promo: str, part: str, source: str, limits: Limits, *, html: bool) 
 
 
 _FIX = "fix the promotion's template (only {{ first_name }} is available) and run `jvmail sync`"
+
+
+_PARTS = ("html", "text", "subject")
+
+
+def _parts(
+    promo: str,
+    sources: tuple[str, str, str],
+    limits: Limits,
+    starting: Callable[[str], None] = lambda _part: None,
+) -> tuple[str, str, str]:
+    """The partner-written (html, text, subject), rendered in this process; ``starting`` is
+    told each part's name as its render begins."""
+    done: list[str] = []
+    for part, source in zip(_PARTS, sources, strict=True):
+        starting(part)
+        done.append(_content(promo, part, source, limits, html=part == "html"))
+    return done[0], done[1], done[2]
+
+
+def _isolated(promo: str, sources: tuple[str, str, str], limits: Limits) -> tuple[str, str, str]:
+    """:func:`_parts` in a child process (where the system can fork): its memory capped at
+    ``limits.memory_bytes`` more than this process's, killed at ``limits.wall_seconds``. The
+    child writes a line naming each part as it begins it, then its answer as a line of JSON
+    (data only), through a pipe read as it comes so that the child never blocks on it."""
+    if not hasattr(os, "fork"):
+        return _parts(promo, sources, limits)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        _child(write, promo, sources, limits)
+    os.close(write)
+    try:
+        raw, status = _collect(read, pid, time.monotonic() + limits.wall_seconds)
+    finally:
+        os.close(read)
+    *lines, last = raw.split(b"\n")
+    begun = [line.decode() for line in lines if line.decode() in _PARTS]
+    part = begun[-1] if begun else "template"
+    if status is None:
+        raise TemplateProblem(
+            f"promotion {promo}: {part} took longer than {limits.wall_seconds:g} s to render "
+            "and was stopped",
+            _FIX,
+        )
+    answer = _answer(lines[-1] if lines and not last else b"")
+    if answer is None:
+        why = f"signal {-status}" if status < 0 else f"exit status {status}"
+        raise TemplateProblem(f"promotion {promo}: {part} crashed its render ({why})", _FIX)
+    if "problem" in answer:
+        raise TemplateProblem(str(answer["problem"]), str(answer.get("fix", _FIX)))
+    html, text, subject = (str(rendered) for rendered in answer["parts"])
+    return html, text, subject
+
+
+def _answer(line: bytes) -> dict[str, Any] | None:
+    """The child's answer line, or None when it wrote none."""
+    try:
+        answer = json.loads(line)
+    except ValueError:
+        return None
+    return answer if isinstance(answer, dict) else None
+
+
+def _collect(read: int, pid: int, deadline: float) -> tuple[bytes, int | None]:
+    """What the child wrote, and its exit status (negative: the signal that ended it); None
+    for the status when the deadline passed first (the child is killed)."""
+    chunks: list[bytes] = []
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([read], [], [], left)[0]:
+                return b"".join(chunks), None
+            chunk = os.read(read, 1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        _, status = os.waitpid(pid, 0)
+        pid = 0
+        return b"".join(chunks), os.waitstatus_to_exitcode(status)
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+
+
+def _child(write: int, promo: str, sources: tuple[str, str, str], limits: Limits) -> NoReturn:
+    """The forked child: render, answer, and exit at once (no cleanup of what it shares with
+    its parent: database and broker connections, files)."""
+    code = 1
+    try:
+        with suppress(ValueError):  # the parent's handlers are for the parent
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_DFL)
+        gc.freeze()  # the parent's objects are not this process's to collect
+        _cap_memory(limits.memory_bytes)
+        answer: dict[str, object]
+        try:
+            parts = _parts(promo, sources, limits, lambda part: _write(write, f"{part}\n"))
+            answer = {"parts": list(parts)}
+        except TemplateProblem as exc:
+            answer = {"problem": exc.message, "fix": exc.fix}
+        except Exception as exc:  # whatever else a template makes Jinja2 raise
+            what = f"{exc.__class__.__name__}: {exc}"[:300]
+            answer = {"problem": f"promotion {promo}: cannot be rendered ({what})", "fix": _FIX}
+        _write(write, json.dumps(answer) + "\n")
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def _write(fd: int, text: str) -> None:
+    data = text.encode()
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+def _cap_memory(extra: int) -> None:
+    """Cap this process's address space at its present size and ``extra`` bytes (Linux)."""
+    import resource
+
+    try:
+        with open("/proc/self/statm") as statm:
+            size = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    cap = size + extra if hard == resource.RLIM_INFINITY else min(size + extra, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
 
 
 def _text_link(links: list[str], found: str) -> str:
@@ -189,13 +342,11 @@ def render(
 ) -> Rendered:
     """Render promotion ``promo``'s parts inside the owner's wrapper, once per mailing."""
     links: list[str] = []
-    body = _content(promo, "html", html, limits, html=True)
+    body, plain, title = _isolated(promo, (html, text, subject), limits)
     body = _HREF.sub(
         lambda m: f"{m[1]}{m[2]}{_register(links, html_lib.unescape(m[3]))}{m[2]}", body
     )
-    plain = _content(promo, "text", text, limits, html=False)
     plain = _TEXT_URL.sub(lambda m: _text_link(links, m[0]), plain)
-    title = _content(promo, "subject", subject, limits, html=False)
     title = " ".join(title.split())
     trusted = Environment(
         loader=FileSystemLoader(templates_dir()),

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import email
 import email.policy
+import resource
+import threading
+import time
 from email.message import EmailMessage
 
 import pytest
@@ -74,6 +77,58 @@ def test_hostile_or_broken_templates_fail_with_a_reason(source: str, reason: str
     assert "promotion owner-offer: html" in caught.value.message
     assert reason in caught.value.message
     assert caught.value.fix
+
+
+# One step of these is a single long call the sandbox's checks cannot interrupt: a string
+# method or filter asked for billions of characters, lipsum asked for millions of paragraphs,
+# a string doubled by concatenation, a nested list printed whole.
+BOMBS = [
+    ("{{ lipsum(10**7) }}", "html took longer than 1.9 s to render and was stopped"),
+    ("{{ 'a'.center(10**10) }}", "html needs more than 64 MB"),
+    ("{{ ('a' * 100000)|replace('a', 'a' * 100000) }}", "html needs more than 64 MB"),
+    (
+        "{% set ns = namespace(s='x') %}{% for i in range(40) %}"
+        "{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
+        "html needs more than 64 MB",
+    ),
+    ("{{ [[1] * 100000] * 100000 }}", ""),
+]
+
+
+@pytest.mark.parametrize(("source", "reason"), BOMBS)
+def test_one_long_call_is_stopped_by_the_render_process_limits(source: str, reason: str) -> None:
+    limits = Limits(seconds=0.3, output_chars=200_000, memory_bytes=64 * 2**20)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
+    began = time.monotonic()
+    with pytest.raises(TemplateProblem) as caught:
+        render("owner-offer", "Subject", source, "text", MAILER, limits=limits)
+    assert time.monotonic() - began < limits.wall_seconds + 2.0
+    assert caught.value.message.startswith("promotion owner-offer: ")
+    assert reason in caught.value.message
+    assert caught.value.fix
+    # The render's memory was its own process's: this one grew by no more than its cap.
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 64 * 1024
+
+
+def test_a_render_beside_a_stopped_one_goes_on_in_other_threads() -> None:
+    limits = Limits(seconds=0.3, memory_bytes=64 * 2**20)
+    done: list[str] = []
+
+    def hostile() -> None:
+        with pytest.raises(TemplateProblem):
+            render("hostile", "Subject", "{{ lipsum(10**7) }}", "text", MAILER, limits=limits)
+        done.append("hostile")
+
+    thread = threading.Thread(target=hostile)
+    thread.start()
+    try:
+        for _ in range(5):  # while the hostile render runs, others render in full
+            r = render("owner-offer", "For {{ first_name }}", HTML, TEXT, MAILER, limits=limits)
+            assert r.subject == "For %%JV_FIRST_NAME%%"
+        assert not done, "the hostile render was stopped before the others finished"
+    finally:
+        thread.join(timeout=limits.wall_seconds + 5.0)
+    assert done == ["hostile"]
 
 
 def test_a_message_per_recipient_carries_its_own_signed_links_and_both_unsubscribe_headers() -> (

@@ -12,6 +12,7 @@ from dramatiq.brokers.redis import RedisBroker
 
 from jvmail.broker import make_broker
 from jvmail.dispatch.actors import Runtime, declare
+from jvmail.dispatch.guard import RedisGuard
 from jvmail.dispatch.limits import RedisLimiter
 from jvmail.providers.base import Provider
 from jvmail.providers.sendgrid import SendGridProvider
@@ -51,4 +52,5 @@ _runtime = Runtime(os.environ["JVMAIL_DATABASE_URL"], _pick)
 _runtime.batch = int(os.environ.get("BENCH_BATCH", _runtime.batch))  # deliveries per claim
 assert isinstance(broker, RedisBroker)
 _runtime.limiter = RedisLimiter(broker.client, namespace=_namespace)
+_runtime.guard = RedisGuard(broker.client, namespace=_namespace)  # as production's workers
 actors = declare(broker, _runtime)

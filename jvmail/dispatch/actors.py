@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from jvmail.db import make_engine, make_sessionmaker
 from jvmail.dispatch.deliveries import expire
+from jvmail.dispatch.guard import SendGuard
 from jvmail.dispatch.limits import Limiter, MemoryLimiter, account_key
 from jvmail.dispatch.pipeline import (
     LEASE,
@@ -72,6 +73,7 @@ class Runtime:
     now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
     lease: dt.timedelta = LEASE  # how long a claimed batch is a worker's alone
     limiter: Limiter = field(default_factory=MemoryLimiter)  # the accounts' pace, quota, holds
+    guard: SendGuard | None = None  # who was handed over, outside the database (Redis)
     relay_after: dt.timedelta = RELAY_AFTER  # a queued mailing this still is re-enqueued
     batch: int = BATCH  # deliveries per batch message
     _engine: Engine | None = field(default=None, repr=False)
@@ -119,6 +121,7 @@ def declare(broker: dramatiq.Broker, runtime: Runtime) -> Actors:
                 limit=runtime.batch,
                 lease=runtime.lease,
                 limiter=runtime.limiter,
+                guard=runtime.guard,
             )
             if report.error and report.retry:
                 wait = report.retry_after

@@ -24,6 +24,7 @@ from jvmail.broker import make_broker
 from jvmail.db import DEFAULT_DATABASE_URL
 from jvmail.db.models import Mailing, Partner
 from jvmail.dispatch.actors import Actors, Runtime, declare
+from jvmail.dispatch.guard import RedisGuard
 from jvmail.dispatch.limits import RedisLimiter
 from jvmail.providers.base import Provider
 from jvmail.providers.factory import build_provider
@@ -76,6 +77,11 @@ dramatiq.set_broker(broker)
 _runtime = runtime_from_env()
 if isinstance(broker, RedisBroker):  # every worker machine shares each account's pace
     _runtime.limiter = RedisLimiter(broker.client, namespace=_namespace)
+    # ... and the send guard: a copy of the database (a restored backup) sends nothing twice.
+    # Not for an outbox: nothing leaves, and `jvmail reconcile --outbox` resends what its
+    # journal shows was never written.
+    if not os.environ.get("JVMAIL_OUTBOX"):
+        _runtime.guard = RedisGuard(broker.client, namespace=_namespace)
 actors: Actors = declare(broker, _runtime)
 
 from jvmail.jobs import Jobs, declare_jobs  # noqa: E402 - the scheduler's jobs, on the same broker

@@ -89,6 +89,7 @@ class Claimed:
     fence: int
     email: str
     first_name: str
+    subscriber_id: int  # the send guard's name for the recipient (stable across a restore)
 
 
 @dataclass(frozen=True)
@@ -258,11 +259,12 @@ def claim(
                 Delivery.status,
                 _of_subscriber(Subscriber.email),
                 _of_subscriber(Subscriber.first_name),
+                Delivery.subscriber_id,
             )
         ).all()
         people = sorted(
-            (d, fence, email, first)
-            for d, fence, status, email, first in rows
+            (d, fence, email, first, subscriber)
+            for d, fence, status, email, first, subscriber in rows
             if status == DeliveryStatus.CLAIMED
         )
         return [Claimed(*row) for row in people]
@@ -272,12 +274,12 @@ def claim(
         return []
     (fence,) = fences
     found = session.execute(
-        select(Delivery.id, Subscriber.email, Subscriber.first_name)
+        select(Delivery.id, Subscriber.email, Subscriber.first_name, Subscriber.id)
         .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
         .where(*_held(fence, bounds), Delivery.status == DeliveryStatus.CLAIMED)
         .order_by(Delivery.id)
     ).all()
-    return [Claimed(d, fence, email, first) for d, email, first in found]
+    return [Claimed(d, fence, email, first, sub) for d, email, first, sub in found]
 
 
 def _of_subscriber(column: InstrumentedAttribute[str]) -> ColumnElement[str]:

@@ -11,6 +11,9 @@ carries ids and bounds, never bodies. :func:`send_batch` is what a worker does w
    for): wait for their turn, or give them back unsent to be retried later;
 4. mark the claimed rows in flight and commit: a worker that lost its lease stops here, and so
    does one whose mailing was paused or cancelled since its claim (its rows go back unsent);
+   then mark the recipients in the send guard (:mod:`jvmail.dispatch.guard`, outside the
+   database): those another copy of this database already handed over are recorded ``dead``
+   and not sent;
 5. one provider call per provider-sized piece; a refusal with Retry-After holds the whole
    account (every batch of it, in every worker) for that long;
 6. record each recipient's outcome under its fence and commit.
@@ -22,6 +25,7 @@ Each step is its own transaction, so a crash anywhere leaves rows either claimab
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
@@ -51,13 +55,14 @@ from jvmail.dispatch.deliveries import (
     start,
     unclaim,
 )
+from jvmail.dispatch.guard import GuardDown, Mark, SendGuard
 from jvmail.dispatch.limits import SYSTEM_CLOCK, Booking, Clock, Limiter, account_key
 from jvmail.dispatch.mime import Skeleton, skeleton
 from jvmail.dispatch.relay import record as record_batches
 from jvmail.dispatch.relay import touch
 from jvmail.dispatch.render import Mailer, TemplateProblem, markers, render
 from jvmail.faults import fault
-from jvmail.providers.base import OutboundBatch, Provider, ProviderError, Recipient
+from jvmail.providers.base import OutboundBatch, Provider, ProviderError, Recipient, Sent
 from jvmail.tracking.links import Keyring, click_url, open_url, unsubscribe_url
 
 __all__ = [
@@ -71,6 +76,8 @@ __all__ = [
     "pause_mailing",
     "send_batch",
 ]
+
+logger = logging.getLogger(__name__)
 
 LEASE = dt.timedelta(minutes=10)
 UNFINISHED = (DeliveryStatus.PENDING, DeliveryStatus.CLAIMED, DeliveryStatus.SENDING)
@@ -88,6 +95,12 @@ class Message:
     sender_id: int = 0
     per_second: float | None = None  # the sender's account limits
     per_day: int | None = None
+    promotion_id: int = 0  # with the mailing id, the send guard's name for the mailing
+    list_id: int = 0
+
+    @property
+    def mark(self) -> Mark:
+        return Mark(self.mailing_id, self.promotion_id, self.list_id)
 
     def recipient(self, delivery_id: int, email: str, first_name: str) -> Recipient:
         count = len(self.skeleton.rendered.links)
@@ -112,6 +125,7 @@ class BatchReport:
     refused: int = 0  # refused by the provider for that recipient
     suppressed: int = 0  # found suppressed at claim time
     stale: int = 0  # rows this worker had lost before the provider call
+    duplicates: int = 0  # rows the send guard found handed over already: recorded dead
     error: str = ""  # why the mailing or the request failed as a whole
     retry: bool = False  # the provider asked to wait; the rows it did not take are pending
     retry_after: float | None = None  # ... this many seconds, when it said (Retry-After)
@@ -210,6 +224,8 @@ def _render_message(session: Session, mailing_id: int) -> Message:
         sender.id,
         account.get("max_per_second"),
         account.get("max_per_day"),
+        mailing.promotion_id,
+        mailing.list_id,
     )
 
 
@@ -241,9 +257,11 @@ def send_batch(
     lease: dt.timedelta = LEASE,
     limiter: Limiter | None = None,
     clock: Clock = SYSTEM_CLOCK,
+    guard: SendGuard | None = None,
 ) -> BatchReport:
     """Send one batch of one mailing through ``provider`` (see the module docstring);
-    ``clock`` is what the account's limits are booked and waited with."""
+    ``clock`` is what the account's limits are booked and waited with; ``guard``, when given,
+    keeps a copy of this database from sending again what another already sent."""
     report = BatchReport()
     held = _claim(session, mailing_id, bounds, lease=lease, limit=limit)
     fault("send:after-claim")
@@ -262,10 +280,9 @@ def send_batch(
         session, message, held, report, limiter=limiter, clock=clock
     ):
         return report
-    going = _start(session, mailing_id, held, report)
+    going = _in_flight(session, message, held, report, guard)
     if not going:
         return report
-    fences = {c.delivery_id: c.fence for c in going}
     batch = OutboundBatch(
         mailing_id,
         message.skeleton,
@@ -276,22 +293,13 @@ def send_batch(
     fault("send:after-provider")
     if limiter is not None and sent.error is not None:
         _hold(limiter, clock, message, sent.error)  # first: the account's other batches wait
-    outcomes = [
-        Outcome(
-            r.delivery_id,
-            fences[r.delivery_id],
-            DeliveryStatus.ACCEPTED if r.accepted else DeliveryStatus.FAILED,
-            r.message_id,
-            r.error,
-        )
-        for r in sent.results
-        if not r.retry
-    ]
-    record(session, outcomes, held=going)
+    record(session, _outcomes(going, sent), held=going)
     later = {r.delivery_id for r in sent.results if r.retry}
     report.retry = bool(later)
     untried = set(sent.untried) | later
-    release(session, [c for c in going if c.delivery_id in untried])
+    back = [c for c in going if c.delivery_id in untried]
+    _unmark(guard, message, back)
+    release(session, back)
     results = [r for r in sent.results if not r.retry]
     if sent.error is not None:
         # Doubtful rows stay in flight until their lease ends, then become unknown for the
@@ -313,6 +321,39 @@ def send_batch(
         _pause_if_failing(session, mailing_id)
     _finish(session, mailing_id)
     return report
+
+
+def _outcomes(going: list[Claimed], sent: Sent) -> list[Outcome]:
+    """The provider's answers to record, each under its row's fence (not the retry-later
+    ones: they go back to pending)."""
+    fences = {c.delivery_id: c.fence for c in going}
+    return [
+        Outcome(
+            r.delivery_id,
+            fences[r.delivery_id],
+            DeliveryStatus.ACCEPTED if r.accepted else DeliveryStatus.FAILED,
+            r.message_id,
+            r.error,
+        )
+        for r in sent.results
+        if not r.retry
+    ]
+
+
+def _in_flight(
+    session: Session,
+    message: Message,
+    held: list[Claimed],
+    report: BatchReport,
+    guard: SendGuard | None,
+) -> list[Claimed]:
+    """Mark the claimed rows in flight and ask the send guard about them; the rows to send."""
+    going = _start(session, message.mailing_id, held, report)
+    if going and guard is not None:
+        going = _guarded(session, guard, message, going, report)
+        if not going:  # every one of them went out already, from another copy
+            _finish(session, message.mailing_id)
+    return going
 
 
 def _claim(
@@ -340,6 +381,69 @@ def _start(
     session.commit()
     report.stale = len(held) - len(going)
     return going
+
+
+ALREADY_SENT = (
+    "already handed to the provider from another copy of this hub's database (a restored "
+    "backup?); not sent again"
+)
+
+
+def _guarded(
+    session: Session,
+    guard: SendGuard,
+    message: Message,
+    going: list[Claimed],
+    report: BatchReport,
+) -> list[Claimed]:
+    """Mark the in-flight rows' recipients in the send guard; the rows still to send. Those
+    marked already (sent from another copy of this database: a restored backup beside the
+    live one) are recorded ``dead`` under their fence and committed, with an alert in the log.
+    When the guard cannot be asked, nothing goes: the rows go back to pending, to retry (had
+    it marked them before its answer was lost, their retry records them dead: never twice)."""
+    try:
+        seen = guard.mark(message.mark, [c.subscriber_id for c in going])
+    except GuardDown as exc:
+        release(session, going)
+        session.commit()
+        report.retry = True
+        report.error = f"the send guard (Redis) did not answer: {exc}; retried later"
+        return []
+    if not seen:
+        return going
+    copies = [c for c in going if c.subscriber_id in seen]
+    dead = [
+        Outcome(c.delivery_id, c.fence, DeliveryStatus.DEAD, None, ALREADY_SENT) for c in copies
+    ]
+    record(session, dead)
+    session.commit()
+    report.duplicates = len(copies)
+    logger.error(
+        "mailing %s: %d recipient(s) were already handed to the provider from another copy of "
+        "this hub's database (a restored backup running beside the live one?); recorded dead, "
+        "not sent again: stop the other copy",
+        message.mailing_id,
+        len(copies),
+    )
+    return [c for c in going if c.subscriber_id not in seen]
+
+
+def _unmark(guard: SendGuard | None, message: Message, back: list[Claimed]) -> None:
+    """Clear the guard's marks of rows going back unsent, so a later try may send them. When
+    the guard cannot be reached the marks stay: a later try then records those rows dead
+    (never a duplicate), and the log says why."""
+    if guard is None or not back:
+        return
+    try:
+        guard.clear(message.mark, [c.subscriber_id for c in back])
+    except GuardDown as exc:
+        logger.warning(
+            "mailing %s: the send guard (Redis) did not answer (%s); %d recipient(s) given "
+            "back unsent keep their marks and will be recorded dead on their next try",
+            message.mailing_id,
+            exc,
+            len(back),
+        )
 
 
 def _still_running(session: Session, mailing_id: int) -> bool:

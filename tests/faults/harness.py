@@ -17,8 +17,14 @@ and the reconciler's deadline is let pass for those it never took. Then the inva
 - I1 no loss: every delivery is final (accepted, suppressed, failed, or dead);
 - I2 no duplicates: the provider took each delivery at most once, and took exactly the accepted
   ones;
+- I4 isolation: the promotion owner's canary readers (a list of its own that no mailing here
+  sends to) appear in no worker's output, no request the provider got, and no delivery's or
+  mailing's error text;
 - I5 compliance: every request carried both unsubscribe headers and the sender's postal
   address, and no recipient was taken after its unsubscribe was committed.
+
+The checks are per mailing (the harness's own by default), so a scenario can add mailings of
+its own beside it and check each.
 """
 
 from __future__ import annotations
@@ -35,12 +41,12 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import dramatiq
 import pytest
@@ -64,7 +70,7 @@ from jvmail.dispatch.control import pause, resume
 from jvmail.dispatch.reconcile import GIVE_UP, reconcile
 from jvmail.tracking.store import store_events
 from jvmail.tracking.webhooks.sendgrid import SendGridKeys, parse
-from tests.dispatch.conftest import WHEN, Hub, build_hub
+from tests.dispatch.conftest import WHEN, Hub, build_hub, mailing_list
 from tests.providers.fakes import Fake, Scripted, sendgrid_handler, serve
 from tests.tracking.signing import ec_key, sendgrid_headers
 
@@ -76,6 +82,7 @@ FINAL = frozenset(
 )
 POSTAL = "1 Example Street, Springfield"  # the sender's postal address (tests.dispatch.conftest)
 DEADLINE = 180.0  # seconds for a mailing to settle after a fault; generous for a busy machine
+CANARIES = 5  # canary readers on the promotion owner's own list (I4)
 
 
 def free_port() -> int:
@@ -160,6 +167,7 @@ class Recorder:
     fake: Fake
     taken_at: dict[str, list[float]] = field(default_factory=dict)  # address -> wall times
     arrivals: list[Arrival] = field(default_factory=list)  # every request, in arrival order
+    raw: list[bytes] = field(default_factory=list)  # every request's body, whatever the answer
 
     def wrap(
         self, handle: Callable[[BaseHTTPRequestHandler], None]
@@ -168,6 +176,7 @@ class Recorder:
             at = time.time()
             raw = h.rfile.read(int(h.headers.get("Content-Length", "0")))
             self.arrivals.append(Arrival(at, _addresses(raw)))
+            self.raw.append(raw)
             before = len(self.fake.accepted)
             h.rfile = io.BytesIO(raw)  # the fake reads the body again
             handle(h)
@@ -200,6 +209,8 @@ class System:
     readers: int
     redis: RedisServer
     sendgrid: Recorder
+    folder: Path | None = None  # where each worker's stdout and stderr go (else nowhere)
+    canaries: tuple[str, ...] = ()  # the owner's readers: in nothing the sending side writes
     namespace: str = field(default_factory=lambda: f"faults-{uuid.uuid4().hex[:8]}")
     lease: float = 6.0
     batch: int = 200
@@ -210,6 +221,7 @@ class System:
     recovered_in: float | None = None  # seconds from it to a quiet, settled system
     _actors: Actors | None = None
     _broker: dramatiq.Broker | None = None
+    _started: int = 0  # workers started so far (each one's output files are numbered)
 
     # -- processes -----------------------------------------------------------------------------
 
@@ -229,16 +241,37 @@ class System:
             environ.pop(name, None)
         command = [sys.executable, "-m", "dramatiq", "tests.dispatch.fault_worker"]
         command += ["--processes", "1", "--threads", "2", "--queues", QUEUE]
-        proc = subprocess.Popen(
-            command,
-            env=environ,
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        out, err = self._output_files()
+        try:
+            proc = subprocess.Popen(
+                command, env=environ, cwd=ROOT, stdout=out, stderr=err, start_new_session=True
+            )
+        finally:
+            for f in (out, err):
+                if not isinstance(f, int):
+                    f.close()  # the worker holds its own copies
         (self.doomed if "JVMAIL_FAULT" in env else self.workers).append(proc)
         return proc
+
+    def _output_files(self) -> tuple[IO[bytes] | int, IO[bytes] | int]:
+        """The next worker's stdout and stderr: files in the scenario's folder (files, not
+        pipes, so that a chatty worker never blocks on a reader), or nowhere without one."""
+        self._started += 1
+        if self.folder is None:
+            return subprocess.DEVNULL, subprocess.DEVNULL
+        logs = self.folder / "workers"
+        logs.mkdir(parents=True, exist_ok=True)
+        return (
+            (logs / f"{self._started}.out").open("ab"),
+            (logs / f"{self._started}.err").open("ab"),
+        )
+
+    def worker_output(self) -> dict[str, str]:
+        """Every worker's stdout and stderr so far, by file name."""
+        logs = None if self.folder is None else self.folder / "workers"
+        if logs is None or not logs.is_dir():
+            return {}
+        return {f.name: f.read_text(errors="replace") for f in sorted(logs.iterdir())}
 
     @property
     def worker_db_url(self) -> str:
@@ -306,39 +339,79 @@ class System:
 
     # -- reading -------------------------------------------------------------------------------
 
-    def counts(self) -> dict[DeliveryStatus, int]:
+    def _mailing(self, mailing_id: int | None) -> int:
+        """``mailing_id``, or the harness's own mailing when None."""
+        return self.hub.mailing.id if mailing_id is None else mailing_id
+
+    def counts(self, mailing_id: int | None = None) -> dict[DeliveryStatus, int]:
+        """One mailing's deliveries by status (the harness's own by default)."""
+        return self._counts(self._mailing(mailing_id))
+
+    def _counts(self, mailing_id: int | None) -> dict[DeliveryStatus, int]:
+        """Deliveries by status, of one mailing or (None) of them all."""
         self.session.rollback()  # a fresh snapshot
-        rows = self.session.execute(select(Delivery.status, func.count()).group_by(Delivery.status))
-        return dict(rows.all())
+        query = select(Delivery.status, func.count()).group_by(Delivery.status)
+        if mailing_id is not None:
+            query = query.where(Delivery.mailing_id == mailing_id)
+        return dict(self.session.execute(query).all())
 
     def accepted_so_far(self) -> int:
         return self.counts().get(DeliveryStatus.ACCEPTED, 0)
 
-    def deliveries(self) -> dict[int, tuple[str, DeliveryStatus]]:
-        """Delivery id -> (address, status)."""
+    def deliveries(self, mailing_id: int | None = None) -> dict[int, tuple[str, DeliveryStatus]]:
+        """One mailing's deliveries (the harness's own by default): id -> (address, status)."""
         self.session.rollback()
         rows = self.session.execute(
-            select(Delivery.id, Subscriber.email, Delivery.status).join(
-                Subscriber, Subscriber.id == Delivery.subscriber_id
-            )
+            select(Delivery.id, Subscriber.email, Delivery.status)
+            .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+            .where(Delivery.mailing_id == self._mailing(mailing_id))
         )
         return {d: (email, status) for d, email, status in rows}
 
-    def errors(self, status: DeliveryStatus) -> list[str]:
-        """The recorded reasons of the deliveries in ``status``."""
+    def errors(self, status: DeliveryStatus, mailing_id: int | None = None) -> list[str]:
+        """The recorded reasons of one mailing's deliveries in ``status`` (the harness's own
+        mailing by default)."""
         self.session.rollback()
         return [
             e or ""
-            for e in self.session.scalars(select(Delivery.error).where(Delivery.status == status))
+            for e in self.session.scalars(
+                select(Delivery.error).where(
+                    Delivery.status == status, Delivery.mailing_id == self._mailing(mailing_id)
+                )
+            )
         ]
 
-    def mailing_status(self) -> MailingStatus:
+    def mailing_status(self, mailing_id: int | None = None) -> MailingStatus:
+        """One mailing's status (the harness's own by default)."""
         self.session.rollback()
         status = self.session.scalar(
-            select(Mailing.status).where(Mailing.id == self.hub.mailing.id)
+            select(Mailing.status).where(Mailing.id == self._mailing(mailing_id))
         )
         assert status is not None
         return status
+
+    def mailing_error(self, mailing_id: int | None = None) -> str:
+        """Why one mailing failed or paused (the harness's own by default); empty if it did
+        not."""
+        self.session.rollback()
+        error = self.session.scalar(
+            select(Mailing.error).where(Mailing.id == self._mailing(mailing_id))
+        )
+        return error or ""
+
+    def written(self) -> Iterator[tuple[str, str]]:
+        """(where, text) of everything the sending side wrote that a reader's address could
+        leak into: each worker's output, each request the provider got, and every delivery's
+        and mailing's error text."""
+        yield from ((f"worker output {name}", text) for name, text in self.worker_output().items())
+        for n, raw in enumerate(list(self.sendgrid.raw), start=1):
+            yield f"provider request {n}", raw.decode(errors="replace")
+        self.session.rollback()
+        failed = select(Delivery.id, Delivery.error).where(Delivery.error.is_not(None))
+        for d, error in self.session.execute(failed):
+            yield f"delivery {d}'s error", error or ""
+        for m, error in self.session.execute(select(Mailing.id, Mailing.error)):
+            yield f"mailing {m}'s error", error or ""
 
     # -- faults from outside -------------------------------------------------------------------
 
@@ -431,7 +504,7 @@ class System:
                 if proc.poll() is not None and proc.returncode not in (0, -signal.SIGKILL):
                     pytest.fail(f"a worker exited on its own ({proc.returncode})")
             self.tick()
-            counts = self.counts()
+            counts = self._counts(None)  # every mailing's
             if counts and not any(counts.get(s) for s in UNFINISHED):
                 break
             time.sleep(0.5)  # waiting on other processes, not ordering a race
@@ -448,10 +521,19 @@ class System:
         return self.counts()
 
     def _events_for_unknown(self) -> None:
-        """SendGrid's signed 'delivered' events for the unknown deliveries it did take."""
-        rows = self.deliveries()
+        """SendGrid's signed 'delivered' events for the unknown deliveries it did take (of any
+        mailing)."""
+        self.session.rollback()
+        rows = {
+            d: (email, mailing)
+            for d, email, mailing in self.session.execute(
+                select(Delivery.id, Subscriber.email, Delivery.mailing_id)
+                .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+                .where(Delivery.status == DeliveryStatus.UNKNOWN)
+            )
+        }
         taken = {int(d) for _, d in self.sendgrid.fake.accepted}
-        doubt = sorted(d for d, (_, s) in rows.items() if s is DeliveryStatus.UNKNOWN)
+        doubt = sorted(rows)
         events = [
             {
                 "email": rows[d][0],
@@ -460,7 +542,7 @@ class System:
                 "sg_event_id": f"delivered-{d}",
                 "sg_message_id": f"sg-{d}.filter0001",
                 "jv_delivery": str(d),
-                "jv_mailing": str(self.hub.mailing.id),
+                "jv_mailing": str(rows[d][1]),
             }
             for d in doubt
             if d in taken
@@ -476,21 +558,28 @@ class System:
         self.tick()  # the reconciler settles them from the stored events
         until(
             "the events settled the unknown deliveries",
-            lambda: self.counts().get(DeliveryStatus.UNKNOWN, 0) <= len(doubt) - len(events),
+            lambda: self._counts(None).get(DeliveryStatus.UNKNOWN, 0) <= len(doubt) - len(events),
             60,
         )
 
     # -- the invariants ------------------------------------------------------------------------
 
-    def check(self) -> dict[int, tuple[str, DeliveryStatus]]:
-        """I1, I2 and I5; the deliveries, for more checks."""
-        rows = self.deliveries()
+    def check(
+        self, mailing_id: int | None = None, *, readers: int | None = None
+    ) -> dict[int, tuple[str, DeliveryStatus]]:
+        """I1, I2, I4 and I5 for one mailing: the harness's own by default (``readers``
+        deliveries unless told otherwise), or another's (as many deliveries as ``readers``,
+        when given); the mailing's deliveries, for more checks."""
+        rows = self.deliveries(mailing_id)
         # I1 no loss
-        assert len(rows) == self.readers
+        own = mailing_id is None or mailing_id == self.hub.mailing.id
+        expected = self.readers if readers is None and own else readers
+        if expected is not None:
+            assert len(rows) == expected, f"I1: {len(rows)} deliveries, not {expected}"
         left = Counter(s for _, s in rows.values() if s not in FINAL)
         assert not left, f"I1: deliveries not final: {dict(left)}"
         # I2 no duplicates, and the provider took exactly the accepted deliveries
-        handed = Counter((a, int(d)) for a, d in self.sendgrid.fake.accepted)
+        handed = Counter((a, int(d)) for a, d in self.sendgrid.fake.accepted if int(d) in rows)
         twice = {k: n for k, n in handed.items() if n > 1}
         assert not twice, f"I2: {len(twice)} recipients handed to the provider more than once"
         accepted = {(a, d) for d, (a, s) in rows.items() if s is DeliveryStatus.ACCEPTED}
@@ -506,7 +595,22 @@ class System:
             if any(t > committed for t in self.sendgrid.taken_at.get(a, []))
         ]
         assert not late, f"I5: {len(late)} readers taken after their unsubscribe was committed"
+        # I4 isolation
+        leaks = canary_leaks(self.canaries, self.written())
+        assert not leaks, f"I4: the owner's canary readers leaked: {leaks[:5]}"
         return rows
+
+
+def canary_leaks(canaries: Iterable[str], written: Iterable[tuple[str, str]]) -> list[str]:
+    """Where each canary address appears (case aside) in ``written``'s (where, text) pairs:
+    ``"where: address"``, one per place and address; empty when none does."""
+    wanted = [c.lower() for c in canaries]
+    return [
+        f"{where}: {canary}"
+        for where, text in written
+        for canary in wanted
+        if canary in text.lower()
+    ]
 
 
 def _has_unsubscribe_headers(body: dict[str, Any]) -> bool:
@@ -530,7 +634,9 @@ def running_system(
     **settings: Any,
 ) -> Iterator[System]:
     """The hub (``readers`` on the sender's list, sending through a SendGrid account paced at
-    ``per_second``), its Redis and the fake SendGrid; no worker yet."""
+    ``per_second``; the promotion's owner with a list of canary readers nobody mails here),
+    its Redis and the fake SendGrid; no worker yet. The workers' output goes to files under
+    ``folder``."""
     engine = make_engine(pg_url)
     upgrade(engine)
     recorder = Recorder(Fake(script=list(script or [])))
@@ -542,6 +648,8 @@ def running_system(
             serve(recorder.wrap(sendgrid_handler(recorder.fake, KEY)), recorder.fake),
         ):
             hub = build_hub(session)
+            canaries = tuple(f"canary-owner-{n}@owner.example" for n in range(CANARIES))
+            mailing_list(session, hub.owner, "owner-canaries", list(canaries))
             session.execute(
                 insert(Subscriber),
                 [
@@ -560,7 +668,17 @@ def running_system(
                 .values(provider_kind="sendgrid", provider=account)
             )
             session.commit()
-            system = System(session, hub, pg_url, readers, server, recorder, **settings)
+            system = System(
+                session,
+                hub,
+                pg_url,
+                readers,
+                server,
+                recorder,
+                folder=folder,
+                canaries=canaries,
+                **settings,
+            )
             try:
                 yield system
             finally:

@@ -59,6 +59,7 @@ from jvmail.db import make_engine, make_sessionmaker, upgrade
 from jvmail.db.models import (
     Delivery,
     DeliveryStatus,
+    HubRecord,
     Mailing,
     MailingStatus,
     Partner,
@@ -648,6 +649,13 @@ def running_system(
             serve(recorder.wrap(sendgrid_handler(recorder.fake, KEY)), recorder.fake),
         ):
             hub = build_hub(session)
+            # The hub's own account (statements, if a scheduler sends them) writes here, not
+            # into the working directory of the processes.
+            session.execute(
+                update(HubRecord).values(
+                    provider={"kind": "outbox", "directory": str(folder / "hub-outbox")}
+                )
+            )
             canaries = tuple(f"canary-owner-{n}@owner.example" for n in range(CANARIES))
             mailing_list(session, hub.owner, "owner-canaries", list(canaries))
             session.execute(

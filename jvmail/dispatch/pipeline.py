@@ -536,6 +536,12 @@ def _paced(
             booking = Booking(until - now, booked=False, held=True)
     if booking.booked:
         return True
+    if booking.quota:
+        # Hold the account until midnight: the tick's relay passes over a held account, so the
+        # rest waits quietly rather than being claimed and given back at every relay. (What is
+        # left of the day's quota, less than this batch, goes unused.)
+        now = clock.now()
+        limiter.hold(key, now + booking.wait, now=now)
     unclaim(session, held)
     session.commit()
     report.retry = not booking.quota  # pace or hold: soon; daily quota: a tick after midnight

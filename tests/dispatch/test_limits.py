@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,13 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from jvmail.db.models import Delivery, Partner
-from jvmail.dispatch.limits import Limiter, MemoryLimiter, RedisLimiter
+from jvmail.dispatch.limits import (
+    Limiter,
+    MemoryLimiter,
+    RedisLimiter,
+    account_key,
+    seconds_to_midnight,
+)
 from jvmail.dispatch.pipeline import dispatch, send_batch
 from tests.dispatch.conftest import Hub, Limiters
 from tests.dispatch.test_pipeline import Recording
@@ -63,12 +70,18 @@ def test_a_batch_over_the_days_quota_is_given_back_unsent(
     session.commit()
     provider = Recording(tmp_path)
     (bounds,) = dispatch(session, hub.mailing.id, batch_size=100)
-    report = send_batch(session, provider, hub.mailing.id, bounds, limiter=MemoryLimiter())
+    limiter = MemoryLimiter()
+    report = send_batch(session, provider, hub.mailing.id, bounds, limiter=limiter)
     assert report.error.startswith("the sender's account has sent its 10 messages for today")
     assert not report.retry
     assert not provider.seen
     pending = session.scalar(select(func.count()).where(Delivery.status == "pending"))
     assert pending == 25
+    # The account is held until midnight UTC, so the relay leaves the mailing alone till then.
+    now = time.time()
+    assert limiter.held_until(account_key(hub.sender.id), now) == pytest.approx(
+        now + seconds_to_midnight(now), abs=5.0
+    )
 
 
 def _free(limiter: Limiter, now: float, key: str = "acct", count: int = 10) -> tuple[float, bool]:

@@ -191,6 +191,7 @@ _FIX = "fix the promotion's template (only {{ first_name }} is available) and ru
 
 
 _PARTS = ("html", "text", "subject")
+_MAX_FD = os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 1 << 16
 
 
 def _parts(
@@ -280,6 +281,11 @@ def _child(write: int, promo: str, sources: tuple[str, str, str], limits: Limits
     its parent: database and broker connections, files)."""
     code = 1
     try:
+        # Drop every descriptor but the answer's pipe (and stdio): a render forked at the same
+        # time by another thread must see its pipe's end of file when its own child exits,
+        # not when this one does.
+        os.closerange(3, write)
+        os.closerange(write + 1, _MAX_FD)
         with suppress(ValueError):  # the parent's handlers are for the parent
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_DFL)

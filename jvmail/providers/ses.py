@@ -196,12 +196,14 @@ def _call(operation: Callable[..., dict[str, Any]], request: dict[str, Any]) -> 
                 auth=True,
             ) from exc
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 400))
+        # A 429 is a refusal for now whatever its error code (a proxy's carries none).
+        passing = code in _TRANSIENT_ERRORS or status == 429 or status >= 500
         raise ProviderError(
             f"SES: {code or status}: {said}",
             "a passing refusal; the batch is retried later"
-            if code in _TRANSIENT_ERRORS or status >= 500
+            if passing
             else "the message above says what to change",
-            transient=code in _TRANSIENT_ERRORS or status >= 500,
+            transient=passing,
         ) from exc
     except (EndpointConnectionError, ConnectTimeoutError) as exc:
         raise ProviderError(

@@ -80,3 +80,15 @@ def test_throttling_retries_and_a_bad_key_pauses(fake: Fake) -> None:
     assert sent.error.auth
     assert "UnrecognizedClientException" in sent.error.message
     assert not fake.accepted
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_a_bare_429_or_5xx_is_a_refusal_for_now(fake: Fake, status: int) -> None:
+    """Without SES's error type (a proxy's answer): still a passing refusal, never a failure
+    of the recipients."""
+    fake.script.append(Scripted(status, {"Retry-After": "1"}))
+    sent = _provider(fake).send(_batch(["a@mail.example"]))
+    assert sent.error is not None
+    assert sent.error.transient
+    assert sent.untried == [1]
+    assert not fake.accepted

@@ -17,6 +17,7 @@ import random
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
+from jvmail.scheduler import kernel
 from jvmail.scheduler.arcs import Arc
 from jvmail.scheduler.problem import Problem
 
@@ -416,7 +417,15 @@ class Board:
         what it must. The move is kept when it raises the score, or lowers it by less than the
         current temperature times the arc's value (a relative rule: values span five orders of
         magnitude between the smallest and the largest lists).
+
+        The loop runs compiled where it can (:mod:`jvmail.scheduler.kernel`): the same moves,
+        the same board and generator left behind; the Python loop below is the reference. A
+        change to the moves here (this loop, :meth:`best_insertion`, :meth:`fits`, the gains,
+        :meth:`toggle`) must be made in ``_anneal.c`` too: ``tests/scheduler/test_kernel.py``
+        compares the two.
         """
+        if kernel.anneal(self, rng, rounds, temperature):
+            return
         n = len(self.arcs)
         value, chosen, locked = self.a_value, self.chosen, self.locked
         draw, solo, toggle, insertion = (

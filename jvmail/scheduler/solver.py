@@ -37,10 +37,10 @@ __all__ = ["Effort", "board_plan", "solve"]
 class Effort:
     """How much work a solve may do. Counted in moves and nodes, so plans are reproducible."""
 
-    moves_per_arc: float = 20.0  # annealing moves per searched arc
+    moves_per_arc: float = 60.0  # annealing moves per searched arc
     min_moves: int = 200_000  # ... and at least this many where no exact model follows
     temperature: float = 1.5  # starting temperature (relative to the moved arc's value)
-    restart_budget: int = 1_600_000  # moves for independent searches from scratch ...
+    restart_budget: int = 4_800_000  # moves for independent searches from scratch ...
     max_restarts: int = 4  # ... at most this many; the best one is kept
     prune_above: int = 20_000  # prune arcs when a hub has more eligible arcs than this
     per_node: int = 15  # arcs each list and each promotion keeps when pruning

@@ -45,10 +45,22 @@ def runtime_from_env() -> Runtime:
     return runtime
 
 
-def senders_accounts(runtime: Runtime, outbox: Path | None) -> Callable[[int], Provider]:
+def senders_accounts(
+    runtime: Runtime,
+    outbox: Path | None,
+    build: Callable[[Partner], Provider] | None = None,
+) -> Callable[[int], Provider]:
     """Mailing id -> its sender's provider, one per sender and thread (SMTP connections are
-    kept open, and are not shared between threads)."""
+    kept open, and are not shared between threads). ``build`` makes a sender's client (by
+    default from its account as synced, or the ``outbox`` folder)."""
     local = threading.local()
+
+    def account(sender: Partner) -> Provider:
+        return build_provider(
+            sender.slug, sender.contact_email, sender.provider, name=sender.name, outbox=outbox
+        )
+
+    make = build or account
 
     def provider(mailing_id: int) -> Provider:
         cache: dict[int, Provider] = local.__dict__.setdefault("cache", {})
@@ -59,13 +71,7 @@ def senders_accounts(runtime: Runtime, outbox: Path | None) -> Callable[[int], P
                 .where(Mailing.id == mailing_id)
             ).one()
             if sender.id not in cache:
-                cache[sender.id] = build_provider(
-                    sender.slug,
-                    sender.contact_email,
-                    sender.provider,
-                    name=sender.name,
-                    outbox=outbox,
-                )
+                cache[sender.id] = make(sender)
             return cache[sender.id]
 
     return provider

@@ -202,8 +202,84 @@ def _addresses(raw: bytes) -> tuple[str, ...]:
         return ()
 
 
+class WorkerPool:
+    """Worker processes in process groups of their own, and the broker that enqueues their
+    ticks: what a scenario's system (and the soak's) has. The system provides the attributes
+    below, and :meth:`tick`; ``deadline`` is how long :meth:`until_ticking` waits."""
+
+    pg_url: str
+    redis: RedisServer
+    namespace: str
+    workers: list[subprocess.Popen[bytes]]
+    doomed: list[subprocess.Popen[bytes]]  # die by a fault point
+    _actors: Actors | None
+    _broker: dramatiq.Broker | None
+    deadline = DEADLINE
+
+    @property
+    def worker_db_url(self) -> str:
+        """The workers' database URL: their connections carry the scenario's namespace as
+        their application_name, so a fault can find them in pg_stat_activity."""
+        return f"{self.pg_url}{'&' if '?' in self.pg_url else '?'}application_name={self.namespace}"
+
+    def signal(self, proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+        """``sig`` to the worker's whole process group (dramatiq's main process and its
+        worker process)."""
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+
+    def stop_all(self) -> None:
+        for proc in self.workers + self.doomed:
+            self.signal(proc, signal.SIGCONT)
+            self.signal(proc, signal.SIGKILL)
+            proc.wait()
+        self.workers.clear()
+        self.doomed.clear()
+
+    @property
+    def actors(self) -> Actors:
+        if self._actors is None:
+            self._broker = make_broker(self.redis.url, namespace=self.namespace)
+            self._actors = declare(
+                self._broker, Runtime(self.pg_url, lambda _: pytest.fail("enqueues only"))
+            )
+        return self._actors
+
+    def tick_at(self, when: dt.datetime) -> bool:
+        """Enqueue a tick for ``when``, as the scheduler does every minute; False while Redis
+        is down."""
+        try:
+            self.actors.tick.send(when.isoformat())
+        except (redis.RedisError, dramatiq.errors.ConnectionError):
+            return False
+        return True
+
+    def tick(self) -> bool:
+        raise NotImplementedError
+
+    def until_ticking(
+        self, what: str, done: Callable[[], bool], seconds: float | None = None
+    ) -> None:
+        """Wait for ``done``, ticking every half second as the scheduler would."""
+        last = 0.0
+
+        def ticked() -> bool:
+            nonlocal last
+            if time.monotonic() - last > 0.5:
+                self.tick()
+                last = time.monotonic()
+            return done()
+
+        until(what, ticked, self.deadline if seconds is None else seconds)
+
+    def close(self) -> None:
+        self.stop_all()
+        if self._broker is not None:
+            self._broker.close()
+
+
 @dataclass
-class System:
+class System(WorkerPool):
     session: Session
     hub: Hub
     pg_url: str
@@ -275,68 +351,17 @@ class System:
         return {f.name: f.read_text(errors="replace") for f in sorted(logs.iterdir())}
 
     @property
-    def worker_db_url(self) -> str:
-        """The workers' database URL: their connections carry the scenario's namespace as
-        their application_name, so a fault can find them in pg_stat_activity."""
-        return f"{self.pg_url}{'&' if '?' in self.pg_url else '?'}application_name={self.namespace}"
-
-    @property
     def threads(self) -> int:
         """Worker threads running now (each holds at most one batch at a time)."""
         return 2 * sum(1 for proc in self.workers if proc.poll() is None)
-
-    def signal(self, proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-        """``sig`` to the worker's whole process group (dramatiq's main process and its
-        worker process)."""
-        with suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
 
     def fault(self) -> None:
         """Note that a fault is being injected now (for the time to recover)."""
         self.faulted_at = time.monotonic()
 
-    def stop_all(self) -> None:
-        for proc in self.workers + self.doomed:
-            self.signal(proc, signal.SIGCONT)
-            self.signal(proc, signal.SIGKILL)
-            proc.wait()
-        self.workers.clear()
-        self.doomed.clear()
-
-    @property
-    def actors(self) -> Actors:
-        if self._actors is None:
-            self._broker = make_broker(self.redis.url, namespace=self.namespace)
-            self._actors = declare(
-                self._broker, Runtime(self.pg_url, lambda _: pytest.fail("enqueues only"))
-            )
-        return self._actors
-
     def tick(self) -> bool:
         """Enqueue a tick, as the scheduler does every minute; False while Redis is down."""
-        try:
-            self.actors.tick.send(WHEN.isoformat())
-        except (redis.RedisError, dramatiq.errors.ConnectionError):
-            return False
-        return True
-
-    def until_ticking(self, what: str, done: Callable[[], bool]) -> None:
-        """Wait for ``done``, ticking every half second as the scheduler would."""
-        last = 0.0
-
-        def ticked() -> bool:
-            nonlocal last
-            if time.monotonic() - last > 0.5:
-                self.tick()
-                last = time.monotonic()
-            return done()
-
-        until(what, ticked)
-
-    def close(self) -> None:
-        self.stop_all()
-        if self._broker is not None:
-            self._broker.close()
+        return self.tick_at(WHEN)
 
     # -- reading -------------------------------------------------------------------------------
 

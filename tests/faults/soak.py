@@ -52,12 +52,9 @@ from pathlib import Path
 from typing import Any
 
 import dramatiq
-import pytest
-import redis
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.orm import Session
 
-from jvmail.broker import make_broker
 from jvmail.db import make_engine, make_sessionmaker, upgrade
 from jvmail.db.models import (
     Delivery,
@@ -71,7 +68,7 @@ from jvmail.db.models import (
     Subscriber,
     Suppression,
 )
-from jvmail.dispatch.actors import QUEUE, Actors, Runtime, declare
+from jvmail.dispatch.actors import QUEUE, Actors
 from jvmail.dispatch.control import pause, resume
 from jvmail.dispatch.reconcile import GIVE_UP, reconcile
 from jvmail.tracking.events import Event
@@ -83,9 +80,9 @@ from tests.faults.harness import (
     ROOT,
     UNFINISHED,
     RedisServer,
+    WorkerPool,
     _has_unsubscribe_headers,
     free_port,
-    until,
 )
 from tests.faults.soak_worker import (
     MAILGUN_DOMAIN,
@@ -331,7 +328,7 @@ class PauseWindow:
 
 
 @dataclass
-class Soak:
+class Soak(WorkerPool):
     session: Session
     pg_url: str
     folder: Path
@@ -350,13 +347,9 @@ class Soak:
     _started: int = 0
     _actors: Actors | None = None
     _broker: dramatiq.Broker | None = None
+    deadline = SETTLE  # for until_ticking
 
     # -- processes -----------------------------------------------------------------------------
-
-    @property
-    def worker_db_url(self) -> str:
-        """Connections named by the soak's namespace, so a fault can find them."""
-        return f"{self.pg_url}{'&' if '?' in self.pg_url else '?'}application_name={self.namespace}"
 
     def start_worker(self, **env: str) -> subprocess.Popen[bytes]:
         """A `dramatiq` worker process (production's boot, each mailing through its sender's
@@ -390,11 +383,6 @@ class Soak:
         (self.doomed if "JVMAIL_FAULT" in env else self.workers).append(proc)
         return proc
 
-    def signal(self, proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-        """``sig`` to the worker's process group (dramatiq's main and worker processes)."""
-        with suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-
     def replace(self, proc: subprocess.Popen[bytes]) -> None:
         """kill -9 a worker; its supervisor starts a new one."""
         self.signal(proc, signal.SIGKILL)
@@ -410,49 +398,10 @@ class Soak:
             self.start_worker()
         return [f"a worker exited on its own ({p.returncode})" for p in gone]
 
-    def stop_all(self) -> None:
-        for proc in self.workers + self.doomed:
-            self.signal(proc, signal.SIGCONT)
-            self.signal(proc, signal.SIGKILL)
-            proc.wait()
-        self.workers.clear()
-        self.doomed.clear()
-
-    @property
-    def actors(self) -> Actors:
-        if self._actors is None:
-            self._broker = make_broker(self.redis.url, namespace=self.namespace)
-            self._actors = declare(
-                self._broker, Runtime(self.pg_url, lambda _: pytest.fail("enqueues only"))
-            )
-        return self._actors
-
     def tick(self) -> bool:
         """Enqueue a tick at the round's time, as the scheduler does; False while Redis is
         down."""
-        try:
-            self.actors.tick.send(self.until.isoformat())
-        except (redis.RedisError, dramatiq.errors.ConnectionError):
-            return False
-        return True
-
-    def until_ticking(self, what: str, done: Callable[[], bool], seconds: float = SETTLE) -> None:
-        """Wait for ``done``, ticking every half second as the scheduler would."""
-        last = 0.0
-
-        def ticked() -> bool:
-            nonlocal last
-            if time.monotonic() - last > 0.5:
-                self.tick()
-                last = time.monotonic()
-            return done()
-
-        until(what, ticked, seconds)
-
-    def close(self) -> None:
-        self.stop_all()
-        if self._broker is not None:
-            self._broker.close()
+        return self.tick_at(self.until)
 
     # -- the week ------------------------------------------------------------------------------
 
@@ -539,7 +488,22 @@ class Soak:
         )
         self.session.commit()
         now = time.time()
-        self.unsubscribed |= dict.fromkeys(addresses, now)
+        # A batch claimed before the commit may still carry its readers (the claim is where
+        # suppressions are checked): only those still pending after the commit are held to it.
+        claimed = set(
+            self.session.scalars(
+                select(Subscriber.email)
+                .join(Delivery, Delivery.subscriber_id == Subscriber.id)
+                .join(Mailing, Mailing.id == Delivery.mailing_id)
+                .where(
+                    Mailing.sender_id == sender_id,
+                    Subscriber.email.in_(addresses),
+                    Delivery.status != DeliveryStatus.PENDING,
+                    Delivery.status != DeliveryStatus.SUPPRESSED,
+                )
+            )
+        )
+        self.unsubscribed |= dict.fromkeys((a for a in addresses if a not in claimed), now)
 
     def pause_and_resume(self, mailing: int) -> PauseWindow:
         """Pause ``mailing`` as `jvmail pause` does, wait until nothing of it is in flight,

@@ -15,11 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 
-from sqlalchemy import select
-
-from jvmail.db.models import Mailing, Partner
 from jvmail.dispatch import boot
 from jvmail.providers.base import Provider
 from jvmail.providers.http import TIMEOUT
@@ -38,7 +34,6 @@ SES_REGION = "us-east-1"
 
 _urls: dict[str, str] = json.loads(os.environ.get("JVMAIL_SOAK_PROVIDERS", "{}"))
 _timeout = (TIMEOUT[0], float(os.environ.get("JVMAIL_SOAK_TIMEOUT", TIMEOUT[1])))
-_local = threading.local()
 
 
 def client(kind: str, from_addr: str, from_name: str) -> Provider:
@@ -74,22 +69,10 @@ def client(kind: str, from_addr: str, from_name: str) -> Provider:
     raise ValueError(f"no fake for {kind}")
 
 
-def senders_account(mailing_id: int) -> Provider:
-    """Mailing id -> its sender's account, one client per sender and thread (a
-    requests.Session or a boto3 client is not shared between threads)."""
-    cache: dict[int, Provider] = _local.__dict__.setdefault("cache", {})
-    with runtime.session() as session:
-        sender = session.scalars(
-            select(Partner)
-            .join(Mailing, Mailing.sender_id == Partner.id)
-            .where(Mailing.id == mailing_id)
-        ).one()
-        if sender.id not in cache:
-            cache[sender.id] = client(sender.provider_kind, sender.contact_email, sender.name)
-        return cache[sender.id]
-
-
 runtime = boot._runtime  # the actors read runtime.provider and runtime.batch at each message
-runtime.provider = senders_account
+# Mailing id -> its sender's fake, one client per sender and thread.
+runtime.provider = boot.senders_accounts(
+    runtime, None, lambda sender: client(sender.provider_kind, sender.contact_email, sender.name)
+)
 runtime.batch = int(os.environ.get("JVMAIL_TEST_BATCH", runtime.batch))
 broker, actors = boot.broker, boot.actors

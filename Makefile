@@ -21,8 +21,9 @@ lint: $(BIN)/jvmail
 typecheck: $(BIN)/jvmail
 	$(BIN)/mypy jvmail
 
+# The suite runs in one process per core (pytest-xdist), a test file per process at a time.
 pytest: $(BIN)/jvmail
-	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	$(BIN)/python -m pytest -n auto --dist loadfile $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
 test: lint typecheck pytest

@@ -123,8 +123,8 @@ def whole_message(
 
     Quoted-printable text parts and base64 images can never hold the boundaries (they start
     with ``=_``, which quoted-printable always escapes and base64 never writes)."""
-    outer = f"=_jv_{binascii.crc32(message_id.encode()):08x}_a"
-    inner = f"=_jv_{binascii.crc32(message_id.encode()):08x}_r"
+    tag = f"=_jv_{binascii.crc32(message_id.encode()):08x}"
+    outer, inner = f"{tag}_a", f"{tag}_r"
     name, address = email.utils.parseaddr(sender)
     head = [
         f"From: {email.utils.formataddr((name, address))}" if name else _header("From", sender),

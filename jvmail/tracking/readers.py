@@ -11,7 +11,6 @@ measured.
 from __future__ import annotations
 
 import email
-import email.policy
 import random
 import re
 import socket
@@ -19,7 +18,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from email.message import EmailMessage
+from email.message import Message
 from pathlib import Path
 
 import requests
@@ -89,12 +88,22 @@ def _sample(session: Session, seed: int) -> list[tuple[int, int, bool]]:
     return chosen
 
 
-def _message(outbox: Path, mailing: int, delivery: int) -> EmailMessage | None:
+def _message(outbox: Path, mailing: int, delivery: int) -> Message | None:
+    """The recipient's .eml file, parsed with the compat32 policy: headers stay raw strings,
+    which is all a reader needs (links are plain ASCII), and parsing is several times faster."""
     path = outbox / str(mailing) / f"{delivery}.eml"
     if not path.exists():
         return None
-    parsed = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
-    return parsed if isinstance(parsed, EmailMessage) else None
+    return email.message_from_bytes(path.read_bytes())
+
+
+def _plain_text(message: Message) -> str:
+    for part in message.walk():
+        if part.get_content_type() == "text/plain":
+            payload = part.get_payload(decode=True)
+            if isinstance(payload, bytes):
+                return payload.decode(part.get_content_charset() or "utf-8", "replace")
+    return ""
 
 
 def simulate_readers(
@@ -128,10 +137,9 @@ def _local(url: str, server: str, base_url: str) -> str:
 
 
 def _click(
-    http: requests.Session, message: EmailMessage, server: str, base_url: str, done: Readers
+    http: requests.Session, message: Message, server: str, base_url: str, done: Readers
 ) -> int:
-    body = message.get_body(("plain",))
-    found = _CLICK.search(body.get_content()) if body is not None else None
+    found = _CLICK.search(_plain_text(message))
     if found is None:
         return 0
     answer = http.get(_local(found[0], server, base_url), allow_redirects=False, timeout=10)
@@ -142,7 +150,7 @@ def _click(
 
 
 def _unsubscribe(
-    http: requests.Session, message: EmailMessage, server: str, base_url: str, done: Readers
+    http: requests.Session, message: Message, server: str, base_url: str, done: Readers
 ) -> int:
     links = [u for u in _HEADER_URL.findall(str(message["List-Unsubscribe"])) if "/u/" in u]
     if not links:

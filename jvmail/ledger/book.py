@@ -108,8 +108,15 @@ def _aware(at: dt.datetime) -> dt.datetime:
 def load_entries(session: Session, mailings: Collection[int] | None = None) -> list[Entry]:
     """Every ledger line (or only those of ``mailings``), with partner slugs, in insertion order."""
     giver, receiver = aliased(Partner), aliased(Partner)
-    query = (
-        select(LedgerEntry, giver.slug, receiver.slug)
+    query = (  # columns, not entities: a hub's whole ledger is loaded at once
+        select(
+            LedgerEntry.id,
+            LedgerEntry.mailing_id,
+            giver.slug,
+            receiver.slug,
+            LedgerEntry.kind,
+            LedgerEntry.value,
+        )
         .join(giver, LedgerEntry.giver_id == giver.id)
         .join(receiver, LedgerEntry.receiver_id == receiver.id)
         .order_by(LedgerEntry.id)
@@ -117,8 +124,8 @@ def load_entries(session: Session, mailings: Collection[int] | None = None) -> l
     if mailings is not None:
         query = query.where(LedgerEntry.mailing_id.in_(sorted(mailings)))
     return [
-        Entry(row.id, row.mailing_id or 0, g, r, row.kind, row.value)
-        for row, g, r in session.execute(query)
+        Entry(id_, mailing or 0, g, r, kind, value)
+        for id_, mailing, g, r, kind, value in session.execute(query)
     ]
 
 

@@ -9,6 +9,7 @@ it is measured.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import zoneinfo
 from collections import defaultdict
@@ -291,16 +292,16 @@ def _pairs(measured: Iterable[MailingValue], slug: str, names: Mapping[str, str]
 
 def _history(hub: Hub, measured: Iterable[MailingValue], partner: _Partner) -> list[WeekPoint]:
     ends = [hub.monday - dt.timedelta(weeks=k) for k in range(HISTORY_WEEKS - 1, -1, -1)]
+    after = [monday + dt.timedelta(days=7) for monday in ends]  # each week's next Monday
     given = [0.0] * len(ends)
     received = [0.0] * len(ends)
     for mv in measured:
         if partner.slug not in (mv.giver, mv.receiver) or mv.mailing not in hub.scheduled:
             continue
         day = _local_day(hub.scheduled[mv.mailing], partner.timezone)
-        for k, monday in enumerate(ends):
-            if day < monday + dt.timedelta(days=7):
-                target = given if mv.giver == partner.slug else received
-                target[k] += mv.value
+        target = given if mv.giver == partner.slug else received
+        for k in range(bisect.bisect_right(after, day), len(ends)):  # weeks ending after it
+            target[k] += mv.value
     return [
         WeekPoint(f"{m.isocalendar()[0]}-W{m.isocalendar()[1]:02d}", g, r)
         for m, g, r in zip(ends, given, received, strict=True)
@@ -324,18 +325,19 @@ def _commitment(hub: Hub, m: _Mailing, viewer: _Partner, link: bool = False) -> 
 
 
 def _suggestions(
-    hub: Hub, partner: _Partner, net: Mapping[str, float], candidates: Sequence[_Promo]
+    hub: Hub,
+    partner: _Partner,
+    net: Mapping[str, float],
+    candidates: Sequence[_Promo],
+    lists: Sequence[tuple[int, str, Sequence[str]]],
 ) -> list[Suggestion]:
     """Partners the alliance owes, or whose categories ``partner`` wants to meet, with a
     promotion of theirs that fits one of its lists next week and was never sent there."""
     start = hub.monday + dt.timedelta(days=7)
     end = start + dt.timedelta(days=6)
-    own_lists = [(i, n, set(ni)) for i, o, n, ni in hub.lists if o == partner.id]
+    own_lists = [(i, n, set(ni)) for i, n, ni in lists]
     found: list[Suggestion] = []
     seen: set[int] = set()
-    candidates = sorted(
-        hub.promotions, key=lambda p: (-net.get(hub.partners[p[1]].slug, 0.0), p[0])
-    )
     for pid, owner_id, subject, niches, w_start, w_end, excluded in candidates:
         owner = hub.partners[owner_id]
         owed = net.get(owner.slug, 0.0)
@@ -417,7 +419,9 @@ def _statement(hub: Hub, partner: _Partner, shared: _Shared) -> Statement:
         partners_due=len(others_due),
         allies=[Ally(name, value) for name, value in allies[:3]],
         taker=net < 0 and received_total > TAKER_RATIO * given_total,
-        suggestions=_suggestions(hub, partner, shared.net, shared.promotions),
+        suggestions=_suggestions(
+            hub, partner, shared.net, shared.promotions, shared.lists.get(partner.id, [])
+        ),
         history=_history(hub, mine, partner),
         clicks_by_partner={k: v for k, v in clicks.items() if v},
     )
@@ -436,6 +440,7 @@ class _Shared:
     kept: dict[str, tuple[int, int]]
     pays: dict[str, list[PairLine]]
     promotions: list[_Promo]  # the most owed owners' first
+    lists: dict[int, list[tuple[int, str, Sequence[str]]]]  # owner id -> (id, name, niches)
 
 
 def _shared(hub: Hub) -> _Shared:
@@ -460,6 +465,9 @@ def _shared(hub: Hub) -> _Shared:
     promotions = sorted(
         hub.promotions, key=lambda p: (-net.get(hub.partners[p[1]].slug, 0.0), p[0])
     )
+    lists: dict[int, list[tuple[int, str, Sequence[str]]]] = defaultdict(list)
+    for list_id, owner, name, niches in hub.lists:
+        lists[owner].append((list_id, name, niches))
     return _Shared(
         dict(measured),
         dict(received),
@@ -469,6 +477,7 @@ def _shared(hub: Hub) -> _Shared:
         reliability(hub.values),
         dict(pays),
         promotions,
+        dict(lists),
     )
 
 

@@ -5,7 +5,8 @@ manager is touched. Each thread keeps its own figures: the history chart's, and 
 chart's per number of bars. They are set up once and only their data, limits and labels are
 replaced per partner, which is what makes a statement cheap to draw; a figure is drawn by one
 thread only. Every call starts the layout from where a new figure starts, so a reused figure gives
-the same bytes as a new one.
+the same bytes as a new one. The history chart's margins depend only on its tick labels, which
+many partners share: a figure remembers the margins it found per set of labels.
 
 Output is deterministic: fixed size and dpi, drawn once by Agg, encoded here as an RGB PNG (the
 canvas is opaque, so no alpha channel is lost) with unfiltered rows and fast zlib compression,
@@ -21,7 +22,7 @@ from __future__ import annotations
 import struct
 import threading
 import zlib
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -45,6 +46,7 @@ _WIDTH_IN = 5.0  # at _DPI: 1200 px; narrow in inches, so text stays legible on 
 _DPI = 240
 _TOP_PARTNERS = 8
 _NAME_CHARS = 22
+_LAYOUTS = 256  # layouts remembered per figure
 _ZLIB_LEVEL = 1  # charts are mostly flat colour: level 1 is ~3x faster than 6, ~25% larger
 
 
@@ -81,10 +83,32 @@ class _Chart:
             "hspace": p.hspace,
         }
 
-    def png(self) -> bytes:
-        """Lay the figure out as a new one would be, draw it once, and encode it."""
-        self.fig.subplots_adjust(**self._start)  # tight_layout starts from the same place
-        self.fig.tight_layout(pad=0.6)
+        self._layouts: dict[Hashable, dict[str, float]] = {}
+
+    def png(self, layout_key: Hashable = None) -> bytes:
+        """Lay the figure out as a new one would be, draw it once, and encode it.
+
+        ``layout_key`` names everything the layout depends on (the tick labels' texts): a key
+        seen before reuses the margins ``tight_layout`` found then, which is a fifth of a
+        chart's time. ``None`` always lays out afresh."""
+        known = self._layouts.get(layout_key) if layout_key is not None else None
+        if known is not None:
+            self.fig.subplots_adjust(**known)
+        else:
+            self.fig.subplots_adjust(**self._start)  # tight_layout starts from the same place
+            self.fig.tight_layout(pad=0.6)
+            if layout_key is not None:
+                if len(self._layouts) >= _LAYOUTS:
+                    self._layouts.clear()
+                p = self.fig.subplotpars
+                self._layouts[layout_key] = {
+                    "left": p.left,
+                    "bottom": p.bottom,
+                    "right": p.right,
+                    "top": p.top,
+                    "wspace": p.wspace,
+                    "hspace": p.hspace,
+                }
         self.canvas.draw()  # type: ignore[no-untyped-call]  # backend_agg has no stubs
         rgba = np.asarray(self.canvas.buffer_rgba())  # type: ignore[no-untyped-call]
         return png_bytes(rgba, _DPI)
@@ -135,7 +159,11 @@ class _History(_Chart):
         ax.set_autoscaley_on(True)
         ax.autoscale_view(scalex=False)
         ax.set_ylim(bottom=0)
-        return self.png()
+        low, high = ax.get_ylim()
+        ticks = [v for v in ax.yaxis.get_major_locator()() if low <= v <= high]
+        labels = ax.yaxis.get_major_formatter().format_ticks(ticks)
+        weeks = tuple(label.get_text() for label in ax.get_xticklabels())
+        return self.png((len(points), weeks, tuple(labels)))
 
 
 class _Clicks(_Chart):

@@ -12,9 +12,11 @@ import struct
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
 from PIL import Image
 
 from jvmail.reports.charts import clicks_chart, history_chart, png_bytes
@@ -61,6 +63,35 @@ def test_a_reused_clicks_figure_draws_what_a_new_one_does() -> None:
     drawn = [clicks_chart(clicks) for clicks in [*before, three]]
     assert drawn[-1] == new
     assert len(set(drawn)) == len(drawn)
+
+
+def test_a_remembered_layout_draws_what_a_fresh_layout_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def nudged(points: list[WeekPoint], by: float) -> list[WeekPoint]:
+        return [WeekPoint(p.week, p.given * by, p.received) for p in points]
+
+    # Each pair has the same tick labels and different data: the second of a pair is drawn with
+    # the margins found for the first, and must come out as a fresh layout would draw it.
+    pairs = [(_points(12, 100), 0.99), (_points(12, 9_000), 0.98), (_points(5, 3), 0.9)]
+    history_chart(_points(1, 1), "clicks")  # this thread's figure exists
+    layouts = []
+    real = Figure.tight_layout
+
+    def counted(fig: Figure, *args: Any, **kwargs: Any) -> None:
+        layouts.append(fig)
+        real(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "tight_layout", counted)
+    for points, by in pairs:
+        first = history_chart(points, "clicks")
+        before = len(layouts)
+        second = history_chart(nudged(points, by), "clicks")
+        assert len(layouts) == before  # the first's layout was reused
+        assert first != second
+        fresh = _in_a_new_thread(lambda p=points, b=by: history_chart(nudged(p, b), "clicks"))
+        assert fresh == second
+        assert len(layouts) == before + 1  # the new thread's figure laid it out afresh
 
 
 def test_png_bytes_is_lossless_rgb_with_the_density() -> None:

@@ -48,9 +48,12 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    true,
     update,
 )
-from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
+from sqlalchemy.orm import Session, aliased
+from sqlalchemy.sql import Select
+from sqlalchemy.sql.selectable import ScalarSelect
 
 from jvmail.db.models import (
     Delivery,
@@ -220,16 +223,18 @@ def claim(
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
-    # Locked once, then joined by primary key: a plan that holds even while the statistics
-    # still count a fresh mailing's table as empty (an IN (subquery) was then planned as a scan
-    # of the whole table, locking the batch again for each row).
-    taken = free.cte("taken").prefix_with("MATERIALIZED")
     owner = (
         select(MailingList.partner_id)
         .join(Mailing, Mailing.list_id == MailingList.id)
         .where(Mailing.id == mailing_id)
         .scalar_subquery()
     )
+    if session.get_bind().dialect.name == "postgresql":
+        return _claim_postgres(session, free, owner, bounds, lease_until=now + lease, now=now)
+    # Locked once, then joined by primary key: a plan that holds even while the statistics
+    # still count a fresh mailing's table as empty (an IN (subquery) was then planned as a scan
+    # of the whole table, locking the batch again for each row).
+    taken = free.cte("taken").prefix_with("MATERIALIZED")
     # Each claimed row looks its subscriber up by primary key (a correlated probe, not a join):
     # the plan stays a probe per row even when the table's statistics lag a fresh mailing.
     blocked = exists().where(
@@ -239,35 +244,17 @@ def claim(
             exists().where(Suppression.partner_id == owner, Suppression.email == Subscriber.email),
         ),
     )
-    postgres = session.get_bind().dialect.name == "postgresql"
     stmt = (
         update(Delivery)
         .where(Delivery.id == taken.c.id, Delivery.id.between(lo, hi))
         .values(
             # A suppression committed before this statement is seen by it: honoured at once.
             status=case((blocked, DeliveryStatus.SUPPRESSED), else_=DeliveryStatus.CLAIMED),
-            fence=_new_fence(postgres, mailing_id, bounds),
+            fence=_new_fence(mailing_id, bounds),
             lease_until=case((blocked, None), else_=now + lease),
             updated_at=now,
         )
     )
-    if postgres:
-        rows = session.execute(
-            stmt.returning(
-                Delivery.id,
-                Delivery.fence,
-                Delivery.status,
-                _of_subscriber(Subscriber.email),
-                _of_subscriber(Subscriber.first_name),
-                Delivery.subscriber_id,
-            )
-        ).all()
-        people = sorted(
-            (d, fence, email, first, subscriber)
-            for d, fence, status, email, first, subscriber in rows
-            if status == DeliveryStatus.CLAIMED
-        )
-        return [Claimed(*row) for row in people]
     # SQLite's RETURNING sees only the updated table: the addresses are read after.
     fences = set(session.scalars(stmt.returning(Delivery.fence)))
     if not fences:
@@ -282,17 +269,72 @@ def claim(
     return [Claimed(d, fence, email, first, sub) for d, email, first, sub in found]
 
 
-def _of_subscriber(column: InstrumentedAttribute[str]) -> ColumnElement[str]:
-    """The claimed row's subscriber's ``column``, by primary key."""
-    return select(column).where(Subscriber.id == Delivery.subscriber_id).scalar_subquery()
+def _claim_postgres(
+    session: Session,
+    free: Select[int],
+    owner: ScalarSelect[int],
+    bounds: tuple[int, int],
+    *,
+    lease_until: dt.datetime,
+    now: dt.datetime,
+) -> list[Claimed]:
+    """The claim as one statement: the free rows locked once (``taken``), each one's subscriber
+    read by primary key once (a lateral probe, so the plan stays a probe per row even while the
+    statistics still count a fresh mailing's tables as empty) with whether it is blocked, then
+    the rows updated by primary key and returned with the addresses."""
+    taken = free.add_columns(Delivery.subscriber_id).cte("taken").prefix_with("MATERIALIZED")
+    person = (
+        select(
+            Subscriber.email,
+            Subscriber.first_name,
+            or_(
+                Subscriber.status != SubscriberStatus.SUBSCRIBED,
+                exists().where(
+                    Suppression.partner_id == owner, Suppression.email == Subscriber.email
+                ),
+            ).label("blocked"),
+        )
+        .where(Subscriber.id == taken.c.subscriber_id)
+        .lateral("person")
+    )
+    who = (
+        select(taken.c.id, person.c.email, person.c.first_name, person.c.blocked)
+        .select_from(taken.join(person, true()))
+        .cte("who")
+        .prefix_with("MATERIALIZED")
+    )
+    lo, hi = bounds
+    rows = session.execute(
+        update(Delivery)
+        .where(Delivery.id == who.c.id, Delivery.id.between(lo, hi))
+        .values(
+            # A suppression committed before this statement is seen by it: honoured at once.
+            status=case((who.c.blocked, DeliveryStatus.SUPPRESSED), else_=DeliveryStatus.CLAIMED),
+            fence=select(func.nextval("delivery_fence")).scalar_subquery(),
+            lease_until=case((who.c.blocked, None), else_=lease_until),
+            updated_at=now,
+        )
+        .returning(
+            Delivery.id,
+            Delivery.fence,
+            Delivery.status,
+            who.c.email,
+            who.c.first_name,
+            Delivery.subscriber_id,
+        )
+    ).all()
+    people = sorted(
+        (d, fence, email, first, subscriber)
+        for d, fence, status, email, first, subscriber in rows
+        if status == DeliveryStatus.CLAIMED
+    )
+    return [Claimed(*row) for row in people]
 
 
-def _new_fence(postgres: bool, mailing_id: int, bounds: tuple[int, int]) -> ColumnElement[int]:
-    """The claim's fence, computed once per statement: the next value of the sequence on
-    PostgreSQL; on SQLite, whose writers take turns, one more than the largest fence of the
-    batch's rows (so above every fence any earlier claim of these rows held)."""
-    if postgres:
-        return select(func.nextval("delivery_fence")).scalar_subquery()
+def _new_fence(mailing_id: int, bounds: tuple[int, int]) -> ColumnElement[int]:
+    """A SQLite claim's fence, computed once per statement: SQLite's writers take turns, so one
+    more than the largest fence of the batch's rows is above every fence any earlier claim of
+    these rows held. (PostgreSQL takes the next value of the ``delivery_fence`` sequence.)"""
     other = aliased(Delivery)
     return (
         select(func.coalesce(func.max(other.fence), 0) + 1)

@@ -5,7 +5,7 @@ A Delivery is one message of one mailing to one subscriber. Its life:
     pending --claim--> claimed --start--> sending --record--> accepted | failed
        ^                  |                  |
        +--lease expired---+                  +--lease expired--> unknown (reconciled, never resent)
-    claimed --claim finds the address suppressed--> suppressed
+    claimed --claim or start finds the address suppressed--> suppressed
 
 * :func:`materialize` creates a mailing's rows in one set-based statement, before anything is
   enqueued: subscribed, unarchived addresses of the list, minus the owner's suppressions, and
@@ -19,7 +19,9 @@ A Delivery is one message of one mailing to one subscriber. Its life:
   suppressed meanwhile become ``suppressed``: a suppression committed before the claim is
   honoured.
 * :func:`start` moves the worker's rows to ``sending`` just before the provider call, only where
-  the fence still matches: a worker that lost its lease learns it here and calls nothing.
+  the fence still matches: a worker that lost its lease learns it here and calls nothing. It
+  checks the addresses again: one unsubscribed or suppressed since the claim (while the batch
+  waited for its account's pace, say) becomes ``suppressed`` and does not go out.
 * :func:`record` stores each outcome where the fence still matches and the row is ``sending``:
   a stale worker's late commit changes nothing. The common case (every row accepted, one
   answer per request) is a few range UPDATEs; the rest go row by row.
@@ -51,7 +53,7 @@ from sqlalchemy import (
     true,
     update,
 )
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
 from sqlalchemy.sql import Select
 from sqlalchemy.sql.selectable import ScalarSelect
 
@@ -77,6 +79,7 @@ __all__ = [
     "record",
     "release",
     "start",
+    "started",
     "unclaim",
 ]
 
@@ -223,27 +226,14 @@ def claim(
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
-    owner = (
-        select(MailingList.partner_id)
-        .join(Mailing, Mailing.list_id == MailingList.id)
-        .where(Mailing.id == mailing_id)
-        .scalar_subquery()
-    )
+    owner = _owner(mailing_id)
     if session.get_bind().dialect.name == "postgresql":
         return _claim_postgres(session, free, owner, bounds, lease_until=now + lease, now=now)
     # Locked once, then joined by primary key: a plan that holds even while the statistics
     # still count a fresh mailing's table as empty (an IN (subquery) was then planned as a scan
     # of the whole table, locking the batch again for each row).
     taken = free.cte("taken").prefix_with("MATERIALIZED")
-    # Each claimed row looks its subscriber up by primary key (a correlated probe, not a join):
-    # the plan stays a probe per row even when the table's statistics lag a fresh mailing.
-    blocked = exists().where(
-        Subscriber.id == Delivery.subscriber_id,
-        or_(
-            Subscriber.status != SubscriberStatus.SUBSCRIBED,
-            exists().where(Suppression.partner_id == owner, Suppression.email == Subscriber.email),
-        ),
-    )
+    blocked = _blocked(owner)
     stmt = (
         update(Delivery)
         .where(Delivery.id == taken.c.id, Delivery.id.between(lo, hi))
@@ -331,6 +321,31 @@ def _claim_postgres(
     return [Claimed(*row) for row in people]
 
 
+def _owner(mailing_id: int | InstrumentedAttribute[int]) -> ScalarSelect[int]:
+    """The partner whose list the mailing goes to: whose suppressions apply. ``mailing_id``
+    may be the updated row's own column (a correlated subquery)."""
+    return (
+        select(MailingList.partner_id)
+        .join(Mailing, Mailing.list_id == MailingList.id)
+        .where(Mailing.id == mailing_id)
+        .correlate(Delivery)
+        .scalar_subquery()
+    )
+
+
+def _blocked(owner: ScalarSelect[int]) -> ColumnElement[bool]:
+    """Whether the delivery's address may not be sent to: unsubscribed, or on ``owner``'s
+    suppression list. Each row looks its subscriber up by primary key (a correlated probe, not
+    a join): the plan stays a probe per row even when the statistics lag a fresh mailing."""
+    return exists().where(
+        Subscriber.id == Delivery.subscriber_id,
+        or_(
+            Subscriber.status != SubscriberStatus.SUBSCRIBED,
+            exists().where(Suppression.partner_id == owner, Suppression.email == Subscriber.email),
+        ),
+    )
+
+
 def _new_fence(mailing_id: int, bounds: tuple[int, int]) -> ColumnElement[int]:
     """A SQLite claim's fence, computed once per statement: SQLite's writers take turns, so one
     more than the largest fence of the batch's rows is above every fence any earlier claim of
@@ -359,30 +374,48 @@ def _claims(held: Sequence[Claimed]) -> dict[int, list[int]]:
 
 def start(session: Session, held: Sequence[Claimed]) -> list[Claimed]:
     """Mark the rows ``sending`` where the fence still holds; only those may go out. ``held``
-    is whole claims, as :func:`claim` returned them: a claim's rows are matched by its fence."""
+    is whole claims, as :func:`claim` returned them: a claim's rows are matched by its fence.
+    Rows whose address was unsubscribed or suppressed since the claim become ``suppressed``."""
+    return started(session, held).going
+
+
+@dataclass(frozen=True)
+class Started:
+    going: list[Claimed]  # in flight: to send now
+    suppressed: int  # found unsubscribed or suppressed since the claim: never sent
+
+
+def started(session: Session, held: Sequence[Claimed]) -> Started:
+    """:func:`start`, and how many rows it found suppressed."""
     if not held:
-        return []
+        return Started([], 0)
     now = _now()
-    moved: set[int] = set()
+    blocked = _blocked(_owner(Delivery.mailing_id))
+    moved: dict[int, DeliveryStatus] = {}
     for fence, ids in _claims(held).items():
-        moved.update(
-            session.scalars(
-                update(Delivery)
-                .where(
-                    *_held(fence, (min(ids), max(ids))),
-                    Delivery.status == DeliveryStatus.CLAIMED,
-                )
-                .values(
-                    status=DeliveryStatus.SENDING, attempts=Delivery.attempts + 1, updated_at=now
-                )
-                .returning(Delivery.id)
-            )
-        )
+        rows = (*_held(fence, (min(ids), max(ids))), Delivery.status == DeliveryStatus.CLAIMED)
+        # Two statements, so that each row's address is judged once.
+        for d in session.scalars(
+            update(Delivery)
+            .where(*rows, blocked)
+            .values(status=DeliveryStatus.SUPPRESSED, lease_until=None, updated_at=now)
+            .returning(Delivery.id)
+        ):
+            moved[d] = DeliveryStatus.SUPPRESSED
+        for d in session.scalars(
+            update(Delivery)
+            .where(*rows)
+            .values(status=DeliveryStatus.SENDING, attempts=Delivery.attempts + 1, updated_at=now)
+            .returning(Delivery.id)
+        ):
+            moved[d] = DeliveryStatus.SENDING
     mine = {c.delivery_id for c in held}
-    if not moved <= mine:
+    if not set(moved) <= mine:
         # Part of a claim was passed: its other rows would be in flight and never sent.
         raise ValueError("start() takes whole claims: rows of the claim were left out")
-    return [c for c in held if c.delivery_id in moved]
+    going = [c for c in held if moved.get(c.delivery_id) is DeliveryStatus.SENDING]
+    suppressed = sum(1 for status in moved.values() if status is DeliveryStatus.SUPPRESSED)
+    return Started(going, suppressed)
 
 
 def unclaim(session: Session, held: Sequence[Claimed]) -> int:

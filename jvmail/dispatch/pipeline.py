@@ -52,7 +52,7 @@ from jvmail.dispatch.deliveries import (
     materialize,
     record,
     release,
-    start,
+    started,
     unclaim,
 )
 from jvmail.dispatch.guard import GuardDown, Mark, SendGuard
@@ -123,7 +123,7 @@ class BatchReport:
     claimed: int = 0
     sent: int = 0  # accepted by the provider
     refused: int = 0  # refused by the provider for that recipient
-    suppressed: int = 0  # found suppressed at claim time
+    suppressed: int = 0  # found suppressed at claim or start time
     stale: int = 0  # rows this worker had lost before the provider call
     duplicates: int = 0  # rows the send guard found handed over already: recorded dead
     error: str = ""  # why the mailing or the request failed as a whole
@@ -377,10 +377,11 @@ def _start(
         unclaim(session, held)
         session.commit()
         return []
-    going = start(session, held)
+    moved = started(session, held)
     session.commit()
-    report.stale = len(held) - len(going)
-    return going
+    report.suppressed += moved.suppressed
+    report.stale = len(held) - len(moved.going) - moved.suppressed
+    return moved.going
 
 
 ALREADY_SENT = (

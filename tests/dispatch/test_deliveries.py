@@ -28,6 +28,7 @@ from jvmail.dispatch.deliveries import (
     materialize,
     record,
     start,
+    started,
 )
 from tests.dispatch.conftest import Hub, build_hub, mailing, set_status
 
@@ -168,6 +169,38 @@ def test_a_suppression_committed_before_the_claim_is_honoured(session: Session, 
     assert len(held) == 23
     assert not {"reader4@mail.example", "reader5@mail.example"} & {c.email for c in held}
     assert _statuses(session, hub.mailing.id) == {"claimed": 23, "suppressed": 2}
+
+
+def test_a_suppression_committed_after_the_claim_is_honoured_at_start(
+    session: Session, hub: Hub
+) -> None:
+    # A claimed batch may wait for its account's pace before it goes out: a reader who
+    # unsubscribes or complains meanwhile must not be sent to.
+    materialize(session, hub.mailing.id)
+    session.commit()
+    (whole,) = batch_bounds(session, hub.mailing.id, 100)
+    held = claim(session, hub.mailing.id, whole, lease=LEASE, limit=100)
+    session.commit()
+    assert len(held) == 25
+    session.add(
+        Suppression(
+            partner_id=hub.sender.id,
+            email="reader4@mail.example",
+            reason=SuppressionReason.UNSUBSCRIBED,
+        )
+    )
+    set_status(session, hub.lists[0], "reader5@mail.example", SubscriberStatus.UNSUBSCRIBED)
+    session.commit()
+    moved = started(session, held)
+    session.commit()
+    assert moved.suppressed == 2
+    assert len(moved.going) == 23
+    assert not {"reader4@mail.example", "reader5@mail.example"} & {c.email for c in moved.going}
+    assert _statuses(session, hub.mailing.id) == {"sending": 23, "suppressed": 2}
+    attempts = session.scalars(
+        select(Delivery.attempts).where(Delivery.status == DeliveryStatus.SUPPRESSED)
+    ).all()
+    assert attempts == [0, 0]  # never tried
 
 
 def test_rows_in_flight_past_their_lease_become_unknown_never_pending(

@@ -246,7 +246,7 @@ def claim(
         )
     )
     # SQLite's RETURNING sees only the updated table: the addresses are read after.
-    fences = set(session.scalars(stmt.returning(Delivery.fence)))
+    fences = set(session.connection().execute(stmt.returning(Delivery.fence)).scalars())
     if not fences:
         return []
     (fence,) = fences
@@ -294,25 +294,31 @@ def _claim_postgres(
         .prefix_with("MATERIALIZED")
     )
     lo, hi = bounds
-    rows = session.execute(
-        update(Delivery)
-        .where(Delivery.id == who.c.id, Delivery.id.between(lo, hi))
-        .values(
-            # A suppression committed before this statement is seen by it: honoured at once.
-            status=case((who.c.blocked, DeliveryStatus.SUPPRESSED), else_=DeliveryStatus.CLAIMED),
-            fence=select(func.nextval("delivery_fence")).scalar_subquery(),
-            lease_until=case((who.c.blocked, None), else_=lease_until),
-            updated_at=now,
+    rows = (
+        session.connection()
+        .execute(  # Core: no ORM objects to keep in step
+            update(Delivery)
+            .where(Delivery.id == who.c.id, Delivery.id.between(lo, hi))
+            .values(
+                # A suppression committed before this statement is seen by it: honoured at once.
+                status=case(
+                    (who.c.blocked, DeliveryStatus.SUPPRESSED), else_=DeliveryStatus.CLAIMED
+                ),
+                fence=select(func.nextval("delivery_fence")).scalar_subquery(),
+                lease_until=case((who.c.blocked, None), else_=lease_until),
+                updated_at=now,
+            )
+            .returning(
+                Delivery.id,
+                Delivery.fence,
+                Delivery.status,
+                who.c.email,
+                who.c.first_name,
+                Delivery.subscriber_id,
+            )
         )
-        .returning(
-            Delivery.id,
-            Delivery.fence,
-            Delivery.status,
-            who.c.email,
-            who.c.first_name,
-            Delivery.subscriber_id,
-        )
-    ).all()
+        .all()
+    )
     people = sorted(
         (d, fence, email, first, subscriber)
         for d, fence, status, email, first, subscriber in rows
@@ -392,22 +398,24 @@ def started(session: Session, held: Sequence[Claimed]) -> Started:
     now = _now()
     blocked = _blocked(_owner(Delivery.mailing_id))
     moved: dict[int, DeliveryStatus] = {}
+    connection = session.connection()
     for fence, ids in _claims(held).items():
         rows = (*_held(fence, (min(ids), max(ids))), Delivery.status == DeliveryStatus.CLAIMED)
-        # Two statements, so that each row's address is judged once.
-        for d in session.scalars(
+        # Two statements, so that each row's address is judged once; Core, as there are no
+        # ORM objects to keep in step.
+        for d in connection.execute(
             update(Delivery)
             .where(*rows, blocked)
             .values(status=DeliveryStatus.SUPPRESSED, lease_until=None, updated_at=now)
             .returning(Delivery.id)
-        ):
+        ).scalars():
             moved[d] = DeliveryStatus.SUPPRESSED
-        for d in session.scalars(
+        for d in connection.execute(
             update(Delivery)
             .where(*rows)
             .values(status=DeliveryStatus.SENDING, attempts=Delivery.attempts + 1, updated_at=now)
             .returning(Delivery.id)
-        ):
+        ).scalars():
             moved[d] = DeliveryStatus.SENDING
     mine = {c.delivery_id for c in held}
     if not set(moved) <= mine:

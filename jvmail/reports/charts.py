@@ -73,8 +73,12 @@ class _Chart:
         self.fig = Figure(figsize=(_WIDTH_IN, height_in), dpi=_DPI, facecolor="white")
         self.canvas = FigureCanvasAgg(self.fig)
         self.ax = self.fig.add_subplot()
+        self._start = self._margins()
+        self._layouts: dict[Hashable, dict[str, float]] = {}
+
+    def _margins(self) -> dict[str, float]:
         p = self.fig.subplotpars
-        self._start = {
+        return {
             "left": p.left,
             "bottom": p.bottom,
             "right": p.right,
@@ -82,8 +86,6 @@ class _Chart:
             "wspace": p.wspace,
             "hspace": p.hspace,
         }
-
-        self._layouts: dict[Hashable, dict[str, float]] = {}
 
     def png(self, layout_key: Hashable = None) -> bytes:
         """Lay the figure out as a new one would be, draw it once, and encode it.
@@ -100,15 +102,7 @@ class _Chart:
             if layout_key is not None:
                 if len(self._layouts) >= _LAYOUTS:
                     self._layouts.clear()
-                p = self.fig.subplotpars
-                self._layouts[layout_key] = {
-                    "left": p.left,
-                    "bottom": p.bottom,
-                    "right": p.right,
-                    "top": p.top,
-                    "wspace": p.wspace,
-                    "hspace": p.hspace,
-                }
+                self._layouts[layout_key] = self._margins()
         self.canvas.draw()  # type: ignore[no-untyped-call]  # backend_agg has no stubs
         rgba = np.asarray(self.canvas.buffer_rgba())  # type: ignore[no-untyped-call]
         return png_bytes(rgba, _DPI)

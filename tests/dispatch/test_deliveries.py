@@ -151,9 +151,8 @@ def test_a_worker_that_lost_its_lease_sends_nothing_and_records_nothing(
     assert record(session, done) == 0  # recorded once: a replay changes nothing
 
 
-def test_a_suppression_committed_before_the_claim_is_honoured(session: Session, hub: Hub) -> None:
-    materialize(session, hub.mailing.id)
-    session.commit()
+def _two_readers_leave(session: Session, hub: Hub, how: SubscriberStatus) -> None:
+    """reader4 lands on the owner's suppression list; reader5's status becomes ``how``."""
     session.add(
         Suppression(
             partner_id=hub.sender.id,
@@ -161,8 +160,14 @@ def test_a_suppression_committed_before_the_claim_is_honoured(session: Session, 
             reason=SuppressionReason.UNSUBSCRIBED,
         )
     )
-    set_status(session, hub.lists[0], "reader5@mail.example", SubscriberStatus.COMPLAINED)
+    set_status(session, hub.lists[0], "reader5@mail.example", how)
     session.commit()
+
+
+def test_a_suppression_committed_before_the_claim_is_honoured(session: Session, hub: Hub) -> None:
+    materialize(session, hub.mailing.id)
+    session.commit()
+    _two_readers_leave(session, hub, SubscriberStatus.COMPLAINED)
     (whole,) = batch_bounds(session, hub.mailing.id, 100)
     held = claim(session, hub.mailing.id, whole, lease=LEASE, limit=100)
     session.commit()
@@ -182,15 +187,7 @@ def test_a_suppression_committed_after_the_claim_is_honoured_at_start(
     held = claim(session, hub.mailing.id, whole, lease=LEASE, limit=100)
     session.commit()
     assert len(held) == 25
-    session.add(
-        Suppression(
-            partner_id=hub.sender.id,
-            email="reader4@mail.example",
-            reason=SuppressionReason.UNSUBSCRIBED,
-        )
-    )
-    set_status(session, hub.lists[0], "reader5@mail.example", SubscriberStatus.UNSUBSCRIBED)
-    session.commit()
+    _two_readers_leave(session, hub, SubscriberStatus.UNSUBSCRIBED)
     moved = started(session, held)
     session.commit()
     assert moved.suppressed == 2

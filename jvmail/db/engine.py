@@ -11,13 +11,14 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy import Connection, Engine, create_engine, event, make_url
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session, sessionmaker
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
+    "analyze",
     "begin_writing",
     "insert_or_skip",
     "is_sqlite",
@@ -29,6 +30,20 @@ __all__ = [
 DEFAULT_DATABASE_URL = "sqlite:///jvmail.db"
 
 _BUSY_TIMEOUT_MS = 10_000
+
+
+_ANALYZED = frozenset({"subscriber", "delivery"})
+
+
+def analyze(conn: Connection, table: str) -> None:
+    """ANALYZE ``table`` after a bulk change, so that the next statements are planned with its
+    new row counts rather than the old ones (PostgreSQL's autovacuum gets to it only later,
+    SQLite never does). SQLite samples, to stay quick."""
+    if table not in _ANALYZED:
+        raise ValueError(f"no statistics refresh for table {table!r}")
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("PRAGMA analysis_limit = 1000")
+    conn.exec_driver_sql(f"ANALYZE {table}")
 
 
 def normalize_url(url: str) -> URL:

@@ -33,6 +33,7 @@ from urllib.parse import quote, urlsplit
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session, aliased
 
+from jvmail.db.engine import analyze
 from jvmail.db.models import (
     Delivery,
     DeliveryStatus,
@@ -153,10 +154,18 @@ def dispatch(session: Session, mailing_id: int, batch_size: int) -> list[tuple[i
     bounds = batch_bounds(session, mailing_id, batch_size)
     record_batches(session, mailing_id, bounds, dt.datetime.now(dt.UTC))
     session.commit()
+    if created >= ANALYZE_AFTER:
+        # Until the statistics count the new rows, PostgreSQL may plan each claim as a walk of
+        # the mailing's every pending row through the (mailing, status) index: 106 ms a claim
+        # instead of 16 at 1,000,000 rows.
+        analyze(session.connection(), "delivery")
+        session.commit()
     if not bounds:
         _finish(session, mailing_id)
     return bounds
 
+
+ANALYZE_AFTER = 10_000  # deliveries materialized at once: then the table's statistics are renewed
 
 # (database, mailing, promotion, sender and hub versions) -> the mailing's rendered message
 _RENDERED: dict[tuple[str, int, object, object, object], Message] = {}

@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import Connection, DateTime, TextClause, bindparam, text
 
+from jvmail.db.engine import analyze
 from jvmail.errors import SubscriberImportError
 from jvmail.registry.csvfile import BadRow, CsvRow, read_subscribers
 
@@ -131,11 +132,8 @@ def import_subscribers(
 
 def refresh_statistics(conn: Connection) -> None:
     """ANALYZE the subscriber table after imports that changed it, so that the next dispatch's
-    set-based insert is planned with the new row counts rather than the old ones (PostgreSQL's
-    autovacuum gets to it only later; SQLite never does). SQLite samples, to stay quick."""
-    if conn.dialect.name == "sqlite":
-        conn.exec_driver_sql("PRAGMA analysis_limit = 1000")
-    conn.exec_driver_sql("ANALYZE subscriber")
+    set-based insert is planned with the new row counts rather than the old ones."""
+    analyze(conn, "subscriber")
 
 
 def _load_direct_sqlite(

@@ -22,6 +22,7 @@ from jvmail.db.models import (
     Promotion,
     Subscriber,
 )
+from jvmail.dispatch import pipeline
 from jvmail.dispatch.control import resume
 from jvmail.dispatch.deliveries import expire
 from jvmail.dispatch.pipeline import dispatch, due_mailings, send_batch
@@ -114,6 +115,30 @@ def test_a_mailing_becomes_one_eml_per_recipient_with_its_own_links(
     assert due_mailings(session, WHEN) == []
     _send_all(session, provider, hub.mailing.id)
     assert set(provider.seen.values()) == {1}
+
+
+def _delivery_statistics(session: Session) -> bool:
+    """Whether the planner has statistics of the delivery table."""
+    if session.get_bind().dialect.name == "sqlite":
+        tables = "SELECT count(*) FROM sqlite_master WHERE name = 'sqlite_stat1'"
+        if not session.connection().exec_driver_sql(tables).scalar_one():
+            return False
+        query = "SELECT count(*) FROM sqlite_stat1 WHERE tbl = 'delivery'"
+    else:
+        query = "SELECT count(*) FROM pg_class WHERE oid = 'delivery'::regclass AND reltuples > 0"
+    return bool(session.connection().exec_driver_sql(query).scalar_one())
+
+
+@pytest.mark.parametrize("threshold", [25, 26])
+def test_a_large_dispatch_refreshes_the_delivery_statistics(
+    session: Session, hub: Hub, monkeypatch: pytest.MonkeyPatch, threshold: int
+) -> None:
+    # At 25 rows or more (here; 10,000 in use) the claims that follow are planned with them.
+    monkeypatch.setattr(pipeline, "ANALYZE_AFTER", threshold)
+    assert not _delivery_statistics(session)
+    assert dispatch(session, hub.mailing.id, batch_size=100)
+    session.commit()
+    assert _delivery_statistics(session) is (threshold <= 25)
 
 
 def test_a_hostile_template_fails_its_mailing_only(

@@ -91,6 +91,54 @@ def test_each_statement_goes_once_through_the_hubs_account(
     assert _rows(session)[("ana", 1)] == ("sent", None)
 
 
+def test_statements_keep_to_the_hub_accounts_pace(
+    session: Session, hub: dict[str, Partner], tmp_path: Path
+) -> None:
+    record = session.get(HubRecord, 1)
+    assert record is not None
+    record.provider = {"kind": "outbox", "directory": str(tmp_path), "max_per_second": 4}
+    session.commit()
+    clock = [100.0]
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        clock[0] += seconds
+
+    done = send_statements(
+        session,
+        MONDAY,
+        None,
+        hub_provider(record),
+        now=NOW,
+        sleep=sleep,
+        monotonic=lambda: clock[0],
+    )
+    assert sorted(done.sent) == ["ana", "ben", "cho"]
+    assert waits == [0.25, 0.25]  # the first at once, then one every quarter of a second
+
+
+def test_statements_past_the_hub_accounts_daily_limit_wait_for_midnight(
+    session: Session, hub: dict[str, Partner], tmp_path: Path
+) -> None:
+    record = session.get(HubRecord, 1)
+    assert record is not None
+    record.provider = {"kind": "outbox", "directory": str(tmp_path), "max_per_day": 2}
+    session.commit()
+    today = dt.datetime.now(dt.UTC)  # sent_at is stamped with the real time
+    done = send_statements(session, MONDAY, None, hub_provider(record), now=today)
+    assert len(done.sent) == 2
+    (left,) = done.retry
+    assert "limit of 2 messages a day" in done.retry[left]
+    midnight = dt.datetime.combine(today.date() + dt.timedelta(days=1), dt.time(), dt.UTC)
+    assert done.retry_after == (midnight - today).total_seconds()
+    again = send_statements(session, MONDAY, None, hub_provider(record), now=today)
+    assert (again.sent, list(again.retry)) == ([], [left])  # today's two are spent
+    tomorrow = send_statements(session, MONDAY, None, hub_provider(record), now=midnight)
+    assert tomorrow.sent == [left]
+    assert _rows(session)[(left, 0)] == ("sent", None)
+
+
 def test_a_refusal_for_now_goes_with_the_next_run(
     session: Session, hub: dict[str, Partner], fake: Fake
 ) -> None:

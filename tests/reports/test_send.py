@@ -91,13 +91,19 @@ def test_each_statement_goes_once_through_the_hubs_account(
     assert _rows(session)[("ana", 1)] == ("sent", None)
 
 
+def _hub_account(session: Session, **outbox: object) -> HubRecord:
+    """The hub's account made an outbox with these settings."""
+    record = session.get(HubRecord, 1)
+    assert record is not None
+    record.provider = {"kind": "outbox", **outbox}
+    session.commit()
+    return record
+
+
 def test_statements_keep_to_the_hub_accounts_pace(
     session: Session, hub: dict[str, Partner], tmp_path: Path
 ) -> None:
-    record = session.get(HubRecord, 1)
-    assert record is not None
-    record.provider = {"kind": "outbox", "directory": str(tmp_path), "max_per_second": 4}
-    session.commit()
+    record = _hub_account(session, directory=str(tmp_path), max_per_second=4)
     clock = [100.0]
     waits: list[float] = []
 
@@ -121,10 +127,7 @@ def test_statements_keep_to_the_hub_accounts_pace(
 def test_statements_past_the_hub_accounts_daily_limit_wait_for_midnight(
     session: Session, hub: dict[str, Partner], tmp_path: Path
 ) -> None:
-    record = session.get(HubRecord, 1)
-    assert record is not None
-    record.provider = {"kind": "outbox", "directory": str(tmp_path), "max_per_day": 2}
-    session.commit()
+    record = _hub_account(session, directory=str(tmp_path), max_per_day=2)
     today = dt.datetime.now(dt.UTC)  # sent_at is stamped with the real time
     done = send_statements(session, MONDAY, None, hub_provider(record), now=today)
     assert len(done.sent) == 2

@@ -36,6 +36,7 @@ bench: $(BIN)/jvmail
 	$(BIN)/python bench/import_subscribers.py
 	$(BIN)/python bench/scheduler.py
 	$(BIN)/python bench/send.py
+	$(BIN)/python bench/smtp_client.py
 	$(BIN)/python bench/tracking.py
 	$(BIN)/python bench/reports.py
 

@@ -23,7 +23,8 @@ from cryptography.x509.oid import NameOID
 
 @dataclass
 class Handler:
-    """Records what it accepts; answers 550 / 451 for chosen addresses; can hang up."""
+    """Records what it accepts; answers 550 / 451 at RCPT and 552 / 452 at the end of DATA for
+    chosen addresses; can hang up."""
 
     received: list[tuple[str, bytes]] = field(default_factory=list)
     sessions: set[int] = field(default_factory=set)
@@ -41,6 +42,10 @@ class Handler:
 
     async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
         (to,) = envelope.rcpt_tos
+        if to.startswith("toobig@"):
+            return "552 5.3.4 message too big"
+        if to.startswith("busy@"):
+            return "452 4.3.1 insufficient storage, try again later"
         if to == self.hang_up_on:
             server.transport.close()  # drops the line before answering the end of data
             return "250 never seen"

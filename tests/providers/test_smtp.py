@@ -14,7 +14,7 @@ import pytest
 from jvmail.dispatch.mime import skeleton
 from jvmail.dispatch.render import Mailer, markers, render
 from jvmail.providers.base import OutboundBatch, Recipient
-from jvmail.providers.smtp import SmtpProvider
+from jvmail.providers.smtp import SmtpProvider, _transaction
 from tests.providers.smtpd import Handler, smtp_server
 
 MAILER = Mailer("Sender Co", "1 Canal Street, Springfield", "Weekly", "Owner Inc")
@@ -94,6 +94,37 @@ def test_each_recipient_gets_its_own_answer(server: tuple[Handler, int, ssl.SSLC
     assert [by_id[n].retry for n in (2, 3)] == [False, True]  # 4xx: later, not a failure
     assert (by_id[2].error or "").startswith("550")
     assert [to for to, _ in handler.received] == ["a@mail.example", "b@mail.example"]
+
+
+def test_a_message_refused_at_its_end_is_refused_alone(
+    server: tuple[Handler, int, ssl.SSLContext],
+) -> None:
+    handler, port, client = server
+    provider = _provider(port, client)
+    sent = provider.send(
+        _batch(["a@mail.example", "toobig@mail.example", "busy@mail.example", "b@mail.example"])
+    )
+    provider.close()
+    by_id = {r.delivery_id: r for r in sent.results}
+    assert [by_id[n].accepted for n in (1, 2, 3, 4)] == [True, False, False, True]
+    assert (by_id[2].error or "").startswith("552")
+    assert [by_id[n].retry for n in (2, 3)] == [False, True]
+    assert [to for to, _ in handler.received] == ["a@mail.example", "b@mail.example"]
+    assert len(handler.sessions) == 1  # the same connection went on after each refusal
+
+
+def test_lines_starting_with_a_dot_arrive_as_written(
+    server: tuple[Handler, int, ssl.SSLContext],
+) -> None:
+    handler, port, client = server
+    provider = _provider(port, client)
+    conn = provider._connect()
+    data = b".first line\r\nSubject: x\r\n\r\n.\r\n..two\r\nplain\r\n.end"
+    _transaction(conn, "news@sender.example", "a@mail.example", data)
+    provider.close()
+    ((to, content),) = handler.received
+    assert to == "a@mail.example"
+    assert content == data + b"\r\n"  # un-stuffed by the server: exactly the lines sent
 
 
 def test_a_refused_login_pauses_instead_of_failing(

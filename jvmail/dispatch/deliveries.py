@@ -53,7 +53,7 @@ from sqlalchemy import (
     true,
     update,
 )
-from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
+from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql import Select
 from sqlalchemy.sql.selectable import ScalarSelect
 
@@ -277,12 +277,7 @@ def _claim_postgres(
         select(
             Subscriber.email,
             Subscriber.first_name,
-            or_(
-                Subscriber.status != SubscriberStatus.SUBSCRIBED,
-                exists().where(
-                    Suppression.partner_id == owner, Suppression.email == Subscriber.email
-                ),
-            ).label("blocked"),
+            _refused(owner).label("blocked"),
         )
         .where(Subscriber.id == taken.c.subscriber_id)
         .lateral("person")
@@ -327,29 +322,31 @@ def _claim_postgres(
     return [Claimed(*row) for row in people]
 
 
-def _owner(mailing_id: int | InstrumentedAttribute[int]) -> ScalarSelect[int]:
-    """The partner whose list the mailing goes to: whose suppressions apply. ``mailing_id``
-    may be the updated row's own column (a correlated subquery)."""
+def _owner(mailing_id: int | ScalarSelect[int]) -> ScalarSelect[int]:
+    """The partner whose list the mailing goes to: whose suppressions apply (computed once per
+    statement)."""
     return (
         select(MailingList.partner_id)
         .join(Mailing, Mailing.list_id == MailingList.id)
         .where(Mailing.id == mailing_id)
-        .correlate(Delivery)
         .scalar_subquery()
     )
 
 
-def _blocked(owner: ScalarSelect[int]) -> ColumnElement[bool]:
-    """Whether the delivery's address may not be sent to: unsubscribed, or on ``owner``'s
-    suppression list. Each row looks its subscriber up by primary key (a correlated probe, not
-    a join): the plan stays a probe per row even when the statistics lag a fresh mailing."""
-    return exists().where(
-        Subscriber.id == Delivery.subscriber_id,
-        or_(
-            Subscriber.status != SubscriberStatus.SUBSCRIBED,
-            exists().where(Suppression.partner_id == owner, Suppression.email == Subscriber.email),
-        ),
+def _refused(owner: ScalarSelect[int]) -> ColumnElement[bool]:
+    """Whether the subscriber's address may not be sent to: unsubscribed, or on ``owner``'s
+    suppression list."""
+    return or_(
+        Subscriber.status != SubscriberStatus.SUBSCRIBED,
+        exists().where(Suppression.partner_id == owner, Suppression.email == Subscriber.email),
     )
+
+
+def _blocked(owner: ScalarSelect[int]) -> ColumnElement[bool]:
+    """Whether the delivery's address may not be sent to (:func:`_refused`). Each row looks its
+    subscriber up by primary key (a correlated probe, not a join): the plan stays a probe per
+    row even when the statistics lag a fresh mailing."""
+    return exists().where(Subscriber.id == Delivery.subscriber_id, _refused(owner))
 
 
 def _new_fence(mailing_id: int, bounds: tuple[int, int]) -> ColumnElement[int]:
@@ -396,11 +393,14 @@ def started(session: Session, held: Sequence[Claimed]) -> Started:
     if not held:
         return Started([], 0)
     now = _now()
-    blocked = _blocked(_owner(Delivery.mailing_id))
     moved: dict[int, DeliveryStatus] = {}
     connection = session.connection()
     for fence, ids in _claims(held).items():
         rows = (*_held(fence, (min(ids), max(ids))), Delivery.status == DeliveryStatus.CLAIMED)
+        # A claim's rows are one mailing's: its owner is looked up once, by the first row.
+        first = aliased(Delivery)
+        mailing = select(first.mailing_id).where(first.id == ids[0]).scalar_subquery()
+        blocked = _blocked(_owner(mailing))
         # Two statements, so that each row's address is judged once; Core, as there are no
         # ORM objects to keep in step.
         for d in connection.execute(

@@ -143,6 +143,9 @@ def due_mailings(session: Session, now: dt.datetime) -> list[int]:
     )
 
 
+ANALYZE_AFTER = 10_000  # deliveries materialized at once: then the table's statistics are renewed
+
+
 def dispatch(session: Session, mailing_id: int, batch_size: int) -> list[tuple[int, int]]:
     """Materialize the mailing's deliveries and record its batches as enqueued, and commit; the
     batches to send (none when another dispatcher already took it, or nobody on the list can
@@ -164,8 +167,6 @@ def dispatch(session: Session, mailing_id: int, batch_size: int) -> list[tuple[i
         _finish(session, mailing_id)
     return bounds
 
-
-ANALYZE_AFTER = 10_000  # deliveries materialized at once: then the table's statistics are renewed
 
 # (database, mailing, promotion, sender and hub versions) -> the mailing's rendered message
 _RENDERED: dict[tuple[str, int, object, object, object], Message] = {}

@@ -29,9 +29,9 @@ import datetime as dt
 import email
 import email.policy
 import enum
+import math
 import os
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import formataddr
@@ -44,6 +44,7 @@ from sqlalchemy.orm import Session
 
 from jvmail.db.engine import begin_writing, insert_or_skip
 from jvmail.db.models import HubRecord, Partner, StatementSend
+from jvmail.dispatch.limits import SYSTEM_CLOCK, Clock, MemoryLimiter
 from jvmail.providers.base import Provider, ProviderError, SingleMessage
 from jvmail.providers.factory import HUB, build_provider
 from jvmail.reports.build import build_statements
@@ -66,6 +67,7 @@ __all__ = [
 ]
 
 LEASE = dt.timedelta(minutes=15)  # a row `sending` this long was left by a process that died
+HUB_ACCOUNT = "hub"  # the limiter key of the hub's own account
 STATEMENT_KEY = "jv_statement"  # the metadata key of a statement: its statement_send id
 
 
@@ -320,17 +322,16 @@ def send_statements(
     *,
     resend: bool = False,
     now: dt.datetime | None = None,
-    sleep: Callable[[float], None] = time.sleep,
-    monotonic: Callable[[], float] = time.monotonic,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> Sending:
     """Send the statements of the week starting ``monday`` to ``partners`` (slugs; None: every
     active partner) through ``provider``, each once (``resend``: a new copy each), at the hub
-    account's pace (``max_per_second``, waited with ``sleep``) and within its ``max_per_day``
-    (UTC days, counting the statements sent earlier that day): the rest are left to retry after
+    account's pace (``max_per_second``, waited on ``clock``) and within its ``max_per_day`` (UTC
+    days, counting the statements sent earlier that day): the rest are left to retry after
     midnight."""
     from jvmail.reports.render import processes_for, render_statements  # matplotlib: here only
 
-    now = now or dt.datetime.now(dt.UTC)
+    now = now or dt.datetime.fromtimestamp(clock.now(), dt.UTC)
     expire_sending(session, now)
     week = week_label(monday)
     done = Sending()
@@ -339,7 +340,10 @@ def send_statements(
         return done
     hub = session.get(HubRecord, 1)
     domain = _domain(hub)
-    pace = _Pace.of(session, hub, now, sleep, monotonic)
+    account = hub.provider if hub is not None else {}
+    per_second, per_day = account.get("max_per_second"), account.get("max_per_day")
+    left = None if per_day is None else max(0, int(per_day) - _sent_on(session, now.date()))
+    pace = MemoryLimiter()  # this run is the hub account's only sender
     people = {
         slug: (pid, contact)
         for slug, pid, contact in session.execute(
@@ -354,10 +358,23 @@ def send_statements(
     outcome: _Outcome | None = None
     try:
         for st, rendered in rendering:
-            if not pace.take():
-                done.retry[st.partner_slug] = pace.why
-                done.retry_after = pace.until_midnight
+            turn = pace.reserve(
+                HUB_ACCOUNT,
+                1,
+                per_second=per_second,
+                per_day=left,
+                now=clock.now(),
+                max_wait=math.inf,
+            )
+            if not turn.booked:  # the day's quota is used up
+                done.retry[st.partner_slug] = (
+                    f"the hub account's limit of {per_day} messages a day is reached; "
+                    "sent after midnight (UTC)"
+                )
+                done.retry_after = turn.wait
                 continue
+            if turn.wait > 0:
+                clock.sleep(turn.wait)
             pid, contact = people[st.partner_slug]
             last = latest.get(pid)
             claim = _claim(session, pid, week, last=last, resend=resend, now=now, done=outcome)
@@ -383,66 +400,20 @@ def send_statements(
     return done
 
 
-@dataclass
-class _Pace:
-    """The hub account's limits over one run: at most ``per_second`` statements a second
-    (the first goes at once), and ``left`` more today."""
-
-    per_second: float | None
-    left: int | None
-    why: str
-    until_midnight: float
-    sleep: Callable[[float], None]
-    monotonic: Callable[[], float]
-    next_at: float | None = None
-
-    @classmethod
-    def of(
-        cls,
-        session: Session,
-        hub: HubRecord | None,
-        now: dt.datetime,
-        sleep: Callable[[float], None],
-        monotonic: Callable[[], float],
-    ) -> _Pace:
-        account = hub.provider if hub is not None else {}
-        per_second = account.get("max_per_second")
-        per_day = account.get("max_per_day")
-        midnight = dt.datetime.combine(now.date(), dt.time(), dt.UTC) + dt.timedelta(days=1)
-        left = None
-        if per_day is not None:
-            sent_today = session.scalar(
-                select(func.count())
-                .select_from(StatementSend)
-                .where(
-                    StatementSend.sent_at >= midnight - dt.timedelta(days=1),
-                    StatementSend.sent_at < midnight,
-                )
+def _sent_on(session: Session, day: dt.date) -> int:
+    """How many statements went to the provider on this UTC day."""
+    start = dt.datetime.combine(day, dt.time(), dt.UTC)
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(StatementSend)
+            .where(
+                StatementSend.sent_at >= start,
+                StatementSend.sent_at < start + dt.timedelta(days=1),
             )
-            left = max(0, int(per_day) - int(sent_today or 0))
-        why = f"the hub account's limit of {per_day} messages a day is reached; sent after midnight"
-        return cls(
-            float(per_second) if per_second else None,
-            left,
-            why,
-            (midnight - now).total_seconds(),
-            sleep,
-            monotonic,
         )
-
-    def take(self) -> bool:
-        """Wait for the next statement's turn; False when today's quota is spent."""
-        if self.left is not None:
-            if self.left <= 0:
-                return False
-            self.left -= 1
-        if self.per_second is not None:
-            now = self.monotonic()
-            if self.next_at is not None and self.next_at > now:
-                self.sleep(self.next_at - now)
-                now = self.next_at
-            self.next_at = now + 1 / self.per_second
-        return True
+        or 0
+    )
 
 
 def _to_send(

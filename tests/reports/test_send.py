@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from jvmail.db.models import HubRecord, Partner, StatementSend
+from jvmail.dispatch.limits import Clock
 from jvmail.providers.base import ProviderError, SingleMessage
 from jvmail.providers.outbox import OutboxProvider
 from jvmail.providers.sendgrid import SendGridProvider
@@ -104,24 +105,21 @@ def test_statements_keep_to_the_hub_accounts_pace(
     session: Session, hub: dict[str, Partner], tmp_path: Path
 ) -> None:
     record = _hub_account(session, directory=str(tmp_path), max_per_second=4)
-    clock = [100.0]
+    moment = [NOW.timestamp()]
     waits: list[float] = []
 
     def sleep(seconds: float) -> None:
         waits.append(seconds)
-        clock[0] += seconds
+        moment[0] += seconds
 
-    done = send_statements(
-        session,
-        MONDAY,
-        None,
-        hub_provider(record),
-        now=NOW,
-        sleep=sleep,
-        monotonic=lambda: clock[0],
-    )
+    clock = Clock(now=lambda: moment[0], sleep=sleep)
+    done = send_statements(session, MONDAY, None, hub_provider(record), now=NOW, clock=clock)
     assert sorted(done.sent) == ["ana", "ben", "cho"]
     assert waits == [0.25, 0.25]  # the first at once, then one every quarter of a second
+
+
+def _at(moment: dt.datetime) -> Clock:
+    return Clock(now=moment.timestamp, sleep=lambda _: None)
 
 
 def test_statements_past_the_hub_accounts_daily_limit_wait_for_midnight(
@@ -129,15 +127,15 @@ def test_statements_past_the_hub_accounts_daily_limit_wait_for_midnight(
 ) -> None:
     record = _hub_account(session, directory=str(tmp_path), max_per_day=2)
     today = dt.datetime.now(dt.UTC)  # sent_at is stamped with the real time
-    done = send_statements(session, MONDAY, None, hub_provider(record), now=today)
+    done = send_statements(session, MONDAY, None, hub_provider(record), clock=_at(today))
     assert len(done.sent) == 2
     (left,) = done.retry
     assert "limit of 2 messages a day" in done.retry[left]
     midnight = dt.datetime.combine(today.date() + dt.timedelta(days=1), dt.time(), dt.UTC)
     assert done.retry_after == (midnight - today).total_seconds()
-    again = send_statements(session, MONDAY, None, hub_provider(record), now=today)
+    again = send_statements(session, MONDAY, None, hub_provider(record), clock=_at(today))
     assert (again.sent, list(again.retry)) == ([], [left])  # today's two are spent
-    tomorrow = send_statements(session, MONDAY, None, hub_provider(record), now=midnight)
+    tomorrow = send_statements(session, MONDAY, None, hub_provider(record), clock=_at(midnight))
     assert tomorrow.sent == [left]
     assert _rows(session)[(left, 0)] == ("sent", None)
 

@@ -17,7 +17,6 @@ from sqlalchemy import (
     DateTime,
     Enum,
     ForeignKey,
-    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -350,9 +349,13 @@ class Delivery(Base):
     """One message of one mailing to one subscriber: the unit of exactly-once sending."""
 
     __tablename__ = "delivery"
+    # No index names a column a send changes (status, fence, lease, outcome): then each of a
+    # row's three steps (claim, start, record) is a heap-only update that rewrites the row in
+    # its own page, which the fill factor keeps room in, and touches no index. The rows of a
+    # mailing in some state are found through its batches' id ranges (DeliveryBatch).
     __table_args__ = (
         UniqueConstraint("mailing_id", "subscriber_id"),
-        Index("ix_delivery_mailing_status", "mailing_id", "status"),
+        {"postgresql_with": {"fillfactor": 50}},
     )
 
     id: Mapped[BigPk]
@@ -383,6 +386,13 @@ class DeliveryBatch(Base):
     hi: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
     enqueued_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     claimed_at: Mapped[MaybeStamp]
+    # Set by every claim of its rows, cleared by the tick once none of them is claimed, in
+    # flight or in doubt: the tick looks for ended leases and rows to reconcile here only.
+    open: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # The batch's rows the provider accepted and refused, as of its last send: a mailing's
+    # refusal share is the sum over its batches, not a count of its rows after every batch.
+    accepted: Mapped[int] = mapped_column(default=0, server_default="0")
+    refused: Mapped[int] = mapped_column(default=0, server_default="0")
 
 
 class TrackingEvent(Base):

@@ -35,7 +35,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from jvmail.db import make_engine, make_sessionmaker
-from jvmail.dispatch.deliveries import expire
+from jvmail.dispatch.deliveries import close_batches, expire
 from jvmail.dispatch.guard import SendGuard
 from jvmail.dispatch.limits import Limiter, MemoryLimiter, account_key
 from jvmail.dispatch.pipeline import (
@@ -141,6 +141,7 @@ def declare(broker: dramatiq.Broker, runtime: Runtime) -> Actors:
             reconcile(session, now)
             finish_settled(session)
             session.commit()
+            close_batches(session)
             due = due_mailings(session, dt.datetime.fromisoformat(until) if until else now)
             relayed = relay(session, _lost(session, runtime, now), now, runtime.batch)
             session.commit()

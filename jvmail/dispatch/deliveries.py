@@ -28,6 +28,12 @@ A Delivery is one message of one mailing to one subscriber. Its life:
 * :func:`expire` turns ``sending`` rows past their lease into ``unknown``: the provider may have
   them, so only its webhooks or event log may resolve them; they are never sent again.
 
+No index names a row's status (each of the three steps is then a heap-only update that touches
+no index): the rows of a mailing in some state are found along its batches' id ranges
+(:class:`~jvmail.db.models.DeliveryBatch`). A claim opens its batch; :func:`close_batches`
+closes those with no row claimed, in flight or in doubt left, so :func:`expire` and the
+reconciler look at open batches only, however many deliveries the table holds.
+
 Nothing here commits: the caller owns the transaction, one per step.
 """
 
@@ -36,7 +42,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import (
     ColumnElement,
@@ -57,8 +63,10 @@ from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql import Select
 from sqlalchemy.sql.selectable import ScalarSelect
 
+from jvmail.db.engine import begin_writing, insert_or_skip
 from jvmail.db.models import (
     Delivery,
+    DeliveryBatch,
     DeliveryStatus,
     Mailing,
     MailingList,
@@ -70,21 +78,30 @@ from jvmail.db.models import (
 
 __all__ = [
     "SENDABLE",
+    "UNFINISHED",
     "Claimed",
     "Outcome",
+    "any_row",
     "batch_bounds",
     "claim",
+    "close_batches",
     "expire",
+    "has_rows",
+    "in_open_batches",
     "materialize",
     "record",
     "release",
     "start",
     "started",
+    "tally",
     "unclaim",
+    "unfinished",
 ]
 
 SENDABLE = (MailingStatus.PLANNED, MailingStatus.APPROVED)
 FINAL = (DeliveryStatus.ACCEPTED, DeliveryStatus.FAILED, DeliveryStatus.SUPPRESSED)
+UNFINISHED = (DeliveryStatus.PENDING, DeliveryStatus.CLAIMED, DeliveryStatus.SENDING)
+OPEN = (DeliveryStatus.CLAIMED, DeliveryStatus.SENDING, DeliveryStatus.UNKNOWN)  # keep a batch open
 
 
 @dataclass(frozen=True)
@@ -228,7 +245,44 @@ def claim(
     )
     owner = _owner(mailing_id)
     if session.get_bind().dialect.name == "postgresql":
-        return _claim_postgres(session, free, owner, bounds, lease_until=now + lease, now=now)
+        held = _claim_postgres(session, free, owner, bounds, lease_until=now + lease, now=now)
+    else:
+        held = _claim_sqlite(
+            session, free, owner, mailing_id, bounds, lease_until=now + lease, now=now
+        )
+    if held:
+        _open(session, mailing_id, bounds, now)
+    return held
+
+
+def _open(session: Session, mailing_id: int, bounds: tuple[int, int], now: dt.datetime) -> None:
+    """Stamp the batch claimed (the relay's sign that the mailing's messages flow) and open (the
+    tick's sign to look at its rows): in the claim's transaction, so no row is claimed in a
+    batch the tick may pass over. A batch not recorded yet is recorded."""
+    batch = DeliveryBatch
+    lo, hi = bounds
+    stmt = insert_or_skip(session, batch).values(
+        mailing_id=mailing_id, lo=lo, hi=hi, enqueued_at=now, claimed_at=now, open=True
+    )
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[batch.mailing_id, batch.lo], set_={"claimed_at": now, "open": True}
+        )
+    )
+
+
+def _claim_sqlite(
+    session: Session,
+    free: Select[int],
+    owner: ScalarSelect[int],
+    mailing_id: int,
+    bounds: tuple[int, int],
+    *,
+    lease_until: dt.datetime,
+    now: dt.datetime,
+) -> list[Claimed]:
+    """The claim on SQLite: the rows updated, then their addresses read by the claim's fence."""
+    lo, hi = bounds
     # Locked once, then joined by primary key: a plan that holds even while the statistics
     # still count a fresh mailing's table as empty (an IN (subquery) was then planned as a scan
     # of the whole table, locking the batch again for each row).
@@ -241,7 +295,7 @@ def claim(
             # A suppression committed before this statement is seen by it: honoured at once.
             status=case((blocked, DeliveryStatus.SUPPRESSED), else_=DeliveryStatus.CLAIMED),
             fence=_new_fence(mailing_id, bounds),
-            lease_until=case((blocked, None), else_=now + lease),
+            lease_until=case((blocked, None), else_=lease_until),
             updated_at=now,
         )
     )
@@ -556,11 +610,119 @@ def _record_each(session: Session, outcomes: Sequence[Outcome]) -> int:
 
 
 def expire(session: Session, now: dt.datetime | None = None) -> int:
-    """``sending`` rows past their lease become ``unknown``; returns how many."""
+    """``sending`` rows past their lease become ``unknown``; returns how many. Only open batches
+    can hold such rows: their id ranges are all that is read."""
     moment = now or _now()
+    ended = in_open_batches(
+        session, Delivery.status == DeliveryStatus.SENDING, Delivery.lease_until < moment
+    )
     result = session.connection().execute(
         update(Delivery)
-        .where(Delivery.status == DeliveryStatus.SENDING, Delivery.lease_until < moment)
+        .where(Delivery.id.in_(ended))
         .values(status=DeliveryStatus.UNKNOWN, updated_at=moment)
+        .execution_options(preserve_rowcount=True)
     )
     return result.rowcount
+
+
+def in_open_batches(session: Session, *where: ColumnElement[bool]) -> Select[Any]:
+    """The ids of the rows matching ``where`` among those of the open batches, read along each
+    open batch's id range: a probe of the primary key per batch, never a scan of the table.
+    (On PostgreSQL a lateral subquery kept as such, so the plan stays so even when the
+    statistics expect no match: a join was then planned as a scan of every delivery.)"""
+    batch = DeliveryBatch
+    in_range = (Delivery.id.between(batch.lo, batch.hi), Delivery.mailing_id == batch.mailing_id)
+    if session.get_bind().dialect.name != "postgresql":
+        return select(Delivery.id).join(batch, and_(batch.open, *in_range)).where(*where)
+    # OFFSET 0: the planner may not pull the subquery up into a join.
+    rows = select(Delivery.id).where(*in_range, *where).offset(0).lateral("rows")
+    return select(rows.c.id).select_from(batch).join(rows, true()).where(batch.open)
+
+
+def close_batches(session: Session) -> int:
+    """Close the open batches none of whose rows is claimed, in flight or in doubt any more;
+    returns how many. Its own transaction (what the session has open is committed first): the
+    batches are locked first, then judged by a statement that sees every claim committed
+    before it got those locks; a claim that comes after waits for this transaction's end and
+    opens its batch again."""
+    begin_writing(session)
+    batch = DeliveryBatch
+    locked = session.execute(
+        select(batch.mailing_id, batch.lo).where(batch.open).with_for_update()
+    ).all()
+    if not locked:
+        session.commit()
+        return 0
+    busy = any_row(
+        Delivery.id.between(batch.lo, batch.hi),
+        Delivery.mailing_id == batch.mailing_id,
+        Delivery.status.in_(OPEN),
+    )
+    result = session.connection().execute(
+        update(batch)
+        .where(batch.open, ~busy)
+        .values(open=False)
+        .execution_options(preserve_rowcount=True)
+    )
+    session.commit()
+    return result.rowcount
+
+
+def any_row(*where: ColumnElement[bool]) -> ColumnElement[bool]:
+    """Whether a delivery matches: a probe per outer row that stops at the first match. (A
+    scalar subquery with LIMIT 1, not EXISTS: PostgreSQL turns an EXISTS into a semi-join, and
+    on a misestimate joins every pending row of a 1,000,000-row mailing to each of its
+    batches.)"""
+    return select(Delivery.id).where(*where).limit(1).scalar_subquery().is_not(None)
+
+
+def has_rows(
+    session: Session, mailing_id: int, *where: ColumnElement[bool], open_only: bool = False
+) -> bool:
+    """Whether a row of the mailing matches ``where``: probed batch by batch along their id
+    ranges (of its open batches only, with ``open_only``), those never claimed first, then the
+    most recently claimed, stopping at the first match. A mailing under way answers at its
+    first batch; only a settled one is read whole. A mailing without recorded batches is read
+    directly."""
+    batch = DeliveryBatch
+    batches = select(batch.lo, batch.hi).where(batch.mailing_id == mailing_id)
+    if open_only:
+        batches = batches.where(batch.open)
+    ranges = (
+        batches.order_by(batch.claimed_at.desc().nulls_first(), batch.lo)
+        .offset(0)  # keeps the order: the probe below is not pushed under the sort
+        .subquery()
+    )
+    match = any_row(
+        Delivery.id.between(ranges.c.lo, ranges.c.hi), Delivery.mailing_id == mailing_id, *where
+    )
+    if session.scalar(select(ranges.c.lo).where(match).limit(1)) is not None:
+        return True
+    if open_only or session.scalar(select(exists().where(batch.mailing_id == mailing_id))):
+        return False
+    # A mailing whose batches were never recorded (the relay records them): its rows, read.
+    return bool(session.scalar(select(any_row(Delivery.mailing_id == mailing_id, *where))))
+
+
+def unfinished(session: Session, mailing_id: int) -> bool:
+    """Whether a row of the mailing is still to be sent or in flight."""
+    return has_rows(session, mailing_id, Delivery.status.in_(UNFINISHED))
+
+
+def tally(session: Session, mailing_id: int, lo: int) -> None:
+    """Count the batch's accepted and refused rows into its batch row (after its outcomes were
+    recorded, in their transaction): a mailing's refusal share is then a sum over its batches."""
+    batch = DeliveryBatch
+    in_batch = (
+        Delivery.id.between(batch.lo, batch.hi),
+        Delivery.mailing_id == batch.mailing_id,
+    )
+
+    def count(status: DeliveryStatus) -> ScalarSelect[int]:
+        return select(func.count()).where(*in_batch, Delivery.status == status).scalar_subquery()
+
+    session.execute(
+        update(batch)
+        .where(batch.mailing_id == mailing_id, batch.lo == lo)
+        .values(accepted=count(DeliveryStatus.ACCEPTED), refused=count(DeliveryStatus.FAILED))
+    )

@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session, aliased
 from jvmail.db.engine import analyze
 from jvmail.db.models import (
     Delivery,
+    DeliveryBatch,
     DeliveryStatus,
     HubRecord,
     Mailing,
@@ -54,13 +55,14 @@ from jvmail.dispatch.deliveries import (
     record,
     release,
     started,
+    tally,
     unclaim,
+    unfinished,
 )
 from jvmail.dispatch.guard import GuardDown, Mark, SendGuard
 from jvmail.dispatch.limits import SYSTEM_CLOCK, Booking, Clock, Limiter, account_key
 from jvmail.dispatch.mime import Skeleton, skeleton
 from jvmail.dispatch.relay import record as record_batches
-from jvmail.dispatch.relay import touch
 from jvmail.dispatch.render import Mailer, TemplateProblem, markers, render
 from jvmail.faults import fault
 from jvmail.providers.base import OutboundBatch, Provider, ProviderError, Recipient, Sent
@@ -81,7 +83,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 LEASE = dt.timedelta(minutes=10)
-UNFINISHED = (DeliveryStatus.PENDING, DeliveryStatus.CLAIMED, DeliveryStatus.SENDING)
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,7 @@ def dispatch(session: Session, mailing_id: int, batch_size: int) -> list[tuple[i
     session.commit()
     if created >= ANALYZE_AFTER:
         # Until the statistics count the new rows, PostgreSQL may plan each claim as a walk of
-        # the mailing's every pending row through the (mailing, status) index: 106 ms a claim
+        # the mailing's every row instead of a probe of its batch's id range: 106 ms a claim
         # instead of 16 at 1,000,000 rows.
         analyze(session.connection(), "delivery")
         session.commit()
@@ -304,6 +305,7 @@ def send_batch(
     if limiter is not None and sent.error is not None:
         _hold(limiter, clock, message, sent.error)  # first: the account's other batches wait
     record(session, _outcomes(going, sent), held=going)
+    tally(session, mailing_id, bounds[0])
     later = {r.delivery_id for r in sent.results if r.retry}
     report.retry = bool(later)
     untried = set(sent.untried) | later
@@ -372,8 +374,6 @@ def _claim(
     """Claim the batch's rows, stamp the batch claimed (the relay's sign that the mailing's
     messages flow) and commit."""
     held = claim(session, mailing_id, bounds, lease=lease, limit=limit)
-    if held:
-        touch(session, mailing_id, bounds[0], dt.datetime.now(dt.UTC))
     session.commit()
     return held
 
@@ -487,20 +487,16 @@ FAILING_AFTER = 50  # ... judged once this many recipients have an answer
 
 
 def _pause_if_failing(session: Session, mailing_id: int) -> None:
-    answered = dict(
-        session.execute(
-            select(Delivery.status, func.count())
-            .where(
-                Delivery.mailing_id == mailing_id,
-                Delivery.status.in_((DeliveryStatus.ACCEPTED, DeliveryStatus.FAILED)),
-            )
-            .group_by(Delivery.status)
-        ).all()
-    )
-    failed = answered.get(DeliveryStatus.FAILED, 0)
-    total = failed + answered.get(DeliveryStatus.ACCEPTED, 0)
+    # The batches' tallies: a sum over a row per batch, not a count of the mailing's rows.
+    accepted, refused = session.execute(
+        select(
+            func.coalesce(func.sum(DeliveryBatch.accepted), 0),
+            func.coalesce(func.sum(DeliveryBatch.refused), 0),
+        ).where(DeliveryBatch.mailing_id == mailing_id)
+    ).one()
+    failed, total = int(refused), int(accepted) + int(refused)
     if (
-        _unfinished(session, mailing_id)
+        unfinished(session, mailing_id)
         and total >= FAILING_AFTER
         and failed > FAILING_SHARE * total
     ):
@@ -592,7 +588,7 @@ def _count(
 def _finish(session: Session, mailing_id: int) -> None:
     """Mark the mailing sent once none of its deliveries is unfinished (an EXISTS probe: it
     stops at the first unfinished row, where a count would read them all after every batch)."""
-    if not _unfinished(session, mailing_id):
+    if not unfinished(session, mailing_id):
         session.execute(
             update(Mailing)
             .where(
@@ -608,30 +604,25 @@ def finish_settled(session: Session, mailing_ids: Sequence[int] | None = None) -
     """Mark ``sent`` the queued or sending mailings (of ``mailing_ids``, or all) that have
     deliveries and none of them unfinished: those whose last batch ended in doubt and was
     settled later, by a webhook or the reconciler. Returns how many. The caller commits."""
-    unfinished = select(Delivery.id).where(
-        Delivery.mailing_id == Mailing.id, Delivery.status.in_(UNFINISHED)
-    )
     any_rows = select(Delivery.id).where(Delivery.mailing_id == Mailing.id)
-    query = (
+    query = select(Mailing.id).where(
+        Mailing.status.in_((MailingStatus.QUEUED, MailingStatus.SENDING)), exists(any_rows)
+    )
+    if mailing_ids is not None:
+        query = query.where(Mailing.id.in_(list(mailing_ids)))
+    done = [m for m in session.scalars(query) if not unfinished(session, m)]
+    if not done:
+        return 0
+    stmt = (
         update(Mailing)
         .where(
+            Mailing.id.in_(done),
             Mailing.status.in_((MailingStatus.QUEUED, MailingStatus.SENDING)),
-            exists(any_rows),
-            ~exists(unfinished),
         )
         .values(status=MailingStatus.SENT, updated_at=dt.datetime.now(dt.UTC))
         .execution_options(preserve_rowcount=True)
     )
-    if mailing_ids is not None:
-        query = query.where(Mailing.id.in_(list(mailing_ids)))
-    return session.connection().execute(query).rowcount
-
-
-def _unfinished(session: Session, mailing_id: int) -> bool:
-    probe = select(Delivery.id).where(
-        Delivery.mailing_id == mailing_id, Delivery.status.in_(UNFINISHED)
-    )
-    return bool(session.scalar(select(exists(probe))))
+    return session.connection().execute(stmt).rowcount
 
 
 def pause_mailing(session: Session, mailing_id: int, why: str) -> None:

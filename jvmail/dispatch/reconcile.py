@@ -31,6 +31,7 @@ from jvmail.db.models import (
     MailingStatus,
     TrackingEvent,
 )
+from jvmail.dispatch.deliveries import in_open_batches
 
 __all__ = ["GIVE_UP", "Reconciled", "reconcile"]
 
@@ -108,9 +109,10 @@ def reconcile(
 ) -> Reconciled:
     """Settle what can be settled of the ``unknown`` deliveries; the caller commits."""
     report = Reconciled()
+    in_doubt = in_open_batches(session, Delivery.status == DeliveryStatus.UNKNOWN)  # only there
     rows = session.execute(
         select(Delivery.id, Delivery.mailing_id, Delivery.updated_at).where(
-            Delivery.status == DeliveryStatus.UNKNOWN
+            Delivery.id.in_(in_doubt)
         )
     ).all()
     if not rows:

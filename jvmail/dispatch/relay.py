@@ -21,8 +21,9 @@ were recorded gets them recorded when it is first found stalled. (The tick also 
 stalled mailing whose sender's account is held by its provider's Retry-After: its batches wait
 out the hold in the broker's delay queue, and a Redis that loses them loses the hold with them.)
 
-:func:`record` is called by dispatch, :func:`touch` by a worker in its claim's transaction,
-:func:`stalled` and :func:`relay` by the tick. Nothing here commits.
+:func:`record` is called by dispatch (a worker's claim stamps its batch claimed, in
+:func:`~jvmail.dispatch.deliveries.claim`), :func:`stalled` and :func:`relay` by the tick. Nothing
+here commits.
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ from sqlalchemy.sql.dml import ReturningUpdate
 
 from jvmail.db.engine import insert_or_skip
 from jvmail.db.models import Delivery, DeliveryBatch, DeliveryStatus, Mailing, MailingStatus
-from jvmail.dispatch.deliveries import batch_bounds
+from jvmail.dispatch.deliveries import any_row, batch_bounds, has_rows
 
-__all__ = ["record", "relay", "stalled", "touch"]
+__all__ = ["record", "relay", "stalled"]
 
 IN_FLIGHT = (DeliveryStatus.CLAIMED, DeliveryStatus.SENDING)
 
@@ -53,29 +54,11 @@ def record(
     session.execute(insert_or_skip(session, DeliveryBatch).on_conflict_do_nothing(), rows)
 
 
-def touch(session: Session, mailing_id: int, lo: int, now: dt.datetime) -> None:
-    """A worker claimed rows of the batch starting at ``lo``: the mailing's messages flow."""
-    session.execute(
-        update(DeliveryBatch)
-        .where(DeliveryBatch.mailing_id == mailing_id, DeliveryBatch.lo == lo)
-        .values(claimed_at=now)
-    )
-
-
 def _claimable(now: dt.datetime) -> ColumnElement[bool]:
-    # The IN list is what the (mailing_id, status) index serves; the OR is checked per row, so
-    # a probe stops at the first match instead of building a bitmap of every pending row.
+    # The OR is checked per row, so a probe stops at the first match.
     return Delivery.status.in_((DeliveryStatus.PENDING, DeliveryStatus.CLAIMED)) & or_(
         Delivery.status == DeliveryStatus.PENDING, Delivery.lease_until < now
     )
-
-
-def _any(*where: ColumnElement[bool]) -> ColumnElement[bool]:
-    """Whether a delivery matches: a probe per outer row that stops at the first match. (A
-    scalar subquery with LIMIT 1, not EXISTS: PostgreSQL turns an EXISTS into a semi-join, and
-    on a misestimate joins every pending row of a 1,000,000-row mailing to each of its
-    batches.)"""
-    return select(Delivery.id).where(*where).limit(1).scalar_subquery().is_not(None)
 
 
 def stalled(session: Session, now: dt.datetime, before: dt.datetime) -> list[tuple[int, int]]:
@@ -83,8 +66,8 @@ def stalled(session: Session, now: dt.datetime, before: dt.datetime) -> list[tup
     ``before`` (see the module docstring): (mailing id, sender id), by mailing id.
 
     In two steps, cheapest first: at most a batch row per batch of each queued mailing (a
-    mailing sending normally stops there, at every tick); then, for the quiet ones only, an
-    index probe for rows in flight and one for rows to claim."""
+    mailing sending normally stops there, at every tick); then, for the quiet ones only, a
+    probe for rows in flight (along the open batches' id ranges) and one for rows to claim."""
     batch = DeliveryBatch
     recent = exists().where(
         batch.mailing_id == Mailing.id,
@@ -97,18 +80,17 @@ def stalled(session: Session, now: dt.datetime, before: dt.datetime) -> list[tup
     ).all()
     if not quiet:
         return []
-    working = _any(
-        Delivery.mailing_id == Mailing.id,
-        Delivery.status.in_(IN_FLIGHT),
-        Delivery.lease_until >= now,
-    )
-    waiting = _any(Delivery.mailing_id == Mailing.id, _claimable(now))
-    idle = set(
-        session.scalars(
-            select(Mailing.id).where(Mailing.id.in_([m for m, _ in quiet]), ~working, waiting)
-        )
-    )
-    return [(mailing_id, sender_id) for mailing_id, sender_id in quiet if mailing_id in idle]
+    return [
+        (mailing_id, sender_id)
+        for mailing_id, sender_id in quiet
+        if not _working(session, mailing_id, now) and has_rows(session, mailing_id, _claimable(now))
+    ]
+
+
+def _working(session: Session, mailing_id: int, now: dt.datetime) -> bool:
+    """Whether a worker holds rows of the mailing under a live lease (only an open batch can)."""
+    live = (Delivery.status.in_(IN_FLIGHT), Delivery.lease_until >= now)
+    return has_rows(session, mailing_id, *live, open_only=True)
 
 
 def relay(
@@ -135,7 +117,7 @@ def _stamp(mailing_ids: Sequence[int], now: dt.datetime) -> ReturningUpdate[int,
     """Stamp the batches that have rows to claim: one probe per batch, along its id range (at
     most a batch of rows, stopping at the first one left to claim)."""
     batch = DeliveryBatch
-    left = _any(
+    left = any_row(
         Delivery.id.between(batch.lo, batch.hi),
         Delivery.mailing_id == batch.mailing_id,
         _claimable(now),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from sqlalchemy import event, func, select
@@ -231,12 +232,15 @@ def test_concurrent_claims_skip_each_others_rows(pg_url: str) -> None:
             materialize(session, built.mailing.id)
             session.commit()
             (whole,) = batch_bounds(session, built.mailing.id, 100)
-        with maker() as a, maker() as b:
+        with maker() as a, maker() as b, ThreadPoolExecutor(1) as pool:
             mine = claim(a, built.mailing.id, whole, lease=LEASE, limit=10)  # not committed
-            theirs = claim(b, built.mailing.id, whole, lease=LEASE, limit=10)  # must not wait
+            # The second claim passes over the first one's rows (it does not wait for them);
+            # then it waits at the batch, which both claims stamp open, for the first's commit.
+            later = pool.submit(claim, b, built.mailing.id, whole, lease=LEASE, limit=10)
+            a.commit()
+            theirs = later.result(timeout=60)
             assert len(mine) == len(theirs) == 10
             assert not {c.delivery_id for c in mine} & {c.delivery_id for c in theirs}
-            a.commit()
             b.commit()
     finally:
         engine.dispose()

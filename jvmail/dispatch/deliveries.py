@@ -31,8 +31,9 @@ A Delivery is one message of one mailing to one subscriber. Its life:
 No index names a row's status (each of the three steps is then a heap-only update that touches
 no index): the rows of a mailing in some state are found along its batches' id ranges
 (:class:`~jvmail.db.models.DeliveryBatch`). A claim opens its batch; :func:`close_batches`
-closes those with no row claimed, in flight or in doubt left, so :func:`expire` and the
-reconciler look at open batches only, however many deliveries the table holds.
+closes those whose rows are all final. So a row not yet final is in an open batch or in one
+never claimed: :func:`expire` and the reconciler read open batches only, and
+:func:`has_rows` those and the never-claimed ones, however many deliveries the table holds.
 
 Nothing here commits: the caller owns the transaction, one per step.
 """
@@ -57,6 +58,7 @@ from sqlalchemy import (
     or_,
     select,
     true,
+    tuple_,
     update,
 )
 from sqlalchemy.orm import Session, aliased
@@ -101,7 +103,8 @@ __all__ = [
 SENDABLE = (MailingStatus.PLANNED, MailingStatus.APPROVED)
 FINAL = (DeliveryStatus.ACCEPTED, DeliveryStatus.FAILED, DeliveryStatus.SUPPRESSED)
 UNFINISHED = (DeliveryStatus.PENDING, DeliveryStatus.CLAIMED, DeliveryStatus.SENDING)
-OPEN = (DeliveryStatus.CLAIMED, DeliveryStatus.SENDING, DeliveryStatus.UNKNOWN)  # keep a batch open
+# A claimed batch stays open while any of its rows is one of these: not yet final.
+UNSETTLED = (*UNFINISHED, DeliveryStatus.UNKNOWN)
 
 
 @dataclass(frozen=True)
@@ -264,9 +267,12 @@ def _open(session: Session, mailing_id: int, bounds: tuple[int, int], now: dt.da
     stmt = insert_or_skip(session, batch).values(
         mailing_id=mailing_id, lo=lo, hi=hi, enqueued_at=now, claimed_at=now, open=True
     )
+    # The recorded range grows to cover the claim's, should a message carry a wider one.
+    widest = func.greatest if session.get_bind().dialect.name == "postgresql" else func.max
     session.execute(
         stmt.on_conflict_do_update(
-            index_elements=[batch.mailing_id, batch.lo], set_={"claimed_at": now, "open": True}
+            index_elements=[batch.mailing_id, batch.lo],
+            set_={"claimed_at": now, "open": True, "hi": widest(batch.hi, stmt.excluded.hi)},
         )
     )
 
@@ -640,27 +646,34 @@ def in_open_batches(session: Session, *where: ColumnElement[bool]) -> Select[Any
 
 
 def close_batches(session: Session) -> int:
-    """Close the open batches none of whose rows is claimed, in flight or in doubt any more;
-    returns how many. Its own transaction (what the session has open is committed first): the
-    batches are locked first, then judged by a statement that sees every claim committed
-    before it got those locks; a claim that comes after waits for this transaction's end and
-    opens its batch again."""
+    """Close the open batches whose rows are all final; returns how many. Its own transaction
+    (what the session has open is committed first): the batches that look settled are locked,
+    then exactly those are judged again by a statement that sees every claim committed before
+    it got the locks; a claim that comes after waits for this transaction's end and opens its
+    batch again. A batch another transaction holds is passed over until a later tick: a tick
+    frozen half way (its process stopped) must not stop every later one."""
     begin_writing(session)
     batch = DeliveryBatch
-    locked = session.execute(
-        select(batch.mailing_id, batch.lo).where(batch.open).with_for_update()
-    ).all()
-    if not locked:
-        session.commit()
-        return 0
     busy = any_row(
         Delivery.id.between(batch.lo, batch.hi),
         Delivery.mailing_id == batch.mailing_id,
-        Delivery.status.in_(OPEN),
+        Delivery.status.in_(UNSETTLED),
     )
+    settled = session.execute(
+        select(batch.mailing_id, batch.lo)
+        .where(batch.open, ~busy)
+        .with_for_update(skip_locked=True)
+    ).all()
+    if not settled:
+        session.commit()
+        return 0
     result = session.connection().execute(
         update(batch)
-        .where(batch.open, ~busy)
+        .where(
+            tuple_(batch.mailing_id, batch.lo).in_([tuple(row) for row in settled]),
+            batch.open,
+            ~busy,
+        )
         .values(open=False)
         .execution_options(preserve_rowcount=True)
     )
@@ -679,15 +692,17 @@ def any_row(*where: ColumnElement[bool]) -> ColumnElement[bool]:
 def has_rows(
     session: Session, mailing_id: int, *where: ColumnElement[bool], open_only: bool = False
 ) -> bool:
-    """Whether a row of the mailing matches ``where``: probed batch by batch along their id
-    ranges (of its open batches only, with ``open_only``), those never claimed first, then the
-    most recently claimed, stopping at the first match. A mailing under way answers at its
-    first batch; only a settled one is read whole. A mailing without recorded batches is read
-    directly."""
+    """Whether a row of the mailing not yet final matches ``where``: probed batch by batch
+    along their id ranges, those never claimed first, then the open ones (only those, with
+    ``open_only``), the most recently claimed first, stopping at the first match. A mailing
+    under way answers at its first batch, and a settled one reads only the rows of the batches
+    the tick has not closed yet. A mailing without recorded batches is read directly."""
     batch = DeliveryBatch
     batches = select(batch.lo, batch.hi).where(batch.mailing_id == mailing_id)
-    if open_only:
-        batches = batches.where(batch.open)
+    # A closed batch that was claimed has only final rows: never read.
+    batches = batches.where(
+        batch.open if open_only else or_(batch.open, batch.claimed_at.is_(None))
+    )
     ranges = (
         batches.order_by(batch.claimed_at.desc().nulls_first(), batch.lo)
         .offset(0)  # keeps the order: the probe below is not pushed under the sort

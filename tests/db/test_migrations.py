@@ -63,6 +63,9 @@ def test_0013_records_batches_for_unfinished_rows_and_opens_every_batch(db_url: 
             for sub, state in zip(subscribers, states, strict=True):
                 session.add(Delivery(mailing_id=hub.mailing.id, subscriber_id=sub, status=state))
             session.add(Delivery(mailing_id=other.id, subscriber_id=subscribers[0]))
+            session.add(
+                Delivery(mailing_id=other.id, subscriber_id=subscribers[1], status="accepted")
+            )
             session.flush()
             session.execute(
                 text(
@@ -79,7 +82,10 @@ def test_0013_records_batches_for_unfinished_rows_and_opens_every_batch(db_url: 
         assert upgrade(engine) is True
         with engine.connect() as conn:
             batches = conn.execute(
-                text("SELECT mailing_id, lo, hi, open FROM delivery_batch ORDER BY mailing_id")
+                text(
+                    "SELECT mailing_id, lo, hi, open, accepted FROM delivery_batch"
+                    " ORDER BY mailing_id, lo"
+                )
             ).all()
             indexes = {i["name"] for i in inspect(conn).get_indexes("delivery")}
             if conn.dialect.name == "postgresql":
@@ -87,11 +93,12 @@ def test_0013_records_batches_for_unfinished_rows_and_opens_every_batch(db_url: 
                     text("SELECT reloptions FROM pg_class WHERE oid = 'delivery'::regclass")
                 )
                 assert options == ["fillfactor=50"]
-        # The unfinished rows (from the fourth on) in one batch; the batch already recorded
-        # kept as it was, but open: the first tick looks at every batch once.
+        # The unfinished rows (from the fourth on) in one batch; the batches already recorded
+        # kept, open while a row of theirs is not final, with their tallies.
         assert [tuple(b) for b in batches] == [
-            (hub.mailing.id, ids[3], ids[-1], True),
-            (other.id, batches[1].lo, batches[1].lo, True),
+            (hub.mailing.id, ids[3], ids[-1], True, 0),
+            (other.id, batches[1].lo, batches[1].lo, True, 0),
+            (other.id, batches[2].lo, batches[2].lo, False, 1),
         ]
         assert "ix_delivery_mailing_status" not in indexes
     finally:

@@ -63,7 +63,7 @@ def test_expire_and_reconcile_read_open_batches_only(session: Session, hub: Hub)
     (whole,) = dispatch(session, hub.mailing.id, batch_size=100)
     held = start(session, claim(session, hub.mailing.id, whole, lease=GONE, limit=5))
     session.commit()
-    assert close_batches(session) == 0  # rows in flight keep it open
+    assert close_batches(session) == 0  # rows not yet final keep it open
     assert expire(session) == 5
     session.commit()
     assert close_batches(session) == 0  # rows in doubt keep it open too
@@ -80,7 +80,7 @@ def test_expire_and_reconcile_read_open_batches_only(session: Session, hub: Hub)
     assert {c.delivery_id for c in held} == set(
         session.scalars(select(Delivery.id).where(Delivery.status == DeliveryStatus.DEAD))
     )
-    assert close_batches(session) == 1
+    assert close_batches(session) == 0  # its other rows are still pending: open until final
 
 
 def test_unfinished_and_finish_settled_follow_the_batches(
@@ -127,3 +127,17 @@ def test_a_claim_rewrites_rows_in_their_pages(pg_url: str) -> None:
             assert tuple(counts) == (25, 25)
     finally:
         engine.dispose()
+
+
+def test_a_claim_wider_than_its_recorded_batch_widens_it(session: Session, hub: Hub) -> None:
+    (lo, hi), _, _ = dispatch(session, hub.mailing.id, batch_size=10)
+    held = claim(session, hub.mailing.id, (lo, hi + 5), lease=LEASE, limit=15)
+    session.commit()
+    assert len(held) == 15
+    recorded = session.scalar(
+        select(DeliveryBatch.hi).where(
+            DeliveryBatch.mailing_id == hub.mailing.id, DeliveryBatch.lo == lo
+        )
+    )
+    # Every row the claim took is within an open batch's range: expire would find it.
+    assert recorded == hi + 5

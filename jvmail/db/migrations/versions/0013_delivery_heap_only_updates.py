@@ -9,10 +9,10 @@ A send updates every delivery row three times (claim, start, record). With an in
 status, each update wrote a new entry in every index of the table; without one, and with room
 left in the row's page (the fill factor), PostgreSQL rewrites the row in place of its page and
 touches no index. The rows of a mailing in some state are now found through its batches' id
-ranges: a batch is ``open`` while rows of it may be claimed, in flight or in doubt. Every batch
-starts open here, so the first tick looks at all of them once and closes the settled ones. The
-unfinished rows of a mailing dispatched before batches were recorded are cut into batches of
-1,000 here.
+ranges: a batch is ``open`` from its first claim until its rows are all final. Here the batches
+with rows not yet final are opened and every batch gets its tallies of accepted and refused
+rows; the unfinished rows of a mailing dispatched before batches were recorded are cut into
+batches of 1,000 first.
 """
 
 from collections.abc import Sequence
@@ -42,7 +42,17 @@ def upgrade() -> None:
         "  AND mailing_id NOT IN (SELECT mailing_id FROM delivery_batch)"
         " ) AS unbatched GROUP BY mailing_id, n"
     )
-    op.execute("UPDATE delivery_batch SET open = true")
+    in_batch = (
+        "FROM delivery d WHERE d.id BETWEEN delivery_batch.lo AND delivery_batch.hi"
+        " AND d.mailing_id = delivery_batch.mailing_id"
+    )
+    op.execute(
+        "UPDATE delivery_batch SET"
+        f" open = EXISTS (SELECT 1 {in_batch} AND d.status NOT IN ('accepted', 'failed',"
+        " 'suppressed', 'dead')),"
+        f" accepted = (SELECT count(*) {in_batch} AND d.status = 'accepted'),"
+        f" refused = (SELECT count(*) {in_batch} AND d.status = 'failed')"
+    )
     with op.batch_alter_table('delivery', schema=None) as batch_op:
         batch_op.drop_index('ix_delivery_mailing_status')
     if op.get_bind().dialect.name == 'postgresql':

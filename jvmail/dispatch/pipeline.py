@@ -66,7 +66,7 @@ from jvmail.dispatch.relay import record as record_batches
 from jvmail.dispatch.render import Mailer, TemplateProblem, markers, render
 from jvmail.faults import fault
 from jvmail.providers.base import OutboundBatch, Provider, ProviderError, Recipient, Sent
-from jvmail.tracking.links import Keyring, click_url, open_url, unsubscribe_url
+from jvmail.tracking.links import Keyring, delivery_urls
 
 __all__ = [
     "BatchReport",
@@ -105,16 +105,14 @@ class Message:
         return Mark(self.mailing_id, self.promotion_id, self.list_id)
 
     def recipient(self, delivery_id: int, email: str, first_name: str) -> Recipient:
-        count = len(self.skeleton.rendered.links)
-        base, keys, mailing = self.base_url, self.keys, self.mailing_id
-        links = [click_url(base, keys, mailing, delivery_id, n) for n in range(1, count + 1)]
-        values = markers(
-            first_name,
-            links,
-            unsubscribe_url(base, keys, mailing, delivery_id),
-            open_url(base, keys, mailing, delivery_id),
+        links, unsubscribe, pixel = delivery_urls(
+            self.base_url,
+            self.keys,
+            self.mailing_id,
+            delivery_id,
+            len(self.skeleton.rendered.links),
         )
-        return Recipient(delivery_id, email, values)
+        return Recipient(delivery_id, email, markers(first_name, links, unsubscribe, pixel))
 
     def mailto(self) -> str:
         return f"mailto:{self.sender_email}?subject={quote('unsubscribe')}"

@@ -22,7 +22,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-__all__ = ["REVIEW", "Keyring", "Link", "click_url", "open_url", "review_url", "unsubscribe_url"]
+__all__ = [
+    "REVIEW",
+    "Keyring",
+    "Link",
+    "click_url",
+    "delivery_urls",
+    "open_url",
+    "review_url",
+    "unsubscribe_url",
+]
 
 _SIG_BYTES = 12
 UNSUBSCRIBE = 0  # the "link index" of an unsubscribe token: links are numbered from 1
@@ -114,6 +123,17 @@ class Keyring:
         if not hmac.compare_digest(got, self._sig(numbers[0], payload)):
             return None
         return Link(numbers[1], numbers[2], numbers[3])
+
+
+def delivery_urls(
+    base_url: str, keys: Keyring, mailing: int, delivery: int, links: int
+) -> tuple[list[str], str, str]:
+    """A delivery's click URLs (links 1 to ``links``), its unsubscribe URL and its open URL, as
+    :func:`click_url`, :func:`unsubscribe_url` and :func:`open_url` give them; the last two
+    carry the same token, signed once."""
+    clicks = [click_url(base_url, keys, mailing, delivery, n) for n in range(1, links + 1)]
+    token = keys.sign(mailing, delivery, UNSUBSCRIBE)
+    return clicks, f"{base_url}/u/{token}", f"{base_url}/o/{token}.gif"
 
 
 def click_url(base_url: str, keys: Keyring, mailing: int, delivery: int, index: int) -> str:

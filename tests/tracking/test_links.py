@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from jvmail.tracking.links import Keyring, Link, click_url, open_url, unsubscribe_url
+from jvmail.tracking.links import (
+    Keyring,
+    Link,
+    click_url,
+    delivery_urls,
+    open_url,
+    unsubscribe_url,
+)
 
 KEYS = Keyring.from_hex(["ab" * 32])
 ROTATED = Keyring.from_hex(["cd" * 32, "ab" * 32])
@@ -31,6 +38,15 @@ def test_urls_carry_the_tokens() -> None:
     assert click_url(base, KEYS, 7, 123456, 2) == f"{base}/c/AAfAxAcC.kOrEKtm92PsESn1u"
     assert unsubscribe_url(base, KEYS, 1, 1) == f"{base}/u/AAEBAA.p90nWeou5n-HLgpE"
     assert open_url(base, KEYS, 1, 1) == f"{base}/o/AAEBAA.p90nWeou5n-HLgpE.gif"
+
+
+def test_a_deliverys_urls_at_once_are_the_same_urls() -> None:
+    base = "https://jv.example"
+    clicks, unsubscribe, pixel = delivery_urls(base, KEYS, 7, 123456, 3)
+    assert clicks == [click_url(base, KEYS, 7, 123456, n) for n in (1, 2, 3)]
+    assert unsubscribe == unsubscribe_url(base, KEYS, 7, 123456)
+    assert pixel == open_url(base, KEYS, 7, 123456)
+    assert delivery_urls(base, KEYS, 7, 1, 0)[0] == []
 
 
 def test_a_tampered_token_reads_as_nothing() -> None:

@@ -369,8 +369,7 @@ def _in_flight(
 def _claim(
     session: Session, mailing_id: int, bounds: tuple[int, int], *, lease: dt.timedelta, limit: int
 ) -> list[Claimed]:
-    """Claim the batch's rows, stamp the batch claimed (the relay's sign that the mailing's
-    messages flow) and commit."""
+    """Claim the batch's rows (which stamps the batch claimed and open) and commit."""
     held = claim(session, mailing_id, bounds, lease=lease, limit=limit)
     session.commit()
     return held
@@ -584,8 +583,9 @@ def _count(
 
 
 def _finish(session: Session, mailing_id: int) -> None:
-    """Mark the mailing sent once none of its deliveries is unfinished (an EXISTS probe: it
-    stops at the first unfinished row, where a count would read them all after every batch)."""
+    """Mark the mailing sent once none of its deliveries is unfinished (a probe along its
+    batches' id ranges that stops at the first unfinished row, where a count would read them
+    all after every batch)."""
     if not unfinished(session, mailing_id):
         session.execute(
             update(Mailing)

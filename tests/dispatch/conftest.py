@@ -26,6 +26,8 @@ from jvmail.dispatch.limits import MemoryLimiter, RedisLimiter
 from tests.conftest import REDIS_URL, unavailable
 
 WHEN = dt.datetime(2026, 12, 1, 9, tzinfo=dt.UTC)
+LEASE = dt.timedelta(minutes=5)
+GONE = dt.timedelta(seconds=-1)  # a lease that has already run out
 
 
 @dataclass

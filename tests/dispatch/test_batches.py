@@ -23,10 +23,7 @@ from jvmail.dispatch.deliveries import (
 from jvmail.dispatch.pipeline import dispatch, finish_settled, send_batch
 from jvmail.dispatch.reconcile import reconcile
 from jvmail.providers.outbox import OutboxProvider
-from tests.dispatch.conftest import Hub, build_hub
-
-LEASE = dt.timedelta(minutes=5)
-GONE = dt.timedelta(seconds=-1)  # a lease that has already run out
+from tests.dispatch.conftest import GONE, LEASE, Hub, build_hub
 
 
 def _open(session: Session, mailing_id: int) -> dict[int, bool]:

@@ -31,10 +31,7 @@ from jvmail.dispatch.deliveries import (
     start,
     started,
 )
-from tests.dispatch.conftest import Hub, build_hub, mailing, set_status
-
-LEASE = dt.timedelta(minutes=5)
-GONE = dt.timedelta(seconds=-1)  # a lease that has already run out
+from tests.dispatch.conftest import GONE, LEASE, Hub, build_hub, mailing, set_status
 
 
 def _statuses(session: Session, mailing_id: int) -> dict[str, int]:

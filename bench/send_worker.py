@@ -11,7 +11,7 @@ import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
 from jvmail.broker import make_broker
-from jvmail.dispatch.actors import Runtime, declare
+from jvmail.dispatch.actors import Runtime, declare, settle_heap
 from jvmail.dispatch.guard import RedisGuard
 from jvmail.dispatch.limits import RedisLimiter
 from jvmail.providers.base import Provider
@@ -54,3 +54,4 @@ assert isinstance(broker, RedisBroker)
 _runtime.limiter = RedisLimiter(broker.client, namespace=_namespace)
 _runtime.guard = RedisGuard(broker.client, namespace=_namespace)  # as production's workers
 actors = declare(broker, _runtime)
+settle_heap()  # as jvmail.dispatch.boot does

@@ -23,7 +23,7 @@ from sqlalchemy import select
 from jvmail.broker import make_broker
 from jvmail.db import DEFAULT_DATABASE_URL
 from jvmail.db.models import Mailing, Partner
-from jvmail.dispatch.actors import Actors, Runtime, declare
+from jvmail.dispatch.actors import Actors, Runtime, declare, settle_heap
 from jvmail.dispatch.guard import RedisGuard
 from jvmail.dispatch.limits import RedisLimiter
 from jvmail.providers.base import Provider
@@ -93,3 +93,4 @@ actors: Actors = declare(broker, _runtime)
 from jvmail.jobs import Jobs, declare_jobs  # noqa: E402 - the scheduler's jobs, on the same broker
 
 jobs: Jobs = declare_jobs(broker, _runtime, os.environ.get("JVMAIL_OUTBOX"))
+settle_heap()

@@ -41,7 +41,7 @@ Nothing here commits: the caller owns the transaction, one per step.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -81,17 +81,20 @@ from jvmail.db.models import (
 __all__ = [
     "SENDABLE",
     "UNFINISHED",
+    "Claim",
     "Claimed",
     "Outcome",
     "any_row",
     "batch_bounds",
     "claim",
+    "claimed",
     "close_batches",
     "expire",
     "has_rows",
     "in_open_batches",
     "materialize",
     "record",
+    "recorded",
     "release",
     "start",
     "started",
@@ -226,6 +229,24 @@ def claim(
     """Claim the batch's sendable rows (see the module docstring); returns the ones to send,
     by id, all under the claim's one new fence. One statement on PostgreSQL (claim, suppression
     re-check and the addresses); on SQLite the addresses are read by that fence after it."""
+    return claimed(session, mailing_id, bounds, lease=lease, limit=limit).held
+
+
+@dataclass(frozen=True)
+class Claim:
+    held: list[Claimed]  # to send, by id
+    suppressed: int  # found unsubscribed or suppressed by the claim: never sent
+
+
+def claimed(
+    session: Session,
+    mailing_id: int,
+    bounds: tuple[int, int],
+    *,
+    lease: dt.timedelta,
+    limit: int,
+) -> Claim:
+    """:func:`claim`, and how many rows it found suppressed."""
     now = _now()
     lo, hi = bounds
     running = exists().where(
@@ -248,14 +269,14 @@ def claim(
     )
     owner = _owner(mailing_id)
     if session.get_bind().dialect.name == "postgresql":
-        held = _claim_postgres(session, free, owner, bounds, lease_until=now + lease, now=now)
+        got = _claim_postgres(session, free, owner, bounds, lease_until=now + lease, now=now)
     else:
-        held = _claim_sqlite(
+        got = _claim_sqlite(
             session, free, owner, mailing_id, bounds, lease_until=now + lease, now=now
         )
-    if held:
+    if got.held:
         _open(session, mailing_id, bounds, now)
-    return held
+    return got
 
 
 def _open(session: Session, mailing_id: int, bounds: tuple[int, int], now: dt.datetime) -> None:
@@ -286,7 +307,7 @@ def _claim_sqlite(
     *,
     lease_until: dt.datetime,
     now: dt.datetime,
-) -> list[Claimed]:
+) -> Claim:
     """The claim on SQLite: the rows updated, then their addresses read by the claim's fence."""
     lo, hi = bounds
     # Locked once, then joined by primary key: a plan that holds even while the statistics
@@ -306,17 +327,18 @@ def _claim_sqlite(
         )
     )
     # SQLite's RETURNING sees only the updated table: the addresses are read after.
-    fences = set(session.connection().execute(stmt.returning(Delivery.fence)).scalars())
+    fences = list(session.connection().execute(stmt.returning(Delivery.fence)).scalars())
     if not fences:
-        return []
-    (fence,) = fences
+        return Claim([], 0)
+    (fence,) = set(fences)
     found = session.execute(
         select(Delivery.id, Subscriber.email, Subscriber.first_name, Subscriber.id)
         .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
         .where(*_held(fence, bounds), Delivery.status == DeliveryStatus.CLAIMED)
         .order_by(Delivery.id)
     ).all()
-    return [Claimed(d, fence, email, first, sub) for d, email, first, sub in found]
+    held = [Claimed(d, fence, email, first, sub) for d, email, first, sub in found]
+    return Claim(held, len(fences) - len(held))
 
 
 def _claim_postgres(
@@ -327,11 +349,12 @@ def _claim_postgres(
     *,
     lease_until: dt.datetime,
     now: dt.datetime,
-) -> list[Claimed]:
+) -> Claim:
     """The claim as one statement: the free rows locked once (``taken``), each one's subscriber
     read by primary key once (a lateral probe, so the plan stays a probe per row even while the
     statistics still count a fresh mailing's tables as empty) with whether it is blocked, then
-    the rows updated by primary key and returned with the addresses."""
+    the rows updated by primary key and returned with the addresses, in id order (sorted by
+    PostgreSQL, the status as whether it is blocked: no enum to convert per row)."""
     taken = free.add_columns(Delivery.subscriber_id).cte("taken").prefix_with("MATERIALIZED")
     person = (
         select(
@@ -349,37 +372,37 @@ def _claim_postgres(
         .prefix_with("MATERIALIZED")
     )
     lo, hi = bounds
-    rows = (
-        session.connection()
-        .execute(  # Core: no ORM objects to keep in step
-            update(Delivery)
-            .where(Delivery.id == who.c.id, Delivery.id.between(lo, hi))
-            .values(
-                # A suppression committed before this statement is seen by it: honoured at once.
-                status=case(
-                    (who.c.blocked, DeliveryStatus.SUPPRESSED), else_=DeliveryStatus.CLAIMED
-                ),
-                fence=select(func.nextval("delivery_fence")).scalar_subquery(),
-                lease_until=case((who.c.blocked, None), else_=lease_until),
-                updated_at=now,
-            )
-            .returning(
-                Delivery.id,
-                Delivery.fence,
-                Delivery.status,
-                who.c.email,
-                who.c.first_name,
-                Delivery.subscriber_id,
-            )
+    moved = (
+        update(Delivery)
+        .where(Delivery.id == who.c.id, Delivery.id.between(lo, hi))
+        .values(
+            # A suppression committed before this statement is seen by it: honoured at once.
+            status=case((who.c.blocked, DeliveryStatus.SUPPRESSED), else_=DeliveryStatus.CLAIMED),
+            fence=select(func.nextval("delivery_fence")).scalar_subquery(),
+            lease_until=case((who.c.blocked, None), else_=lease_until),
+            updated_at=now,
         )
+        .returning(
+            Delivery.id,
+            Delivery.fence,
+            who.c.blocked,
+            who.c.email,
+            who.c.first_name,
+            Delivery.subscriber_id,
+        )
+        .cte("moved")
+    )
+    rows = (
+        session.connection()  # Core: no ORM objects to keep in step
+        .execute(select(moved).order_by(moved.c.id))
         .all()
     )
-    people = sorted(
-        (d, fence, email, first, subscriber)
-        for d, fence, status, email, first, subscriber in rows
-        if status == DeliveryStatus.CLAIMED
-    )
-    return [Claimed(*row) for row in people]
+    held = [
+        Claimed(d, fence, email, first, sub)
+        for d, fence, blocked, email, first, sub in rows
+        if not blocked
+    ]
+    return Claim(held, len(rows) - len(held))
 
 
 def _owner(mailing_id: int | ScalarSelect[int]) -> ScalarSelect[int]:
@@ -525,13 +548,20 @@ def record(session: Session, outcomes: Sequence[Outcome], *, held: Sequence[Clai
     outcomes are exactly those rows and fall into a few runs of the same answer (a batch API's
     one message id per request, all accepted), each run is stored by one UPDATE of its fence
     and id range; otherwise row by row."""
+    return sum(recorded(session, outcomes, held=held).values())
+
+
+def recorded(
+    session: Session, outcomes: Sequence[Outcome], *, held: Sequence[Claimed] = ()
+) -> dict[DeliveryStatus, int]:
+    """:func:`record`, and how many rows it stored of each status."""
+    stored: dict[DeliveryStatus, int] = {}
     if not outcomes:
-        return 0
+        return stored
     runs = _runs(outcomes, held)
     if runs is None:
         return _record_each(session, outcomes)
     now = _now()
-    count = 0
     for first, last in runs:
         stmt = (
             update(Delivery)
@@ -548,8 +578,9 @@ def record(session: Session, outcomes: Sequence[Outcome], *, held: Sequence[Clai
             )
             .execution_options(preserve_rowcount=True)
         )
-        count += session.connection().execute(stmt).rowcount
-    return count
+        count = session.connection().execute(stmt).rowcount
+        stored[first.status] = stored.get(first.status, 0) + count
+    return stored
 
 
 def _runs(
@@ -585,7 +616,9 @@ def _alike(a: Outcome, b: Outcome) -> bool:
     )
 
 
-def _record_each(session: Session, outcomes: Sequence[Outcome]) -> int:
+def _record_each(session: Session, outcomes: Sequence[Outcome]) -> dict[DeliveryStatus, int]:
+    """Outcomes stored row by row: a batch of statements per status, so that what each stored
+    is known by status."""
     t = cast(Table, Delivery.__table__)
     stmt = (
         update(t)
@@ -602,17 +635,22 @@ def _record_each(session: Session, outcomes: Sequence[Outcome]) -> int:
             updated_at=_now(),
         )
     )
-    params = [
-        {
-            "b_id": o.delivery_id,
-            "b_fence": o.fence,
-            "b_status": o.status,
-            "b_message": o.provider_message_id,
-            "b_error": o.error[:1000] if o.error else None,
-        }
-        for o in outcomes
-    ]
-    return int(session.connection().execute(stmt, params).rowcount)
+    by_status: dict[DeliveryStatus, list[dict[str, object]]] = {}
+    for o in outcomes:
+        by_status.setdefault(o.status, []).append(
+            {
+                "b_id": o.delivery_id,
+                "b_fence": o.fence,
+                "b_status": o.status,
+                "b_message": o.provider_message_id,
+                "b_error": o.error[:1000] if o.error else None,
+            }
+        )
+    connection = session.connection()
+    return {
+        status: int(connection.execute(stmt, params).rowcount)
+        for status, params in by_status.items()
+    }
 
 
 def expire(session: Session, now: dt.datetime | None = None) -> int:
@@ -724,20 +762,17 @@ def unfinished(session: Session, mailing_id: int) -> bool:
     return has_rows(session, mailing_id, Delivery.status.in_(UNFINISHED))
 
 
-def tally(session: Session, mailing_id: int, lo: int) -> None:
-    """Count the batch's accepted and refused rows into its batch row (after its outcomes were
-    recorded, in their transaction): a mailing's refusal share is then a sum over its batches."""
+def tally(session: Session, mailing_id: int, lo: int, stored: Mapping[DeliveryStatus, int]) -> None:
+    """Add the outcomes a worker just stored (:func:`recorded`, in its transaction) to its
+    batch's accepted and refused tallies: a mailing's refusal share is then a sum over its
+    batches, and no row is read to keep it. (What webhooks settle later is not counted here.)"""
+    accepted = stored.get(DeliveryStatus.ACCEPTED, 0)
+    refused = stored.get(DeliveryStatus.FAILED, 0)
+    if not accepted and not refused:
+        return
     batch = DeliveryBatch
-    in_batch = (
-        Delivery.id.between(batch.lo, batch.hi),
-        Delivery.mailing_id == batch.mailing_id,
-    )
-
-    def count(status: DeliveryStatus) -> ScalarSelect[int]:
-        return select(func.count()).where(*in_batch, Delivery.status == status).scalar_subquery()
-
     session.execute(
         update(batch)
         .where(batch.mailing_id == mailing_id, batch.lo == lo)
-        .values(accepted=count(DeliveryStatus.ACCEPTED), refused=count(DeliveryStatus.FAILED))
+        .values(accepted=batch.accepted + accepted, refused=batch.refused + refused)
     )

@@ -47,12 +47,14 @@ from jvmail.db.models import (
 )
 from jvmail.dispatch.deliveries import (
     SENDABLE,
+    Claim,
     Claimed,
     Outcome,
     batch_bounds,
-    claim,
+    claimed,
     materialize,
     record,
+    recorded,
     release,
     started,
     tally,
@@ -272,10 +274,11 @@ def send_batch(
     ``clock`` is what the account's limits are booked and waited with; ``guard``, when given,
     keeps a copy of this database from sending again what another already sent."""
     report = BatchReport()
-    held = _claim(session, mailing_id, bounds, lease=lease, limit=limit)
+    got = _claim(session, mailing_id, bounds, lease=lease, limit=limit)
     fault("send:after-claim")
+    held = got.held
     report.claimed = len(held)
-    report.suppressed = _count(session, mailing_id, bounds, DeliveryStatus.SUPPRESSED)
+    report.suppressed = got.suppressed
     if not held:
         _finish(session, mailing_id)
         return report
@@ -302,8 +305,7 @@ def send_batch(
     fault("send:after-provider")
     if limiter is not None and sent.error is not None:
         _hold(limiter, clock, message, sent.error)  # first: the account's other batches wait
-    record(session, _outcomes(going, sent), held=going)
-    tally(session, mailing_id, bounds[0])
+    tally(session, mailing_id, bounds[0], recorded(session, _outcomes(going, sent), held=going))
     later = {r.delivery_id for r in sent.results if r.retry}
     report.retry = bool(later)
     untried = set(sent.untried) | later
@@ -368,11 +370,11 @@ def _in_flight(
 
 def _claim(
     session: Session, mailing_id: int, bounds: tuple[int, int], *, lease: dt.timedelta, limit: int
-) -> list[Claimed]:
+) -> Claim:
     """Claim the batch's rows (which stamps the batch claimed and open) and commit."""
-    held = claim(session, mailing_id, bounds, lease=lease, limit=limit)
+    got = claimed(session, mailing_id, bounds, lease=lease, limit=limit)
     session.commit()
-    return held
+    return got
 
 
 def _start(
@@ -565,21 +567,6 @@ def _paced(
             f"the sender's account is at its pace of {message.per_second:g}/s; retried later"
         )
     return False
-
-
-def _count(
-    session: Session, mailing_id: int, bounds: tuple[int, int], status: DeliveryStatus
-) -> int:
-    return int(
-        session.scalar(
-            select(func.count()).where(
-                Delivery.mailing_id == mailing_id,
-                Delivery.id.between(*bounds),
-                Delivery.status == status,
-            )
-        )
-        or 0
-    )
 
 
 def _finish(session: Session, mailing_id: int) -> None:

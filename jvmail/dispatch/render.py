@@ -394,12 +394,21 @@ def for_provider(rendered: Rendered, name: Callable[[str], str]) -> tuple[str, s
     return subject, text, html
 
 
+_UNSAFE = re.compile(r"[&<>\"']")
+
+
+def html_escape(value: str) -> str:
+    """``value`` escaped for HTML as markupsafe escapes it; a value with nothing to escape (a
+    signed URL, most names) is returned as it is, without building a Markup for it."""
+    return str(escape(value)) if _UNSAFE.search(value) else value
+
+
 def both_forms(values: Mapping[str, str]) -> dict[str, str]:
     """One recipient's values as plain text, and HTML-escaped under ``NAME_H``."""
-    return {**values, **{f"{k}_H": str(escape(v)) for k, v in values.items()}}
+    return {**values, **{f"{k}_H": html_escape(v) for k, v in values.items()}}
 
 
 def fill(part: str, values: Mapping[str, str], *, html: bool) -> str:
     """Replace every marker in ``part`` with its value (HTML-escaped in an HTML part)."""
-    convert: Callable[[str], str] = (lambda v: str(escape(v))) if html else str
+    convert: Callable[[str], str] = html_escape if html else str
     return _MARKER.sub(lambda m: convert(values[m[1]]), part)

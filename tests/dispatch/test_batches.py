@@ -5,25 +5,28 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from sqlalchemy import select, text, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from jvmail.db import make_engine, make_sessionmaker, upgrade
-from jvmail.db.models import Delivery, DeliveryBatch, DeliveryStatus
+from jvmail.db.models import Delivery, DeliveryBatch, DeliveryStatus, SubscriberStatus
 from jvmail.dispatch.deliveries import (
     Outcome,
     claim,
+    claimed,
     close_batches,
     expire,
     has_rows,
     record,
+    recorded,
     start,
+    tally,
     unfinished,
 )
 from jvmail.dispatch.pipeline import dispatch, finish_settled, send_batch
 from jvmail.dispatch.reconcile import reconcile
 from jvmail.providers.outbox import OutboxProvider
-from tests.dispatch.conftest import GONE, LEASE, Hub, build_hub
+from tests.dispatch.conftest import GONE, LEASE, Hub, build_hub, set_status
 
 
 def _open(session: Session, mailing_id: int) -> dict[int, bool]:
@@ -138,3 +141,46 @@ def test_a_claim_wider_than_its_recorded_batch_widens_it(session: Session, hub: 
     )
     # Every row the claim took is within an open batch's range: expire would find it.
     assert recorded == hi + 5
+
+
+def _tallies(session: Session, mailing_id: int, lo: int) -> tuple[int, int]:
+    session.expire_all()
+    row = session.execute(
+        select(DeliveryBatch.accepted, DeliveryBatch.refused).where(
+            DeliveryBatch.mailing_id == mailing_id, DeliveryBatch.lo == lo
+        )
+    ).one()
+    return int(row.accepted), int(row.refused)
+
+
+def test_the_tallies_add_what_was_stored_once(session: Session, hub: Hub) -> None:
+    """Row by row (answers that alternate) and by runs (all alike), a batch's tallies add what
+    its workers stored, and a stale worker's outcomes, stored by nobody, add nothing."""
+    (whole,) = dispatch(session, hub.mailing.id, batch_size=100)
+    set_status(session, hub.lists[0], "reader3@mail.example", SubscriberStatus.UNSUBSCRIBED)
+    session.commit()
+    got = claimed(session, hub.mailing.id, whole, lease=LEASE, limit=11)
+    session.commit()
+    assert (len(got.held), got.suppressed) == (10, 1)
+    going = start(session, got.held)
+    answers = [
+        Outcome(c.delivery_id, c.fence, DeliveryStatus.FAILED if n % 2 else DeliveryStatus.ACCEPTED)
+        for n, c in enumerate(going)
+    ]
+    stored = recorded(session, answers, held=going)
+    assert stored == {DeliveryStatus.ACCEPTED: 5, DeliveryStatus.FAILED: 5}
+    tally(session, hub.mailing.id, whole[0], stored)
+    session.commit()
+    assert _tallies(session, hub.mailing.id, whole[0]) == (5, 5)
+    again = recorded(session, answers, held=going)  # those rows are final: nothing stored
+    tally(session, hub.mailing.id, whole[0], again)
+    session.commit()
+    assert sum(again.values()) == 0
+    rest = start(session, claim(session, hub.mailing.id, whole, lease=LEASE, limit=100))
+    alike = [Outcome(c.delivery_id, c.fence, DeliveryStatus.ACCEPTED, "m1") for c in rest]
+    tally(session, hub.mailing.id, whole[0], recorded(session, alike, held=rest))
+    session.commit()
+    accepted = session.scalar(
+        select(func.count()).where(Delivery.status == DeliveryStatus.ACCEPTED)
+    )
+    assert _tallies(session, hub.mailing.id, whole[0]) == (accepted, 5) == (19, 5)

@@ -10,9 +10,19 @@ import time
 from email.message import EmailMessage
 
 import pytest
+from markupsafe import escape
 
 from jvmail.dispatch.mime import skeleton
-from jvmail.dispatch.render import Limits, Mailer, TemplateProblem, fill, markers, render
+from jvmail.dispatch.render import (
+    Limits,
+    Mailer,
+    TemplateProblem,
+    both_forms,
+    fill,
+    html_escape,
+    markers,
+    render,
+)
 from jvmail.tracking.links import Keyring, Link, click_url, unsubscribe_url
 
 MAILER = Mailer("Sender & Co", "1 Canal Street, Springfield", "Sender Weekly", "Owner Inc")
@@ -203,3 +213,15 @@ def test_tokens_survive_a_key_rotation() -> None:
     assert old.read(fresh) is None  # signed with a key the old ring never had
     retired = Keyring.from_hex(["bb" * 32])
     assert retired.read(token) is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["Ann", "", "https://jv.example/c/AAfAxAcC.kOrEKtm92PsESn1u", "O'Brien & <Co>", 'say "hi"'],
+)
+def test_values_are_escaped_as_markupsafe_escapes_them(value: str) -> None:
+    assert html_escape(value) == str(escape(value))
+    assert both_forms({"FIRST_NAME": value}) == {
+        "FIRST_NAME": value,
+        "FIRST_NAME_H": str(escape(value)),
+    }

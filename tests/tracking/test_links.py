@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hmac
+
 import pytest
 
 from jvmail.tracking.links import (
@@ -31,6 +34,19 @@ def test_tokens_are_pinned_and_read_back(
 ) -> None:
     assert keys.sign(*numbers) == token
     assert ROTATED.read(token) == Link(*numbers)
+
+
+@pytest.mark.parametrize("size", [1, 32, 63, 64, 65, 200])
+def test_the_signature_is_hmac_sha256_for_any_key_length(size: int) -> None:
+    """The precomputed inner and outer hashes give what HMAC gives, for keys shorter than a
+    block, a block long, and longer (hashed first)."""
+    key = bytes(range(size % 256)) * (size // 256) + bytes(range(size % 256))
+    ring = Keyring((key,))
+    head, sig = ring.sign(9, 4242, 3).split(".")
+    payload = base64.urlsafe_b64decode(head + "=" * (-len(head) % 4))
+    want = hmac.digest(key, payload, "sha256")[:12]
+    assert base64.urlsafe_b64decode(sig + "=" * (-len(sig) % 4)) == want
+    assert ring.read(f"{head}.{sig}") == Link(9, 4242, 3)
 
 
 def test_urls_carry_the_tokens() -> None:

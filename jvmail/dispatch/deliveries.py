@@ -43,11 +43,14 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, cast
 
 from sqlalchemy import (
+    BindParameter,
     ColumnElement,
     Table,
+    Update,
     and_,
     bindparam,
     case,
@@ -61,11 +64,13 @@ from sqlalchemy import (
     tuple_,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql import Select
+from sqlalchemy.sql.dml import ReturningUpdate
 from sqlalchemy.sql.selectable import ScalarSelect
 
-from jvmail.db.engine import begin_writing, insert_or_skip
+from jvmail.db.engine import begin_writing
 from jvmail.db.models import (
     Delivery,
     DeliveryBatch,
@@ -249,14 +254,29 @@ def claimed(
     """:func:`claim`, and how many rows it found suppressed."""
     now = _now()
     lo, hi = bounds
+    if session.get_bind().dialect.name == "postgresql":
+        params = _bind(m=mailing_id, lo=lo, hi=hi, now=now, limit=limit, until=now + lease)
+        got = _claim_postgres(session, params)
+    else:
+        free = _free(mailing_id, lo, hi, now, limit)
+        got = _claim_sqlite(
+            session, free, _owner(mailing_id), mailing_id, bounds, lease_until=now + lease, now=now
+        )
+    if got.held:
+        _open(session, mailing_id, bounds, now)
+    return got
+
+
+def _free(mailing: Any, lo: Any, hi: Any, now: Any, limit: Any) -> Select[Any]:
+    """The batch's rows a claim may take (values, or parameters bound later), locked."""
     running = exists().where(
-        Mailing.id == mailing_id, Mailing.status.in_((MailingStatus.QUEUED, MailingStatus.SENDING))
+        Mailing.id == mailing, Mailing.status.in_((MailingStatus.QUEUED, MailingStatus.SENDING))
     )
-    free = (
+    return (
         select(Delivery.id)
         .where(
             running,  # a pause or cancel committed before this claim is honoured by it
-            Delivery.mailing_id == mailing_id,
+            Delivery.mailing_id == mailing,
             Delivery.id.between(lo, hi),
             or_(
                 Delivery.status == DeliveryStatus.PENDING,
@@ -267,34 +287,35 @@ def claimed(
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
-    owner = _owner(mailing_id)
-    if session.get_bind().dialect.name == "postgresql":
-        got = _claim_postgres(session, free, owner, bounds, lease_until=now + lease, now=now)
-    else:
-        got = _claim_sqlite(
-            session, free, owner, mailing_id, bounds, lease_until=now + lease, now=now
-        )
-    if got.held:
-        _open(session, mailing_id, bounds, now)
-    return got
 
 
 def _open(session: Session, mailing_id: int, bounds: tuple[int, int], now: dt.datetime) -> None:
     """Stamp the batch claimed (the relay's sign that the mailing's messages flow) and open (the
     tick's sign to look at its rows): in the claim's transaction, so no row is claimed in a
     batch the tick may pass over. A batch not recorded yet is recorded."""
+    params = _bind(m=mailing_id, lo=bounds[0], hi=bounds[1], now=now)
+    session.connection().execute(_open_statement(session.get_bind().dialect.name), params)
+
+
+@cache
+def _open_statement(dialect: str) -> Any:
+    """:func:`_open`'s upsert in ``dialect``, by parameters ``m``, ``lo``, ``hi`` and ``now``."""
     batch = DeliveryBatch
-    lo, hi = bounds
-    stmt = insert_or_skip(session, batch).values(
-        mailing_id=mailing_id, lo=lo, hi=hi, enqueued_at=now, claimed_at=now, open=True
+    now = _param("now", batch.claimed_at)
+    upsert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = upsert(batch).values(
+        mailing_id=_param("m", batch.mailing_id),
+        lo=_param("lo", batch.lo),
+        hi=_param("hi", batch.hi),
+        enqueued_at=now,
+        claimed_at=now,
+        open=True,
     )
     # The recorded range grows to cover the claim's, should a message carry a wider one.
-    widest = func.greatest if session.get_bind().dialect.name == "postgresql" else func.max
-    session.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[batch.mailing_id, batch.lo],
-            set_={"claimed_at": now, "open": True, "hi": widest(batch.hi, stmt.excluded.hi)},
-        )
+    widest = func.greatest if dialect == "postgresql" else func.max
+    return stmt.on_conflict_do_update(
+        index_elements=[batch.mailing_id, batch.lo],
+        set_={"claimed_at": now, "open": True, "hi": widest(batch.hi, stmt.excluded.hi)},
     )
 
 
@@ -341,26 +362,47 @@ def _claim_sqlite(
     return Claim(held, len(fences) - len(held))
 
 
-def _claim_postgres(
-    session: Session,
-    free: Select[int],
-    owner: ScalarSelect[int],
-    bounds: tuple[int, int],
-    *,
-    lease_until: dt.datetime,
-    now: dt.datetime,
-) -> Claim:
-    """The claim as one statement: the free rows locked once (``taken``), each one's subscriber
-    read by primary key once (a lateral probe, so the plan stays a probe per row even while the
-    statistics still count a fresh mailing's tables as empty) with whether it is blocked, then
-    the rows updated by primary key and returned with the addresses, in id order (sorted by
-    PostgreSQL, the status as whether it is blocked: no enum to convert per row)."""
+def _claim_postgres(session: Session, params: dict[str, Any]) -> Claim:
+    """The claim as one statement (:func:`_claim_statement`), its parameters bound."""
+    rows = session.connection().execute(_claim_statement(), params).all()
+    held = [
+        Claimed(d, fence, email, first, sub)
+        for d, fence, blocked, email, first, sub in rows
+        if not blocked
+    ]
+    return Claim(held, len(rows) - len(held))
+
+
+def _param(name: str, column: Any) -> BindParameter[Any]:
+    """A parameter of a statement built once (:func:`functools.cache`), of ``column``'s type,
+    its value given by :func:`_bind`. The hot statements of a batch are built so: building them
+    anew took a worker longer than PostgreSQL took to run them."""
+    return bindparam(f"p_{name}", type_=column.type)  # a column's own name is SQLAlchemy's
+
+
+def _bind(**values: Any) -> dict[str, Any]:
+    """The values of :func:`_param` parameters, by their names."""
+    return {f"p_{name}": value for name, value in values.items()}
+
+
+@cache
+def _claim_statement() -> Select[Any]:
+    """The claim on PostgreSQL, by parameters ``m`` (the mailing), ``lo`` and ``hi`` (the
+    batch), ``now``, ``until`` (the lease's end) and ``limit``: the free rows locked once
+    (``taken``), each one's subscriber read by primary key once (a lateral probe, so the plan
+    stays a probe per row even while the statistics still count a fresh mailing's tables as
+    empty) with whether it is blocked, then the rows updated by primary key and returned with
+    the addresses, in id order (sorted by PostgreSQL, the status as whether it is blocked: no
+    enum to convert per row)."""
+    mailing, now = _param("m", Delivery.mailing_id), _param("now", Delivery.updated_at)
+    lo, hi = _param("lo", Delivery.id), _param("hi", Delivery.id)
+    free = _free(mailing, lo, hi, now, _param("limit", Delivery.id))
     taken = free.add_columns(Delivery.subscriber_id).cte("taken").prefix_with("MATERIALIZED")
     person = (
         select(
             Subscriber.email,
             Subscriber.first_name,
-            _refused(owner).label("blocked"),
+            _refused(_owner(mailing)).label("blocked"),
         )
         .where(Subscriber.id == taken.c.subscriber_id)
         .lateral("person")
@@ -371,7 +413,6 @@ def _claim_postgres(
         .cte("who")
         .prefix_with("MATERIALIZED")
     )
-    lo, hi = bounds
     moved = (
         update(Delivery)
         .where(Delivery.id == who.c.id, Delivery.id.between(lo, hi))
@@ -379,7 +420,7 @@ def _claim_postgres(
             # A suppression committed before this statement is seen by it: honoured at once.
             status=case((who.c.blocked, DeliveryStatus.SUPPRESSED), else_=DeliveryStatus.CLAIMED),
             fence=select(func.nextval("delivery_fence")).scalar_subquery(),
-            lease_until=case((who.c.blocked, None), else_=lease_until),
+            lease_until=case((who.c.blocked, None), else_=_param("until", Delivery.lease_until)),
             updated_at=now,
         )
         .returning(
@@ -392,20 +433,10 @@ def _claim_postgres(
         )
         .cte("moved")
     )
-    rows = (
-        session.connection()  # Core: no ORM objects to keep in step
-        .execute(select(moved).order_by(moved.c.id))
-        .all()
-    )
-    held = [
-        Claimed(d, fence, email, first, sub)
-        for d, fence, blocked, email, first, sub in rows
-        if not blocked
-    ]
-    return Claim(held, len(rows) - len(held))
+    return select(moved).order_by(moved.c.id)
 
 
-def _owner(mailing_id: int | ScalarSelect[int]) -> ScalarSelect[int]:
+def _owner(mailing_id: Any) -> ScalarSelect[int]:
     """The partner whose list the mailing goes to: whose suppressions apply (computed once per
     statement)."""
     return (
@@ -444,7 +475,7 @@ def _new_fence(mailing_id: int, bounds: tuple[int, int]) -> ColumnElement[int]:
     )
 
 
-def _held(fence: int, bounds: tuple[int, int]) -> tuple[ColumnElement[bool], ...]:
+def _held(fence: Any, bounds: tuple[Any, Any]) -> tuple[ColumnElement[bool], ...]:
     """The rows of the claim with this fence within ``bounds`` (its first and last id): a fence
     is one claim's alone, the bounds let the primary key find them."""
     return (Delivery.fence == fence, Delivery.id.between(*bounds))
@@ -478,27 +509,12 @@ def started(session: Session, held: Sequence[Claimed]) -> Started:
     now = _now()
     moved: dict[int, DeliveryStatus] = {}
     connection = session.connection()
+    suppress, send = _start_statements()
     for fence, ids in _claims(held).items():
-        rows = (*_held(fence, (min(ids), max(ids))), Delivery.status == DeliveryStatus.CLAIMED)
-        # A claim's rows are one mailing's: its owner is looked up once, by the first row.
-        first = aliased(Delivery)
-        mailing = select(first.mailing_id).where(first.id == ids[0]).scalar_subquery()
-        blocked = _blocked(_owner(mailing))
-        # Two statements, so that each row's address is judged once; Core, as there are no
-        # ORM objects to keep in step.
-        for d in connection.execute(
-            update(Delivery)
-            .where(*rows, blocked)
-            .values(status=DeliveryStatus.SUPPRESSED, lease_until=None, updated_at=now)
-            .returning(Delivery.id)
-        ).scalars():
+        params = _bind(fence=fence, lo=min(ids), hi=max(ids), first=ids[0], now=now)
+        for d in connection.execute(suppress, params).scalars():
             moved[d] = DeliveryStatus.SUPPRESSED
-        for d in connection.execute(
-            update(Delivery)
-            .where(*rows)
-            .values(status=DeliveryStatus.SENDING, attempts=Delivery.attempts + 1, updated_at=now)
-            .returning(Delivery.id)
-        ).scalars():
+        for d in connection.execute(send, params).scalars():
             moved[d] = DeliveryStatus.SENDING
     mine = {c.delivery_id for c in held}
     if not set(moved) <= mine:
@@ -507,6 +523,35 @@ def started(session: Session, held: Sequence[Claimed]) -> Started:
     going = [c for c in held if moved.get(c.delivery_id) is DeliveryStatus.SENDING]
     suppressed = sum(1 for status in moved.values() if status is DeliveryStatus.SUPPRESSED)
     return Started(going, suppressed)
+
+
+@cache
+def _start_statements() -> tuple[ReturningUpdate[int], ReturningUpdate[int]]:
+    """:func:`started`'s two statements, by parameters ``fence``, ``lo`` and ``hi`` (one
+    claim's rows), ``first`` (one of its ids) and ``now``: those of the rows found blocked become
+    ``suppressed``, then the rest ``sending``; two statements, so that each row's address is
+    judged once. Core, as there are no ORM objects to keep in step."""
+    fence, now = _param("fence", Delivery.fence), _param("now", Delivery.updated_at)
+    bounds = (_param("lo", Delivery.id), _param("hi", Delivery.id))
+    rows = (*_held(fence, bounds), Delivery.status == DeliveryStatus.CLAIMED)
+    # A claim's rows are one mailing's: its owner is looked up once, by the first row.
+    first = aliased(Delivery)
+    mailing = (
+        select(first.mailing_id).where(first.id == _param("first", Delivery.id)).scalar_subquery()
+    )
+    suppress = (
+        update(Delivery)
+        .where(*rows, _blocked(_owner(mailing)))
+        .values(status=DeliveryStatus.SUPPRESSED, lease_until=None, updated_at=now)
+        .returning(Delivery.id)
+    )
+    send = (
+        update(Delivery)
+        .where(*rows)
+        .values(status=DeliveryStatus.SENDING, attempts=Delivery.attempts + 1, updated_at=now)
+        .returning(Delivery.id)
+    )
+    return suppress, send
 
 
 def unclaim(session: Session, held: Sequence[Claimed]) -> int:
@@ -562,25 +607,42 @@ def recorded(
     if runs is None:
         return _record_each(session, outcomes)
     now = _now()
+    connection = session.connection()
     for first, last in runs:
-        stmt = (
-            update(Delivery)
-            .where(
-                *_held(first.fence, (first.delivery_id, last.delivery_id)),
-                Delivery.status == DeliveryStatus.SENDING,
-            )
-            .values(
-                status=first.status,
-                provider_message_id=first.provider_message_id,
-                error=first.error[:1000] if first.error else None,
-                lease_until=None,
-                updated_at=now,
-            )
-            .execution_options(preserve_rowcount=True)
+        params = _bind(
+            fence=first.fence,
+            lo=first.delivery_id,
+            hi=last.delivery_id,
+            status=first.status,
+            message=first.provider_message_id,
+            error=first.error[:1000] if first.error else None,
+            now=now,
         )
-        count = session.connection().execute(stmt).rowcount
+        count = connection.execute(_record_statement(), params).rowcount
         stored[first.status] = stored.get(first.status, 0) + count
     return stored
+
+
+@cache
+def _record_statement() -> Update:
+    """One run of outcomes alike stored, by parameters ``fence``, ``lo``, ``hi``, ``status``,
+    ``message``, ``error`` and ``now``."""
+    bounds = (_param("lo", Delivery.id), _param("hi", Delivery.id))
+    return (
+        update(Delivery)
+        .where(
+            *_held(_param("fence", Delivery.fence), bounds),
+            Delivery.status == DeliveryStatus.SENDING,
+        )
+        .values(
+            status=_param("status", Delivery.status),
+            provider_message_id=_param("message", Delivery.provider_message_id),
+            error=_param("error", Delivery.error),
+            lease_until=None,
+            updated_at=_param("now", Delivery.updated_at),
+        )
+        .execution_options(preserve_rowcount=True)
+    )
 
 
 def _runs(
@@ -735,8 +797,34 @@ def has_rows(
     ``open_only``), the most recently claimed first, stopping at the first match. A mailing
     under way answers at its first batch, and a settled one reads only the rows of the batches
     the tick has not closed yet. A mailing without recorded batches is read directly."""
+    return _probe(session, mailing_id, _probes(where, open_only=open_only), open_only=open_only)
+
+
+def unfinished(session: Session, mailing_id: int) -> bool:
+    """Whether a row of the mailing is still to be sent or in flight."""
+    return _probe(session, mailing_id, _unfinished_probes(), open_only=False)
+
+
+Probes = tuple[Select[Any], Select[Any], Select[Any]]
+
+
+def _probe(session: Session, mailing_id: int, probes: Probes, *, open_only: bool) -> bool:
+    along, any_batch, direct = probes
+    connection, params = session.connection(), _bind(m=mailing_id)
+    if connection.execute(along, params).scalar() is not None:
+        return True
+    if open_only or connection.execute(any_batch, params).scalar():
+        return False
+    # A mailing whose batches were never recorded (the relay records them): its rows, read.
+    return bool(connection.execute(direct, params).scalar())
+
+
+def _probes(where: Sequence[ColumnElement[bool]], *, open_only: bool) -> Probes:
+    """:func:`has_rows`' statements, by parameter ``m`` (the mailing): along its batches' id
+    ranges, whether it has batches, and along its rows."""
     batch = DeliveryBatch
-    batches = select(batch.lo, batch.hi).where(batch.mailing_id == mailing_id)
+    mailing = _param("m", batch.mailing_id)
+    batches = select(batch.lo, batch.hi).where(batch.mailing_id == mailing)
     # A closed batch that was claimed has only final rows: never read.
     batches = batches.where(
         batch.open if open_only else or_(batch.open, batch.claimed_at.is_(None))
@@ -747,19 +835,18 @@ def has_rows(
         .subquery()
     )
     match = any_row(
-        Delivery.id.between(ranges.c.lo, ranges.c.hi), Delivery.mailing_id == mailing_id, *where
+        Delivery.id.between(ranges.c.lo, ranges.c.hi), Delivery.mailing_id == mailing, *where
     )
-    if session.scalar(select(ranges.c.lo).where(match).limit(1)) is not None:
-        return True
-    if open_only or session.scalar(select(exists().where(batch.mailing_id == mailing_id))):
-        return False
-    # A mailing whose batches were never recorded (the relay records them): its rows, read.
-    return bool(session.scalar(select(any_row(Delivery.mailing_id == mailing_id, *where))))
+    return (
+        select(ranges.c.lo).where(match).limit(1),
+        select(exists().where(batch.mailing_id == mailing)),
+        select(any_row(Delivery.mailing_id == mailing, *where)),
+    )
 
 
-def unfinished(session: Session, mailing_id: int) -> bool:
-    """Whether a row of the mailing is still to be sent or in flight."""
-    return has_rows(session, mailing_id, Delivery.status.in_(UNFINISHED))
+@cache
+def _unfinished_probes() -> Probes:
+    return _probes((Delivery.status.in_(UNFINISHED),), open_only=False)
 
 
 def tally(session: Session, mailing_id: int, lo: int, stored: Mapping[DeliveryStatus, int]) -> None:
@@ -770,9 +857,20 @@ def tally(session: Session, mailing_id: int, lo: int, stored: Mapping[DeliverySt
     refused = stored.get(DeliveryStatus.FAILED, 0)
     if not accepted and not refused:
         return
+    params = _bind(m=mailing_id, lo=lo, accepted=accepted, refused=refused)
+    session.connection().execute(_tally_statement(), params)
+
+
+@cache
+def _tally_statement() -> Update:
     batch = DeliveryBatch
-    session.execute(
+    return (
         update(batch)
-        .where(batch.mailing_id == mailing_id, batch.lo == lo)
-        .values(accepted=batch.accepted + accepted, refused=batch.refused + refused)
+        .where(
+            batch.mailing_id == _param("m", batch.mailing_id), batch.lo == _param("lo", batch.lo)
+        )
+        .values(
+            accepted=batch.accepted + _param("accepted", batch.accepted),
+            refused=batch.refused + _param("refused", batch.refused),
+        )
     )

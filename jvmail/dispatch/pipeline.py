@@ -28,9 +28,10 @@ import datetime as dt
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from urllib.parse import quote, urlsplit
 
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import Select, bindparam, exists, func, select, update
 from sqlalchemy.orm import Session, aliased
 
 from jvmail.db.engine import analyze
@@ -178,13 +179,7 @@ def load_message(session: Session, mailing_id: int) -> Message:
     """The mailing's message, rendered once per process and kept while its promotion and its
     sender's settings stay as they are; raises :class:`TemplateProblem` for a broken
     template."""
-    versions = session.execute(
-        select(Promotion.updated_at, Partner.updated_at, HubRecord.updated_at)
-        .join(Mailing, Mailing.promotion_id == Promotion.id)
-        .join(Partner, Partner.id == Mailing.sender_id)
-        .join(HubRecord, HubRecord.id == 1)
-        .where(Mailing.id == mailing_id)
-    ).one()
+    versions = session.connection().execute(_versions_statement(), {"m": mailing_id}).one()
     key = (str(session.connection().engine.url), mailing_id, *versions)
     cached = _RENDERED.get(key)
     if cached is None:
@@ -194,6 +189,19 @@ def load_message(session: Session, mailing_id: int) -> Message:
             _RENDERED.pop(next(iter(_RENDERED)))
         _RENDERED[key] = cached
     return cached
+
+
+@cache
+def _versions_statement() -> Select[dt.datetime, dt.datetime, dt.datetime]:
+    """When the mailing's promotion, its sender and the hub last changed, by parameter ``m``
+    (built once: it runs for every batch)."""
+    return (
+        select(Promotion.updated_at, Partner.updated_at, HubRecord.updated_at)
+        .join(Mailing, Mailing.promotion_id == Promotion.id)
+        .join(Partner, Partner.id == Mailing.sender_id)
+        .join(HubRecord, HubRecord.id == 1)
+        .where(Mailing.id == bindparam("m", type_=Mailing.id.type))
+    )
 
 
 def _render_message(session: Session, mailing_id: int) -> Message:
@@ -461,15 +469,20 @@ def _still_running(session: Session, mailing_id: int) -> bool:
     a share lock kept until the caller's commit: a pause or cancel waits for the rows this
     transaction marks in flight, and a start that comes after one sees it. So once a pause has
     committed, the only rows that may still reach the provider are those then ``sending``."""
-    running = session.scalar(
+    running = session.connection().execute(_running_statement(), {"m": mailing_id}).scalar()
+    return running is not None
+
+
+@cache
+def _running_statement() -> Select[int]:
+    return (
         select(Mailing.id)
         .where(
-            Mailing.id == mailing_id,
+            Mailing.id == bindparam("m", type_=Mailing.id.type),
             Mailing.status.in_((MailingStatus.QUEUED, MailingStatus.SENDING)),
         )
         .with_for_update(read=True)
     )
-    return running is not None
 
 
 def _hold(limiter: Limiter, clock: Clock, message: Message, problem: ProviderError) -> None:

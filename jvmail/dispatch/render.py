@@ -48,6 +48,7 @@ __all__ = [
     "LIMITS",
     "Limits",
     "Mailer",
+    "MarkerNames",
     "Rendered",
     "TemplateProblem",
     "both_forms",
@@ -403,9 +404,28 @@ def html_escape(value: str) -> str:
     return str(escape(value)) if _UNSAFE.search(value) else value
 
 
-def both_forms(values: Mapping[str, str]) -> dict[str, str]:
-    """One recipient's values as plain text, and HTML-escaped under ``NAME_H``."""
-    return {**values, **{f"{k}_H": html_escape(v) for k, v in values.items()}}
+class MarkerNames(dict[str, tuple[str, str]]):
+    """Marker -> the names a provider gives its plain value and its HTML-escaped copy
+    (``NAME_H``), made once per marker rather than once per recipient."""
+
+    def __init__(self, name: Callable[[str], str]) -> None:
+        super().__init__()
+        self.name = name
+
+    def __missing__(self, marker: str) -> tuple[str, str]:
+        names = self[marker] = (self.name(marker), self.name(f"{marker}_H"))
+        return names
+
+
+_SAME = MarkerNames(str)
+
+
+def both_forms(values: Mapping[str, str], names: MarkerNames = _SAME) -> dict[str, str]:
+    """One recipient's values as plain text, and HTML-escaped under ``NAME_H``; each name as
+    ``names`` writes it for a provider."""
+    forms = {names[k][0]: v for k, v in values.items()}
+    forms.update({names[k][1]: html_escape(v) for k, v in values.items()})
+    return forms
 
 
 def fill(part: str, values: Mapping[str, str], *, html: bool) -> str:

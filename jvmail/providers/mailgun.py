@@ -18,7 +18,7 @@ from email.utils import formataddr
 import orjson
 import requests
 
-from jvmail.dispatch.render import both_forms, for_provider
+from jvmail.dispatch.render import MarkerNames, both_forms, for_provider
 from jvmail.providers.base import (
     Capabilities,
     OutboundBatch,
@@ -30,6 +30,8 @@ from jvmail.providers.base import (
 from jvmail.providers.http import TIMEOUT, FormValue, post
 
 __all__ = ["MailgunProvider"]
+
+_NAMES = MarkerNames(str.lower)  # the recipient variables are named in lower case
 
 API = {"us": "https://api.mailgun.net", "eu": "https://api.eu.mailgun.net"}
 
@@ -60,7 +62,7 @@ class MailgunProvider(Provider):
         subject, text, html = for_provider(batch.skeleton.rendered, _var)
         per: dict[str, dict[str, str]] = {}
         for r in recipients:
-            values = {k.lower(): v for k, v in both_forms(r.values).items()}
+            values = both_forms(r.values, _NAMES)
             per[r.email] = values | {"jv_delivery": str(r.delivery_id)}
         fields = [("from", self.sender)] + [("to", r.email) for r in recipients]
         fields += [

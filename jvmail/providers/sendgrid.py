@@ -27,7 +27,7 @@ from typing import Any
 
 import requests
 
-from jvmail.dispatch.render import both_forms, for_provider
+from jvmail.dispatch.render import MarkerNames, both_forms, for_provider
 from jvmail.providers.base import (
     Capabilities,
     OutboundBatch,
@@ -47,6 +47,9 @@ _RECIPIENT_FIELD = re.compile(r"personalizations\.(\d+)\.to\.\d+\.email")
 
 def _key(name: str) -> str:
     return f"%%JV_{name}%%"
+
+
+_NAMES = MarkerNames(_key)
 
 
 class SendGridProvider(Provider):
@@ -70,7 +73,7 @@ class SendGridProvider(Provider):
         subject, text, html = for_provider(batch.skeleton.rendered, _key)
         personalizations = []
         for r in recipients:
-            subs = {_key(k): v for k, v in both_forms(r.values).items()}
+            subs = both_forms(r.values, _NAMES)
             personalizations.append(
                 {
                     "to": [{"email": r.email}],

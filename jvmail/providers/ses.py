@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from jvmail.dispatch.render import both_forms, for_provider
+from jvmail.dispatch.render import MarkerNames, both_forms, for_provider
 from jvmail.providers.base import (
     Capabilities,
     OutboundBatch,
@@ -35,6 +35,8 @@ from jvmail.providers.base import (
 )
 
 __all__ = ["SesProvider"]
+
+_NAMES = MarkerNames(str.lower)  # the recipient variables are named in lower case
 
 _LATER = {"ACCOUNT_THROTTLED", "ACCOUNT_DAILY_QUOTA_EXCEEDED", "TRANSIENT_FAILURE"}
 _ACCOUNT = {
@@ -102,7 +104,7 @@ class SesProvider(Provider):
         subject, text, html = for_provider(batch.skeleton.rendered, _var)
         entries = []
         for r in recipients:
-            data = {k.lower(): v for k, v in both_forms(r.values).items()}
+            data = both_forms(r.values, _NAMES)
             unsubscribe = f"<{r.values['UNSUBSCRIBE']}>, <{batch.unsubscribe_mailto}>"
             entries.append(
                 {

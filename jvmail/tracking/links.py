@@ -19,7 +19,7 @@ import binascii
 import hashlib
 import hmac
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple
@@ -124,9 +124,24 @@ class Keyring:
         return outer.digest()[:_SIG_BYTES]
 
     def sign(self, mailing: int, delivery: int, index: int) -> str:
+        return self.sign_links(mailing, delivery, (index,))[0]
+
+    def sign_links(self, mailing: int, delivery: int, indexes: Iterable[int]) -> list[str]:
+        """The tokens of one delivery's links ``indexes``: the start their payloads share is
+        hashed once, each token then hashes its own index and the outer hash."""
         number = len(self.keys) - 1
-        payload = _varint(number) + _varint(mailing) + _varint(delivery) + _varint(index)
-        return f"{_b64(payload)}.{_b64(self._sig(number, payload))}"
+        head = _varint(number) + _varint(mailing) + _varint(delivery)
+        inner, outer = self._pads[number]
+        inner = inner.copy()
+        inner.update(head)
+        tokens = []
+        for index in indexes:
+            tail = _varint(index)
+            mine, sig = inner.copy(), outer.copy()
+            mine.update(tail)
+            sig.update(mine.digest())
+            tokens.append(f"{_b64(head + tail)}.{_b64(sig.digest()[:_SIG_BYTES])}")
+        return tokens
 
     def read(self, token: str) -> Link | None:
         """The link a genuine token stands for; None for anything tampered, truncated or signed
@@ -152,9 +167,12 @@ def delivery_urls(
     """A delivery's click URLs (links 1 to ``links``), its unsubscribe URL and its open URL, as
     :func:`click_url`, :func:`unsubscribe_url` and :func:`open_url` give them; the last two
     carry the same token, signed once."""
-    clicks = [click_url(base_url, keys, mailing, delivery, n) for n in range(1, links + 1)]
-    token = keys.sign(mailing, delivery, UNSUBSCRIBE)
-    return clicks, f"{base_url}/u/{token}", f"{base_url}/o/{token}.gif"
+    *clicks, token = keys.sign_links(mailing, delivery, (*range(1, links + 1), UNSUBSCRIBE))
+    return (
+        [f"{base_url}/c/{t}" for t in clicks],
+        f"{base_url}/u/{token}",
+        f"{base_url}/o/{token}.gif",
+    )
 
 
 def click_url(base_url: str, keys: Keyring, mailing: int, delivery: int, index: int) -> str:

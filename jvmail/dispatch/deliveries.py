@@ -44,7 +44,8 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, cast
+from operator import itemgetter
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import (
     BindParameter,
@@ -115,8 +116,7 @@ UNFINISHED = (DeliveryStatus.PENDING, DeliveryStatus.CLAIMED, DeliveryStatus.SEN
 UNSETTLED = (*UNFINISHED, DeliveryStatus.UNKNOWN)
 
 
-@dataclass(frozen=True)
-class Claimed:
+class Claimed(NamedTuple):  # a tuple: a batch makes a thousand of them
     """A row a worker holds: send only while ``fence`` is still the row's."""
 
     delivery_id: int
@@ -126,8 +126,7 @@ class Claimed:
     subscriber_id: int  # the send guard's name for the recipient (stable across a restore)
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     """What the provider said about one recipient."""
 
     delivery_id: int
@@ -654,10 +653,9 @@ def _runs(
     is then every held row between its first and last id, so its range matches it alone."""
     if len(outcomes) != len(held):
         return None
-    ordered = sorted(outcomes, key=lambda o: o.delivery_id)
-    if [o.delivery_id for o in ordered] != sorted(c.delivery_id for c in held):
-        return None
-    if {(c.delivery_id, c.fence) for c in held} != {(o.delivery_id, o.fence) for o in ordered}:
+    ordered = sorted(outcomes, key=itemgetter(0))  # by delivery id
+    # The same (id, fence) pairs, each once: held ids are distinct, so a repeat differs.
+    if [o[:2] for o in ordered] != sorted(c[:2] for c in held):
         return None
     runs: list[tuple[Outcome, Outcome]] = []
     for o in ordered:
@@ -671,12 +669,8 @@ def _runs(
 
 
 def _alike(a: Outcome, b: Outcome) -> bool:
-    return (a.fence, a.status, a.provider_message_id, a.error) == (
-        b.fence,
-        b.status,
-        b.provider_message_id,
-        b.error,
-    )
+    """Same fence, status, message id and error."""
+    return a[1:] == b[1:]
 
 
 def _record_each(session: Session, outcomes: Sequence[Outcome]) -> dict[DeliveryStatus, int]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 from jvmail.dispatch.mime import Skeleton, png_name, whole_message
 from jvmail.errors import JvmailError
@@ -49,8 +49,7 @@ class Capabilities:
     single: bool = False  # sends one whole message with inline images (send_message)
 
 
-@dataclass(frozen=True)
-class Recipient:
+class Recipient(NamedTuple):  # a tuple, as Result: a batch makes a thousand of each
     delivery_id: int
     email: str
     values: dict[str, str]  # marker name -> value (see jvmail.dispatch.render.markers)
@@ -104,8 +103,7 @@ class SingleMessage:
         )
 
 
-@dataclass(frozen=True)
-class Result:
+class Result(NamedTuple):
     delivery_id: int
     accepted: bool
     message_id: str | None = None

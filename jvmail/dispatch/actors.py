@@ -27,8 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 import gc
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import dramatiq
@@ -100,16 +99,6 @@ class Runtime:
     def session(self) -> Session:
         return self.sessions()()
 
-    @contextmanager
-    def held_session(self) -> Iterator[Session]:
-        """A session whose transactions all run on one connection, kept until the block ends:
-        a batch commits four or five times, and each checkout from the pool costs a round trip
-        to ping the connection."""
-        maker = self.sessions()
-        assert self._engine is not None
-        with self._engine.connect() as connection, maker(bind=connection) as session:
-            yield session
-
     def close(self) -> None:
         if self._engine is not None:
             self._engine.dispose()
@@ -127,7 +116,7 @@ def declare(broker: dramatiq.Broker, runtime: Runtime) -> Actors:
     """Declare the pipeline's actors on ``broker``."""
 
     def jv_send(mailing_id: int, lo: int, hi: int) -> None:
-        with runtime.held_session() as session:
+        with runtime.session() as session:
             try:
                 provider = runtime.provider(mailing_id)
             except ProviderError as exc:

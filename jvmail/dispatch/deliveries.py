@@ -847,7 +847,8 @@ def _unfinished_probes() -> Probes:
 def tally(session: Session, mailing_id: int, lo: int, stored: Mapping[DeliveryStatus, int]) -> None:
     """Add the outcomes a worker just stored (:func:`recorded`, in its transaction) to its
     batch's accepted and refused tallies: a mailing's refusal share is then a sum over its
-    batches, and no row is read to keep it. (What webhooks settle later is not counted here.)"""
+    batches, and no row is read to keep it. (What webhooks and the reconciler settle later is
+    not counted here.)"""
     accepted = stored.get(DeliveryStatus.ACCEPTED, 0)
     refused = stored.get(DeliveryStatus.FAILED, 0)
     if not accepted and not refused:

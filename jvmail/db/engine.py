@@ -11,7 +11,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, make_url
+from sqlalchemy import BindParameter, Connection, Engine, bindparam, create_engine, event, make_url
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session, sessionmaker
@@ -20,11 +20,13 @@ __all__ = [
     "DEFAULT_DATABASE_URL",
     "analyze",
     "begin_writing",
+    "bind",
     "insert_or_skip",
     "is_sqlite",
     "make_engine",
     "make_sessionmaker",
     "normalize_url",
+    "param",
 ]
 
 DEFAULT_DATABASE_URL = "sqlite:///jvmail.db"
@@ -103,9 +105,23 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-def insert_or_skip(session: Session, table: Any) -> Any:
-    """An INSERT for ``table`` in the session's dialect, which offers ``on_conflict_do_nothing``
-    (PostgreSQL and SQLite both have it; SQLAlchemy spells it per dialect)."""
-    if session.get_bind().dialect.name == "postgresql":
+def insert_or_skip(session: Session | str, table: Any) -> Any:
+    """An INSERT for ``table`` in the session's dialect (or the dialect so named), which offers
+    ``on_conflict_do_nothing`` (PostgreSQL and SQLite both have it; SQLAlchemy spells it per
+    dialect)."""
+    name = session if isinstance(session, str) else session.get_bind().dialect.name
+    if name == "postgresql":
         return postgresql.insert(table)
     return sqlite.insert(table)
+
+
+def param(name: str, column: Any) -> BindParameter[Any]:
+    """A parameter of ``column``'s type for a statement built once (``functools.cache``) and
+    run many times, its value given by :func:`bind`. Hot statements are built so: building one
+    anew can take longer than the database takes to run it."""
+    return bindparam(f"p_{name}", type_=column.type)  # a column's own name is SQLAlchemy's
+
+
+def bind(**values: Any) -> dict[str, Any]:
+    """The values of :func:`param` parameters, by their names."""
+    return {f"p_{name}": value for name, value in values.items()}

@@ -48,7 +48,6 @@ from operator import itemgetter
 from typing import Any, NamedTuple, cast
 
 from sqlalchemy import (
-    BindParameter,
     ColumnElement,
     Table,
     Update,
@@ -65,13 +64,12 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql import Select
 from sqlalchemy.sql.dml import ReturningUpdate
 from sqlalchemy.sql.selectable import ScalarSelect
 
-from jvmail.db.engine import begin_writing
+from jvmail.db.engine import begin_writing, bind, insert_or_skip, param
 from jvmail.db.models import (
     Delivery,
     DeliveryBatch,
@@ -254,7 +252,7 @@ def claimed(
     now = _now()
     lo, hi = bounds
     if session.get_bind().dialect.name == "postgresql":
-        params = _bind(m=mailing_id, lo=lo, hi=hi, now=now, limit=limit, until=now + lease)
+        params = bind(m=mailing_id, lo=lo, hi=hi, now=now, limit=limit, until=now + lease)
         got = _claim_postgres(session, params)
     else:
         free = _free(mailing_id, lo, hi, now, limit)
@@ -292,7 +290,7 @@ def _open(session: Session, mailing_id: int, bounds: tuple[int, int], now: dt.da
     """Stamp the batch claimed (the relay's sign that the mailing's messages flow) and open (the
     tick's sign to look at its rows): in the claim's transaction, so no row is claimed in a
     batch the tick may pass over. A batch not recorded yet is recorded."""
-    params = _bind(m=mailing_id, lo=bounds[0], hi=bounds[1], now=now)
+    params = bind(m=mailing_id, lo=bounds[0], hi=bounds[1], now=now)
     session.connection().execute(_open_statement(session.get_bind().dialect.name), params)
 
 
@@ -300,12 +298,11 @@ def _open(session: Session, mailing_id: int, bounds: tuple[int, int], now: dt.da
 def _open_statement(dialect: str) -> Any:
     """:func:`_open`'s upsert in ``dialect``, by parameters ``m``, ``lo``, ``hi`` and ``now``."""
     batch = DeliveryBatch
-    now = _param("now", batch.claimed_at)
-    upsert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = upsert(batch).values(
-        mailing_id=_param("m", batch.mailing_id),
-        lo=_param("lo", batch.lo),
-        hi=_param("hi", batch.hi),
+    now = param("now", batch.claimed_at)
+    stmt = insert_or_skip(dialect, batch).values(
+        mailing_id=param("m", batch.mailing_id),
+        lo=param("lo", batch.lo),
+        hi=param("hi", batch.hi),
         enqueued_at=now,
         claimed_at=now,
         open=True,
@@ -372,18 +369,6 @@ def _claim_postgres(session: Session, params: dict[str, Any]) -> Claim:
     return Claim(held, len(rows) - len(held))
 
 
-def _param(name: str, column: Any) -> BindParameter[Any]:
-    """A parameter of a statement built once (:func:`functools.cache`), of ``column``'s type,
-    its value given by :func:`_bind`. The hot statements of a batch are built so: building them
-    anew took a worker longer than PostgreSQL took to run them."""
-    return bindparam(f"p_{name}", type_=column.type)  # a column's own name is SQLAlchemy's
-
-
-def _bind(**values: Any) -> dict[str, Any]:
-    """The values of :func:`_param` parameters, by their names."""
-    return {f"p_{name}": value for name, value in values.items()}
-
-
 @cache
 def _claim_statement() -> Select[Any]:
     """The claim on PostgreSQL, by parameters ``m`` (the mailing), ``lo`` and ``hi`` (the
@@ -393,9 +378,9 @@ def _claim_statement() -> Select[Any]:
     empty) with whether it is blocked, then the rows updated by primary key and returned with
     the addresses, in id order (sorted by PostgreSQL, the status as whether it is blocked: no
     enum to convert per row)."""
-    mailing, now = _param("m", Delivery.mailing_id), _param("now", Delivery.updated_at)
-    lo, hi = _param("lo", Delivery.id), _param("hi", Delivery.id)
-    free = _free(mailing, lo, hi, now, _param("limit", Delivery.id))
+    mailing, now = param("m", Delivery.mailing_id), param("now", Delivery.updated_at)
+    lo, hi = param("lo", Delivery.id), param("hi", Delivery.id)
+    free = _free(mailing, lo, hi, now, param("limit", Delivery.id))
     taken = free.add_columns(Delivery.subscriber_id).cte("taken").prefix_with("MATERIALIZED")
     person = (
         select(
@@ -420,7 +405,7 @@ def _claim_statement() -> Select[Any]:
             # A suppression committed before this statement is seen by it: honoured at once.
             status=case((who.c.blocked, DeliveryStatus.SUPPRESSED), else_=DeliveryStatus.CLAIMED),
             fence=select(func.nextval("delivery_fence")).scalar_subquery(),
-            lease_until=case((who.c.blocked, None), else_=_param("until", Delivery.lease_until)),
+            lease_until=case((who.c.blocked, None), else_=param("until", Delivery.lease_until)),
             updated_at=now,
         )
         .returning(
@@ -511,7 +496,7 @@ def started(session: Session, held: Sequence[Claimed]) -> Started:
     connection = session.connection()
     suppress, send = _start_statements()
     for fence, ids in _claims(held).items():
-        params = _bind(fence=fence, lo=min(ids), hi=max(ids), first=ids[0], now=now)
+        params = bind(fence=fence, lo=min(ids), hi=max(ids), first=ids[0], now=now)
         for d in connection.execute(suppress, params).scalars():
             moved[d] = DeliveryStatus.SUPPRESSED
         for d in connection.execute(send, params).scalars():
@@ -531,13 +516,13 @@ def _start_statements() -> tuple[ReturningUpdate[int], ReturningUpdate[int]]:
     claim's rows), ``first`` (one of its ids) and ``now``: those of the rows found blocked become
     ``suppressed``, then the rest ``sending``; two statements, so that each row's address is
     judged once. Core, as there are no ORM objects to keep in step."""
-    fence, now = _param("fence", Delivery.fence), _param("now", Delivery.updated_at)
-    bounds = (_param("lo", Delivery.id), _param("hi", Delivery.id))
+    fence, now = param("fence", Delivery.fence), param("now", Delivery.updated_at)
+    bounds = (param("lo", Delivery.id), param("hi", Delivery.id))
     rows = (*_held(fence, bounds), Delivery.status == DeliveryStatus.CLAIMED)
     # A claim's rows are one mailing's: its owner is looked up once, by the first row.
     first = aliased(Delivery)
     mailing = (
-        select(first.mailing_id).where(first.id == _param("first", Delivery.id)).scalar_subquery()
+        select(first.mailing_id).where(first.id == param("first", Delivery.id)).scalar_subquery()
     )
     suppress = (
         update(Delivery)
@@ -609,7 +594,7 @@ def recorded(
     now = _now()
     connection = session.connection()
     for first, last in runs:
-        params = _bind(
+        params = bind(
             fence=first.fence,
             lo=first.delivery_id,
             hi=last.delivery_id,
@@ -627,19 +612,19 @@ def recorded(
 def _record_statement() -> Update:
     """One run of outcomes alike stored, by parameters ``fence``, ``lo``, ``hi``, ``status``,
     ``message``, ``error`` and ``now``."""
-    bounds = (_param("lo", Delivery.id), _param("hi", Delivery.id))
+    bounds = (param("lo", Delivery.id), param("hi", Delivery.id))
     return (
         update(Delivery)
         .where(
-            *_held(_param("fence", Delivery.fence), bounds),
+            *_held(param("fence", Delivery.fence), bounds),
             Delivery.status == DeliveryStatus.SENDING,
         )
         .values(
-            status=_param("status", Delivery.status),
-            provider_message_id=_param("message", Delivery.provider_message_id),
-            error=_param("error", Delivery.error),
+            status=param("status", Delivery.status),
+            provider_message_id=param("message", Delivery.provider_message_id),
+            error=param("error", Delivery.error),
             lease_until=None,
-            updated_at=_param("now", Delivery.updated_at),
+            updated_at=param("now", Delivery.updated_at),
         )
         .execution_options(preserve_rowcount=True)
     )
@@ -805,7 +790,7 @@ Probes = tuple[Select[Any], Select[Any], Select[Any]]
 
 def _probe(session: Session, mailing_id: int, probes: Probes, *, open_only: bool) -> bool:
     along, any_batch, direct = probes
-    connection, params = session.connection(), _bind(m=mailing_id)
+    connection, params = session.connection(), bind(m=mailing_id)
     if connection.execute(along, params).scalar() is not None:
         return True
     if open_only or connection.execute(any_batch, params).scalar():
@@ -818,7 +803,7 @@ def _probes(where: Sequence[ColumnElement[bool]], *, open_only: bool) -> Probes:
     """:func:`has_rows`' statements, by parameter ``m`` (the mailing): along its batches' id
     ranges, whether it has batches, and along its rows."""
     batch = DeliveryBatch
-    mailing = _param("m", batch.mailing_id)
+    mailing = param("m", batch.mailing_id)
     batches = select(batch.lo, batch.hi).where(batch.mailing_id == mailing)
     # A closed batch that was claimed has only final rows: never read.
     batches = batches.where(
@@ -853,7 +838,7 @@ def tally(session: Session, mailing_id: int, lo: int, stored: Mapping[DeliverySt
     refused = stored.get(DeliveryStatus.FAILED, 0)
     if not accepted and not refused:
         return
-    params = _bind(m=mailing_id, lo=lo, accepted=accepted, refused=refused)
+    params = bind(m=mailing_id, lo=lo, accepted=accepted, refused=refused)
     session.connection().execute(_tally_statement(), params)
 
 
@@ -862,11 +847,9 @@ def _tally_statement() -> Update:
     batch = DeliveryBatch
     return (
         update(batch)
-        .where(
-            batch.mailing_id == _param("m", batch.mailing_id), batch.lo == _param("lo", batch.lo)
-        )
+        .where(batch.mailing_id == param("m", batch.mailing_id), batch.lo == param("lo", batch.lo))
         .values(
-            accepted=batch.accepted + _param("accepted", batch.accepted),
-            refused=batch.refused + _param("refused", batch.refused),
+            accepted=batch.accepted + param("accepted", batch.accepted),
+            refused=batch.refused + param("refused", batch.refused),
         )
     )

@@ -31,10 +31,10 @@ from dataclasses import dataclass
 from functools import cache
 from urllib.parse import quote, urlsplit
 
-from sqlalchemy import Select, bindparam, exists, func, select, update
+from sqlalchemy import Select, exists, func, select, update
 from sqlalchemy.orm import Session, aliased
 
-from jvmail.db.engine import analyze
+from jvmail.db.engine import analyze, bind, param
 from jvmail.db.models import (
     Delivery,
     DeliveryBatch,
@@ -179,7 +179,7 @@ def load_message(session: Session, mailing_id: int) -> Message:
     """The mailing's message, rendered once per process and kept while its promotion and its
     sender's settings stay as they are; raises :class:`TemplateProblem` for a broken
     template."""
-    versions = session.connection().execute(_versions_statement(), {"m": mailing_id}).one()
+    versions = session.connection().execute(_versions_statement(), bind(m=mailing_id)).one()
     key = (str(session.connection().engine.url), mailing_id, *versions)
     cached = _RENDERED.get(key)
     if cached is None:
@@ -200,7 +200,7 @@ def _versions_statement() -> Select[dt.datetime, dt.datetime, dt.datetime]:
         .join(Mailing, Mailing.promotion_id == Promotion.id)
         .join(Partner, Partner.id == Mailing.sender_id)
         .join(HubRecord, HubRecord.id == 1)
-        .where(Mailing.id == bindparam("m", type_=Mailing.id.type))
+        .where(Mailing.id == param("m", Mailing.id))
     )
 
 
@@ -469,7 +469,7 @@ def _still_running(session: Session, mailing_id: int) -> bool:
     a share lock kept until the caller's commit: a pause or cancel waits for the rows this
     transaction marks in flight, and a start that comes after one sees it. So once a pause has
     committed, the only rows that may still reach the provider are those then ``sending``."""
-    running = session.connection().execute(_running_statement(), {"m": mailing_id}).scalar()
+    running = session.connection().execute(_running_statement(), bind(m=mailing_id)).scalar()
     return running is not None
 
 
@@ -478,7 +478,7 @@ def _running_statement() -> Select[int]:
     return (
         select(Mailing.id)
         .where(
-            Mailing.id == bindparam("m", type_=Mailing.id.type),
+            Mailing.id == param("m", Mailing.id),
             Mailing.status.in_((MailingStatus.QUEUED, MailingStatus.SENDING)),
         )
         .with_for_update(read=True)

@@ -39,6 +39,7 @@ from jvmail.db import make_engine, make_sessionmaker
 from jvmail.dispatch.deliveries import close_batches, expire
 from jvmail.dispatch.guard import SendGuard
 from jvmail.dispatch.limits import Limiter, MemoryLimiter, account_key
+from jvmail.dispatch.outbox import PARTS
 from jvmail.dispatch.pipeline import (
     LEASE,
     dispatch,
@@ -87,6 +88,7 @@ class Runtime:
     guard: SendGuard | None = None  # who was handed over, outside the database (Redis)
     relay_after: dt.timedelta = RELAY_AFTER  # a queued mailing this still is re-enqueued
     batch: int = BATCH  # deliveries per batch message
+    parts: int = PARTS  # connections a large mailing's deliveries are made on at once
     _engine: Engine | None = field(default=None, repr=False)
     _maker: sessionmaker[Session] | None = field(default=None, repr=False)
 
@@ -140,7 +142,7 @@ def declare(broker: dramatiq.Broker, runtime: Runtime) -> Actors:
 
     def jv_dispatch(mailing_id: int) -> None:
         with runtime.session() as session:
-            bounds = dispatch(session, mailing_id, runtime.batch)
+            bounds = dispatch(session, mailing_id, runtime.batch, runtime.parts)
         for lo, hi in bounds:
             send.send(mailing_id, lo, hi)
 

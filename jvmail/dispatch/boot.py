@@ -4,8 +4,9 @@ environment.
 ``JVMAIL_REDIS_URL`` (the broker; required for workers), ``JVMAIL_DATABASE_URL`` (default
 ``sqlite:///jvmail.db``), ``JVMAIL_OUTBOX`` (when set, every message goes to this outbox folder
 instead of the senders' own accounts), ``JVMAIL_LEASE_SECONDS`` (how long a claimed batch is
-one worker's; default 600) and ``JVMAIL_REDIS_NAMESPACE`` (to keep several hubs on one Redis
-apart; default ``jvmail``).
+one worker's; default 600), ``JVMAIL_MATERIALIZE_PARTS`` (on PostgreSQL, how many connections
+make a large mailing's deliveries at once; default 2) and ``JVMAIL_REDIS_NAMESPACE`` (to keep
+several hubs on one Redis apart; default ``jvmail``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from jvmail.db.models import Mailing, Partner
 from jvmail.dispatch.actors import Actors, Runtime, declare, settle_heap
 from jvmail.dispatch.guard import RedisGuard
 from jvmail.dispatch.limits import RedisLimiter
+from jvmail.dispatch.outbox import PARTS
 from jvmail.providers.base import Provider
 from jvmail.providers.factory import build_provider
 
@@ -40,9 +42,19 @@ def runtime_from_env() -> Runtime:
         lambda mailing: pick(mailing),  # noqa: PLW0108 - `pick` is bound below (late)
         lease=lease,
         relay_after=max(lease / 5, dt.timedelta(seconds=1)),
+        parts=_whole_number("JVMAIL_MATERIALIZE_PARTS", PARTS),
     )
     pick = senders_accounts(runtime, Path(outbox) if outbox else None)
     return runtime
+
+
+def _whole_number(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{name}={raw!r}: expected a whole number of 1 or more (or unset it)")
+    return int(raw)
 
 
 def senders_accounts(

@@ -19,10 +19,17 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 
-from sqlalchemy import func, select, update
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
 
-from jvmail.db.models import Delivery, DeliveryStatus, LedgerKind, MailingStatus, Partner
+from jvmail.db.models import (
+    Delivery,
+    DeliveryBatch,
+    DeliveryStatus,
+    LedgerKind,
+    MailingStatus,
+    Partner,
+)
 from jvmail.ledger import post
 from jvmail.ledger.book import load_entries
 from jvmail.ledger.postings import effective_values
@@ -52,7 +59,9 @@ def pause(session: Session, ids: Iterable[int], now: dt.datetime) -> list[Mailin
 def resume(session: Session, ids: Iterable[int], now: dt.datetime) -> list[MailingRow]:
     mailings = mailings_in(session, ids, (MailingStatus.PAUSED,), verb="resume", what="paused")
     for m in mailings:
-        dispatched = session.scalar(select(func.count()).where(Delivery.mailing_id == m.id))
+        # Dispatched when its batches were recorded (with its move to queued): rows alone may
+        # be what a dispatcher that died half way left (see jvmail.dispatch.outbox).
+        dispatched = session.scalar(select(exists().where(DeliveryBatch.mailing_id == m.id)))
         if dispatched:
             m.status = MailingStatus.QUEUED
         else:

@@ -7,10 +7,8 @@ A Delivery is one message of one mailing to one subscriber. Its life:
        +--lease expired---+                  +--lease expired--> unknown (reconciled, never resent)
     claimed --claim or start finds the address suppressed--> suppressed
 
-* :func:`materialize` creates a mailing's rows in one set-based statement, before anything is
-  enqueued: subscribed, unarchived addresses of the list, minus the owner's suppressions, and
-  minus addresses the owner already has a delivery of the same promotion for (one message per
-  address even when it is on several of the owner's lists).
+* :func:`~jvmail.dispatch.outbox.materialize` creates a mailing's rows in bulk, before anything
+  is enqueued.
 * :func:`claim` takes up to ``limit`` rows of a batch (an id range) in one statement: pending
   ones, or claimed ones whose lease ran out (their worker died before the provider call). The
   claim stamps every row it takes with one new ``fence``, different from any fence these rows
@@ -56,8 +54,6 @@ from sqlalchemy import (
     case,
     exists,
     func,
-    insert,
-    literal,
     or_,
     select,
     true,
@@ -96,7 +92,6 @@ __all__ = [
     "expire",
     "has_rows",
     "in_open_batches",
-    "materialize",
     "record",
     "recorded",
     "release",
@@ -136,65 +131,6 @@ class Outcome(NamedTuple):
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def materialize(session: Session, mailing_id: int) -> int | None:
-    """Create the mailing's Delivery rows; the number created, or None when the mailing is not
-    (or no longer) waiting to be sent, e.g. because another dispatcher took it first."""
-    taken = session.execute(
-        update(Mailing)
-        .where(Mailing.id == mailing_id, Mailing.status.in_(SENDABLE))
-        .values(status=MailingStatus.QUEUED, updated_at=_now())
-        .returning(Mailing.promotion_id, Mailing.sender_id, Mailing.list_id)
-    ).first()
-    if taken is None:
-        return None
-    promotion_id, sender_id, list_id = taken
-    sub = Subscriber
-    # The owner's other mailings of this promotion, looked up first: most mailings have none,
-    # and then the statement has no probe of the delivery table at all. When they exist, the
-    # probe names them, so it never walks the rows this statement is inserting (a plan that
-    # rescans the table per subscriber would otherwise grow quadratic in the list's size).
-    others = list(
-        session.scalars(
-            select(Mailing.id).where(
-                Mailing.promotion_id == promotion_id,
-                Mailing.sender_id == sender_id,
-                Mailing.id != mailing_id,
-            )
-        )
-    )
-    suppressed = exists().where(Suppression.partner_id == sender_id, Suppression.email == sub.email)
-    wanted = [
-        sub.list_id == list_id,
-        sub.status == SubscriberStatus.SUBSCRIBED,
-        sub.archived_at.is_(None),
-        ~suppressed,
-    ]
-    if others:
-        other_sub, other_delivery = aliased(Subscriber), aliased(Delivery)
-        already = exists().where(
-            other_delivery.mailing_id.in_(others),
-            other_delivery.subscriber_id == other_sub.id,
-            other_sub.email == sub.email,
-        )
-        wanted.append(~already)
-    rows = (
-        select(
-            literal(mailing_id),
-            sub.id,
-            literal(DeliveryStatus.PENDING.value),
-            literal(0),
-            literal(0),
-            literal(_now()),
-        )
-        .where(*wanted)
-        .order_by(sub.id)
-    )
-    cols = ["mailing_id", "subscriber_id", "status", "attempts", "fence", "updated_at"]
-    table = cast(Table, Delivery.__table__)
-    stmt = insert(table).from_select(cols, rows).execution_options(preserve_rowcount=True)
-    return session.connection().execute(stmt).rowcount
 
 
 def batch_bounds(session: Session, mailing_id: int, size: int) -> list[tuple[int, int]]:

@@ -53,7 +53,6 @@ from jvmail.dispatch.deliveries import (
     Outcome,
     batch_bounds,
     claimed,
-    materialize,
     record,
     recorded,
     release,
@@ -65,6 +64,7 @@ from jvmail.dispatch.deliveries import (
 from jvmail.dispatch.guard import GuardDown, Mark, SendGuard
 from jvmail.dispatch.limits import SYSTEM_CLOCK, Booking, Clock, Limiter, account_key
 from jvmail.dispatch.mime import Skeleton, skeleton
+from jvmail.dispatch.outbox import materialize
 from jvmail.dispatch.relay import record as record_batches
 from jvmail.dispatch.render import Mailer, TemplateProblem, markers, render
 from jvmail.faults import fault
@@ -148,11 +148,14 @@ def due_mailings(session: Session, now: dt.datetime) -> list[int]:
 ANALYZE_AFTER = 10_000  # deliveries materialized at once: then the table's statistics are renewed
 
 
-def dispatch(session: Session, mailing_id: int, batch_size: int) -> list[tuple[int, int]]:
-    """Materialize the mailing's deliveries and record its batches as enqueued, and commit; the
-    batches to send (none when another dispatcher already took it, or nobody on the list can
-    be mailed). The caller enqueues one message per batch."""
-    created = materialize(session, mailing_id)
+def dispatch(
+    session: Session, mailing_id: int, batch_size: int, parts: int = 1
+) -> list[tuple[int, int]]:
+    """Materialize the mailing's deliveries (a large list in ``parts`` at once on PostgreSQL)
+    and record its batches as enqueued, and commit; the batches to send (none when another
+    dispatcher already took it, or nobody on the list can be mailed). The caller enqueues one
+    message per batch."""
+    created = materialize(session, mailing_id, parts)
     if created is None:
         session.commit()
         return []

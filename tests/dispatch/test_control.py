@@ -9,7 +9,14 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from jvmail.db.models import Delivery, LedgerEntry, LedgerKind, Mailing, MailingStatus
+from jvmail.db.models import (
+    Delivery,
+    LedgerEntry,
+    LedgerKind,
+    Mailing,
+    MailingStatus,
+    Subscriber,
+)
 from jvmail.dispatch.control import cancel, pause, resume
 from jvmail.dispatch.pipeline import dispatch, due_mailings, send_batch
 from jvmail.errors import UsageError
@@ -63,6 +70,11 @@ def test_a_mailing_paused_before_its_time_is_not_dispatched_until_resumed(
     session: Session, hub: Hub
 ) -> None:
     pause(session, [hub.mailing.id], NOW)
+    # A dispatcher that died before it took the mailing left rows, in no batch: not dispatched.
+    (reader, *_) = session.scalars(
+        select(Subscriber.id).where(Subscriber.list_id == hub.lists[0].id)
+    )
+    session.add(Delivery(mailing_id=hub.mailing.id, subscriber_id=reader, updated_at=NOW))
     session.commit()
     assert due_mailings(session, WHEN) == []
     resume(session, [hub.mailing.id], NOW)

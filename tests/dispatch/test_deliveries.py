@@ -6,7 +6,8 @@ import datetime as dt
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import Engine, event, func, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from jvmail.db import make_engine, make_sessionmaker, upgrade
@@ -20,17 +21,18 @@ from jvmail.db.models import (
     Suppression,
     SuppressionReason,
 )
+from jvmail.dispatch import outbox
 from jvmail.dispatch.deliveries import (
     Claimed,
     Outcome,
     batch_bounds,
     claim,
     expire,
-    materialize,
     record,
     start,
     started,
 )
+from jvmail.dispatch.outbox import materialize
 from tests.dispatch.conftest import GONE, LEASE, Hub, build_hub, mailing, set_status
 
 
@@ -55,9 +57,30 @@ def _emails(session: Session, mailing_id: int) -> list[str]:
     )
 
 
+@pytest.fixture(params=[1, 3], ids=["one-statement", "three-parts"])
+def parts(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Materialize in one statement, or (on PostgreSQL) in three parts at once: the hub's lists
+    are small, so every span is allowed a part."""
+    monkeypatch.setattr(outbox, "PART_SPAN", 1)
+    return int(request.param)
+
+
+def _count_parts(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    spans: list[tuple[int, int]] = []
+    real = outbox._part
+
+    def part(engine: Engine, target: outbox.Target, span: tuple[int, int]) -> int:
+        spans.append(span)
+        return real(engine, target, span)
+
+    monkeypatch.setattr(outbox, "_part", part)
+    return spans
+
+
 def test_materialize_takes_subscribed_addresses_minus_suppressions_once(
-    session: Session, hub: Hub
+    session: Session, hub: Hub, parts: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    spans = _count_parts(monkeypatch)
     main = hub.lists[0]
     set_status(session, main, "reader1@mail.example", SubscriberStatus.UNSUBSCRIBED)
     session.add(
@@ -68,8 +91,10 @@ def test_materialize_takes_subscribed_addresses_minus_suppressions_once(
     sub = session.query(Subscriber).filter_by(list_id=main.id, email="reader3@mail.example").one()
     sub.archived_at = dt.datetime.now(dt.UTC)
     session.commit()
-    assert materialize(session, hub.mailing.id) == 22
+    assert materialize(session, hub.mailing.id, parts) == 22
     session.commit()
+    parallel = parts > 1 and session.get_bind().dialect.name == "postgresql"
+    assert len(spans) == (3 if parallel else 0)
     emails = _emails(session, hub.mailing.id)
     assert len(emails) == 22
     assert not {"reader1@mail.example", "reader2@mail.example", "reader3@mail.example"} & set(
@@ -77,16 +102,18 @@ def test_materialize_takes_subscribed_addresses_minus_suppressions_once(
     )
     assert session.get(Mailing, hub.mailing.id).status == MailingStatus.QUEUED  # type: ignore[union-attr]
     # Taken once: a second dispatcher finds nothing to do and adds nothing.
-    assert materialize(session, hub.mailing.id) is None
+    assert materialize(session, hub.mailing.id, parts) is None
     assert _statuses(session, hub.mailing.id) == {"pending": 22}
 
 
-def test_one_message_per_address_across_the_owners_lists(session: Session, hub: Hub) -> None:
-    assert materialize(session, hub.mailing.id) == 25
+def test_one_message_per_address_across_the_owners_lists(
+    session: Session, hub: Hub, parts: int
+) -> None:
+    assert materialize(session, hub.mailing.id, parts) == 25
     second = mailing(session, hub.promotion, hub.lists[1])
     session.commit()
     # The extra list shares five addresses with the main one: only its own address is new.
-    assert materialize(session, second.id) == 1
+    assert materialize(session, second.id, parts) == 1
     session.commit()
     assert _emails(session, second.id) == ["solo@mail.example"]
 
@@ -96,6 +123,91 @@ def test_a_mailing_not_due_is_not_materialized(session: Session, hub: Hub) -> No
     session.commit()
     assert materialize(session, hub.mailing.id) is None
     assert _statuses(session, hub.mailing.id) == {}
+
+
+def test_rows_a_dead_attempt_left_are_replaced_not_doubled(
+    session: Session, hub: Hub, parts: int
+) -> None:
+    # A dispatcher that died after its parts committed, before it took the mailing: rows of a
+    # mailing still planned, in no batch (one of them for a reader who has left since).
+    main = hub.lists[0]
+    subscribers = session.scalars(select(Subscriber).where(Subscriber.list_id == main.id)).all()
+    session.add_all(
+        Delivery(mailing_id=hub.mailing.id, subscriber_id=s.id, updated_at=dt.datetime.now(dt.UTC))
+        for s in subscribers[:7]
+    )
+    session.commit()
+    set_status(session, main, subscribers[0].email, SubscriberStatus.UNSUBSCRIBED)
+    session.commit()
+    assert materialize(session, hub.mailing.id, parts) == 24
+    session.commit()
+    emails = _emails(session, hub.mailing.id)
+    assert len(emails) == len(set(emails)) == 24
+    assert subscribers[0].email not in emails
+
+
+def test_a_part_that_fails_leaves_the_mailing_waiting_and_no_rows(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # PostgreSQL only: SQLite makes its rows in one statement.
+    monkeypatch.setattr(outbox, "PART_SPAN", 1)
+    real = outbox._part
+    calls: list[tuple[int, int]] = []
+
+    def part(engine: Engine, target: outbox.Target, span: tuple[int, int]) -> int:
+        calls.append(span)
+        if len(calls) == 2:
+            raise OperationalError("INSERT", {}, Exception("connection lost"))
+        return real(engine, target, span)
+
+    engine = make_engine(pg_url)
+    upgrade(engine)
+    maker = make_sessionmaker(engine)
+    try:
+        with maker() as session:
+            built = build_hub(session)
+            monkeypatch.setattr(outbox, "_part", part)
+            with pytest.raises(OperationalError, match="connection lost"):
+                materialize(session, built.mailing.id, 3)
+            session.rollback()
+            assert len(calls) == 3
+            # The parts that committed were taken back; the mailing waits for the next attempt.
+            assert _statuses(session, built.mailing.id) == {}
+            status = session.scalar(select(Mailing.status).where(Mailing.id == built.mailing.id))
+            assert status == MailingStatus.PLANNED
+            monkeypatch.setattr(outbox, "_part", real)
+            assert materialize(session, built.mailing.id, 3) == 25
+            session.commit()
+            assert _statuses(session, built.mailing.id) == {"pending": 25}
+    finally:
+        engine.dispose()
+
+
+def test_two_dispatchers_in_parts_make_the_rows_once(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(outbox, "PART_SPAN", 1)
+    engine = make_engine(pg_url)
+    upgrade(engine)
+    maker = make_sessionmaker(engine)
+
+    def dispatcher(mailing_id: int) -> int | None:
+        with maker() as session:
+            made = materialize(session, mailing_id, 3)
+            session.commit()
+            return made
+
+    try:
+        with maker() as session:
+            built = build_hub(session)
+        with ThreadPoolExecutor(2) as pool:
+            made = list(pool.map(dispatcher, [built.mailing.id] * 2))
+        # Whichever came second waited for the first's commit and found the mailing taken.
+        assert sorted(made, key=lambda n: n is None) == [25, None]
+        with maker() as session:
+            assert _statuses(session, built.mailing.id) == {"pending": 25}
+    finally:
+        engine.dispose()
 
 
 def test_batch_bounds_cover_every_unfinished_row_once(session: Session, hub: Hub) -> None:

@@ -29,7 +29,8 @@ from jvmail.db.models import (
     Suppression,
     TrackingEvent,
 )
-from jvmail.dispatch.deliveries import claim, materialize
+from jvmail.dispatch.deliveries import claim
+from jvmail.dispatch.outbox import materialize
 from jvmail.dispatch.pipeline import dispatch, send_batch
 from jvmail.providers.outbox import OutboxProvider
 from jvmail.tracking.app import Settings, Tracker, create_app, postback_signature

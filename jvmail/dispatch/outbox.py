@@ -1,0 +1,201 @@
+"""A due mailing's outbox: its Delivery rows, made in bulk before anything is enqueued.
+
+:func:`materialize` makes them with a set-based ``INSERT ... SELECT``: the subscribed,
+unarchived addresses of the list, minus the owner's suppressions, and minus addresses the owner
+already has a delivery of the same promotion for (one message per address even when it is on
+several of the owner's lists). The mailing is taken (moved to ``queued``) in the caller's
+transaction, so a second dispatcher finds it gone and makes nothing.
+
+On PostgreSQL a large list is made in ``parts``. One statement runs on one core, and most of a
+row's cost is the check of its two foreign keys, row by row (about 5 of 9 s for 1,000,000
+rows); so the list's span of subscriber ids is cut into ranges, each inserted on its own
+connection at the same time. Meanwhile the caller's transaction holds the mailing's row
+(``FOR NO KEY UPDATE``, which the parts' foreign-key checks do not wait for), and takes the
+mailing only once every part has committed. A dispatcher that dies between the two leaves rows
+behind for a mailing still waiting to be sent, in no batch: nothing claims them (workers claim
+along batches), and the next attempt removes them before it starts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from concurrent.futures import ThreadPoolExecutor, wait
+from typing import NamedTuple, cast
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+    Update,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.orm import Session, aliased
+
+from jvmail.db.models import (
+    Delivery,
+    DeliveryStatus,
+    Mailing,
+    MailingStatus,
+    Subscriber,
+    SubscriberStatus,
+    Suppression,
+)
+from jvmail.dispatch.deliveries import SENDABLE
+
+__all__ = ["PARTS", "PART_SPAN", "materialize"]
+
+PARTS = 2  # connections a large list's rows are made on at once, by default
+PART_SPAN = 100_000  # subscriber ids a part spans at least: a smaller list is one statement
+
+
+class Target(NamedTuple):
+    """What a mailing's rows are made from."""
+
+    mailing_id: int
+    sender_id: int
+    list_id: int
+    others: list[int]  # the sender's other mailings of the same promotion
+
+
+def materialize(session: Session, mailing_id: int, parts: int = 1) -> int | None:
+    """Create the mailing's Delivery rows, in up to ``parts`` statements at once on PostgreSQL;
+    the number created, or None when the mailing is not (or no longer) waiting to be sent,
+    e.g. because another dispatcher took it first. Commits nothing in ``session``."""
+    engine = session.get_bind()
+    if parts < 2 or not isinstance(engine, Engine) or engine.dialect.name != "postgresql":
+        taken = session.execute(_take(mailing_id).returning(*_TARGET)).first()
+        if taken is None:
+            return None
+        target = _target(session, mailing_id, *taken)
+        return _insert(session.connection(), target, clear=True)
+    held = session.execute(
+        select(*_TARGET)
+        .where(Mailing.id == mailing_id, Mailing.status.in_(SENDABLE))
+        .with_for_update(key_share=True)  # FOR NO KEY UPDATE: the parts' key checks pass
+    ).first()
+    if held is None:
+        return None
+    target = _target(session, mailing_id, *held)
+    spans = _spans(session, target.list_id, parts)
+    if len(spans) < 2:
+        created = _insert(session.connection(), target, clear=True)
+    else:
+        created = _in_parts(engine, target, spans)
+    session.execute(_take(mailing_id))
+    return created
+
+
+_TARGET = (Mailing.promotion_id, Mailing.sender_id, Mailing.list_id)
+
+
+def _take(mailing_id: int) -> Update:
+    return (
+        update(Mailing)
+        .where(Mailing.id == mailing_id, Mailing.status.in_(SENDABLE))
+        .values(status=MailingStatus.QUEUED, updated_at=dt.datetime.now(dt.UTC))
+    )
+
+
+def _target(
+    session: Session, mailing_id: int, promotion_id: int, sender_id: int, list_id: int
+) -> Target:
+    # The owner's other mailings of this promotion, looked up first: most mailings have none,
+    # and then the statement has no probe of the delivery table at all. When they exist, the
+    # probe names them, so it never walks the rows this statement is inserting (a plan that
+    # rescans the table per subscriber would otherwise grow quadratic in the list's size).
+    others = session.scalars(
+        select(Mailing.id).where(
+            Mailing.promotion_id == promotion_id,
+            Mailing.sender_id == sender_id,
+            Mailing.id != mailing_id,
+        )
+    )
+    return Target(mailing_id, sender_id, list_id, list(others))
+
+
+def _spans(session: Session, list_id: int, parts: int) -> list[tuple[int, int]]:
+    """The list's subscriber ids cut into at most ``parts`` ranges of ``PART_SPAN`` or more."""
+    lo, hi = session.execute(
+        select(func.min(Subscriber.id), func.max(Subscriber.id)).where(
+            Subscriber.list_id == list_id
+        )
+    ).one()
+    if lo is None:
+        return []
+    count = max(1, min(parts, (hi - lo + 1) // PART_SPAN))
+    width = -(-(hi - lo + 1) // count)
+    return [(a, min(a + width - 1, hi)) for a in range(lo, hi + 1, width)]
+
+
+def _in_parts(engine: Engine, target: Target, spans: list[tuple[int, int]]) -> int:
+    _clear(engine, target.mailing_id)  # what an attempt that died half way left
+    with ThreadPoolExecutor(len(spans), thread_name_prefix="jvmail-materialize") as pool:
+        made = [pool.submit(_part, engine, target, span) for span in spans]
+        wait(made)
+    try:
+        return sum(part.result() for part in made)
+    except BaseException:
+        _clear(engine, target.mailing_id)  # the parts that did commit: the mailing still waits
+        raise
+
+
+def _part(engine: Engine, target: Target, span: tuple[int, int]) -> int:
+    with engine.begin() as conn:
+        return _insert(conn, target, span)
+
+
+def _clear(engine: Engine, mailing_id: int) -> None:
+    with engine.begin() as conn:
+        conn.execute(delete(Delivery).where(Delivery.mailing_id == mailing_id))
+
+
+def _insert(
+    conn: Connection, target: Target, span: tuple[int, int] | None = None, clear: bool = False
+) -> int:
+    """Insert the rows of ``target`` (of subscribers whose id is in ``span``, when given), after
+    removing any the mailing has (``clear``: what an attempt in parts that died half way left;
+    one probe of an index when there are none)."""
+    if clear:
+        conn.execute(delete(Delivery).where(Delivery.mailing_id == target.mailing_id))
+    sub = Subscriber
+    suppressed = exists().where(
+        Suppression.partner_id == target.sender_id, Suppression.email == sub.email
+    )
+    wanted = [
+        sub.list_id == target.list_id,
+        sub.status == SubscriberStatus.SUBSCRIBED,
+        sub.archived_at.is_(None),
+        ~suppressed,
+    ]
+    if span is not None:
+        wanted.append(sub.id.between(*span))
+    if target.others:
+        other_sub, other_delivery = aliased(Subscriber), aliased(Delivery)
+        already = exists().where(
+            other_delivery.mailing_id.in_(target.others),
+            other_delivery.subscriber_id == other_sub.id,
+            other_sub.email == sub.email,
+        )
+        wanted.append(~already)
+    rows = (
+        select(
+            literal(target.mailing_id),
+            sub.id,
+            literal(DeliveryStatus.PENDING.value),
+            literal(0),
+            literal(0),
+            literal(dt.datetime.now(dt.UTC)),
+        )
+        .where(*wanted)
+        .order_by(sub.id)
+    )
+    cols = ["mailing_id", "subscriber_id", "status", "attempts", "fence", "updated_at"]
+    table = cast(Table, Delivery.__table__)
+    stmt = insert(table).from_select(cols, rows).execution_options(preserve_rowcount=True)
+    return conn.execute(stmt).rowcount

@@ -54,6 +54,24 @@ PARTS = 2  # connections a large list's rows are made on at once, by default
 PART_SPAN = 100_000  # subscriber ids a part spans at least: a smaller list is one statement
 
 
+class Made(NamedTuple):
+    """What :func:`materialize` made: how many rows, and on PostgreSQL their lowest and highest
+    ids (None elsewhere, and when it made none)."""
+
+    rows: int
+    first: int | None = None
+    last: int | None = None
+
+    def batches(self, size: int) -> list[tuple[int, int]] | None:
+        """The rows cut into id ranges of ``size``, when their ids are known to be one unbroken
+        run (no other mailing's rows were made between them): what
+        :func:`~jvmail.dispatch.deliveries.batch_bounds` would read from the table; else None."""
+        if self.first is None or self.last is None or self.last - self.first + 1 != self.rows:
+            return None
+        last = self.last
+        return [(lo, min(lo + size - 1, last)) for lo in range(self.first, last + 1, size)]
+
+
 class Target(NamedTuple):
     """What a mailing's rows are made from."""
 
@@ -63,9 +81,9 @@ class Target(NamedTuple):
     others: list[int]  # the sender's other mailings of the same promotion
 
 
-def materialize(session: Session, mailing_id: int, parts: int = 1) -> int | None:
+def materialize(session: Session, mailing_id: int, parts: int = 1) -> Made | None:
     """Create the mailing's Delivery rows, in up to ``parts`` statements at once on PostgreSQL;
-    the number created, or None when the mailing is not (or no longer) waiting to be sent,
+    what was made, or None when the mailing is not (or no longer) waiting to be sent,
     e.g. because another dispatcher took it first. Commits nothing in ``session``."""
     engine = session.get_bind()
     if parts < 2 or not isinstance(engine, Engine) or engine.dialect.name != "postgresql":
@@ -133,19 +151,26 @@ def _spans(session: Session, list_id: int, parts: int) -> list[tuple[int, int]]:
     return [(a, min(a + width - 1, hi)) for a in range(lo, hi + 1, width)]
 
 
-def _in_parts(engine: Engine, target: Target, spans: list[tuple[int, int]]) -> int:
+def _in_parts(engine: Engine, target: Target, spans: list[tuple[int, int]]) -> Made:
     _clear(engine, target.mailing_id)  # what an attempt that died half way left
     with ThreadPoolExecutor(len(spans), thread_name_prefix="jvmail-materialize") as pool:
         made = [pool.submit(_part, engine, target, span) for span in spans]
         wait(made)
     try:
-        return sum(part.result() for part in made)
+        return _together([part.result() for part in made])
     except BaseException:
         _clear(engine, target.mailing_id)  # the parts that did commit: the mailing still waits
         raise
 
 
-def _part(engine: Engine, target: Target, span: tuple[int, int]) -> int:
+def _together(parts: list[Made]) -> Made:
+    firsts = [p.first for p in parts if p.first is not None]
+    lasts = [p.last for p in parts if p.last is not None]
+    rows = sum(p.rows for p in parts)
+    return Made(rows, min(firsts) if firsts else None, max(lasts) if lasts else None)
+
+
+def _part(engine: Engine, target: Target, span: tuple[int, int]) -> Made:
     with engine.begin() as conn:
         return _insert(conn, target, span)
 
@@ -157,7 +182,7 @@ def _clear(engine: Engine, mailing_id: int) -> None:
 
 def _insert(
     conn: Connection, target: Target, span: tuple[int, int] | None = None, clear: bool = False
-) -> int:
+) -> Made:
     """Insert the rows of ``target`` (of subscribers whose id is in ``span``, when given), after
     removing any the mailing has (``clear``: what an attempt in parts that died half way left;
     one probe of an index when there are none)."""
@@ -197,5 +222,11 @@ def _insert(
     )
     cols = ["mailing_id", "subscriber_id", "status", "attempts", "fence", "updated_at"]
     table = cast(Table, Delivery.__table__)
-    stmt = insert(table).from_select(cols, rows).execution_options(preserve_rowcount=True)
-    return conn.execute(stmt).rowcount
+    stmt = insert(table).from_select(cols, rows)
+    if conn.dialect.name != "postgresql":
+        return Made(conn.execute(stmt.execution_options(preserve_rowcount=True)).rowcount)
+    made = stmt.returning(table.c.id).cte("made")
+    count, first, last = conn.execute(
+        select(func.count(), func.min(made.c.id), func.max(made.c.id))
+    ).one()
+    return Made(count, first, last)

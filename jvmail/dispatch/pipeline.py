@@ -155,14 +155,16 @@ def dispatch(
     and record its batches as enqueued, and commit; the batches to send (none when another
     dispatcher already took it, or nobody on the list can be mailed). The caller enqueues one
     message per batch."""
-    created = materialize(session, mailing_id, parts)
-    if created is None:
+    made = materialize(session, mailing_id, parts)
+    if made is None:
         session.commit()
         return []
-    bounds = batch_bounds(session, mailing_id, batch_size)
+    bounds = made.batches(batch_size)
+    if bounds is None:
+        bounds = batch_bounds(session, mailing_id, batch_size)
     record_batches(session, mailing_id, bounds, dt.datetime.now(dt.UTC))
     session.commit()
-    if created >= ANALYZE_AFTER:
+    if made.rows >= ANALYZE_AFTER:
         # Until the statistics count the new rows, PostgreSQL may plan each claim as a walk of
         # the mailing's every row instead of a probe of its batch's id range: 106 ms a claim
         # instead of 16 at 1,000,000 rows.

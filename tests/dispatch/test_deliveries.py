@@ -21,7 +21,7 @@ from jvmail.db.models import (
     Suppression,
     SuppressionReason,
 )
-from jvmail.dispatch import outbox
+from jvmail.dispatch import outbox, pipeline
 from jvmail.dispatch.deliveries import (
     Claimed,
     Outcome,
@@ -32,8 +32,18 @@ from jvmail.dispatch.deliveries import (
     start,
     started,
 )
-from jvmail.dispatch.outbox import materialize
+from jvmail.dispatch.outbox import Made, materialize
 from tests.dispatch.conftest import GONE, LEASE, Hub, build_hub, mailing, set_status
+
+
+def _made(session: Session, mailing_id: int, made: Made | None) -> int:
+    """How many rows ``made`` says were made; on PostgreSQL it names their lowest and highest
+    ids, which are the mailing's."""
+    assert made is not None
+    ids = session.scalars(select(Delivery.id).where(Delivery.mailing_id == mailing_id)).all()
+    if session.get_bind().dialect.name == "postgresql":
+        assert (made.first, made.last) == (min(ids), max(ids))
+    return made.rows
 
 
 def _statuses(session: Session, mailing_id: int) -> dict[str, int]:
@@ -91,7 +101,7 @@ def test_materialize_takes_subscribed_addresses_minus_suppressions_once(
     sub = session.query(Subscriber).filter_by(list_id=main.id, email="reader3@mail.example").one()
     sub.archived_at = dt.datetime.now(dt.UTC)
     session.commit()
-    assert materialize(session, hub.mailing.id, parts) == 22
+    assert _made(session, hub.mailing.id, materialize(session, hub.mailing.id, parts)) == 22
     session.commit()
     parallel = parts > 1 and session.get_bind().dialect.name == "postgresql"
     assert len(spans) == (3 if parallel else 0)
@@ -109,11 +119,11 @@ def test_materialize_takes_subscribed_addresses_minus_suppressions_once(
 def test_one_message_per_address_across_the_owners_lists(
     session: Session, hub: Hub, parts: int
 ) -> None:
-    assert materialize(session, hub.mailing.id, parts) == 25
+    assert _made(session, hub.mailing.id, materialize(session, hub.mailing.id, parts)) == 25
     second = mailing(session, hub.promotion, hub.lists[1])
     session.commit()
     # The extra list shares five addresses with the main one: only its own address is new.
-    assert materialize(session, second.id, parts) == 1
+    assert _made(session, second.id, materialize(session, second.id, parts)) == 1
     session.commit()
     assert _emails(session, second.id) == ["solo@mail.example"]
 
@@ -139,7 +149,7 @@ def test_rows_a_dead_attempt_left_are_replaced_not_doubled(
     session.commit()
     set_status(session, main, subscribers[0].email, SubscriberStatus.UNSUBSCRIBED)
     session.commit()
-    assert materialize(session, hub.mailing.id, parts) == 24
+    assert _made(session, hub.mailing.id, materialize(session, hub.mailing.id, parts)) == 24
     session.commit()
     emails = _emails(session, hub.mailing.id)
     assert len(emails) == len(set(emails)) == 24
@@ -176,7 +186,7 @@ def test_a_part_that_fails_leaves_the_mailing_waiting_and_no_rows(
             status = session.scalar(select(Mailing.status).where(Mailing.id == built.mailing.id))
             assert status == MailingStatus.PLANNED
             monkeypatch.setattr(outbox, "_part", real)
-            assert materialize(session, built.mailing.id, 3) == 25
+            assert _made(session, built.mailing.id, materialize(session, built.mailing.id, 3)) == 25
             session.commit()
             assert _statuses(session, built.mailing.id) == {"pending": 25}
     finally:
@@ -195,7 +205,7 @@ def test_two_dispatchers_in_parts_make_the_rows_once(
         with maker() as session:
             made = materialize(session, mailing_id, 3)
             session.commit()
-            return made
+            return None if made is None else made.rows
 
     try:
         with maker() as session:
@@ -218,6 +228,32 @@ def test_batch_bounds_cover_every_unfinished_row_once(session: Session, hub: Hub
     covered = [[i for i in ids if lo <= i <= hi] for lo, hi in bounds]
     assert [len(c) for c in covered] == [10, 10, 5]
     assert sorted(i for c in covered for i in c) == sorted(ids)
+
+
+def test_dispatch_cuts_the_batches_batch_bounds_would_read(
+    session: Session, hub: Hub, parts: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    read: list[int] = []
+    real = pipeline.batch_bounds
+
+    def reading(session: Session, mailing_id: int, size: int) -> list[tuple[int, int]]:
+        read.append(mailing_id)
+        return real(session, mailing_id, size)
+
+    monkeypatch.setattr(pipeline, "batch_bounds", reading)
+    bounds = pipeline.dispatch(session, hub.mailing.id, 10, parts)
+    assert bounds == real(session, hub.mailing.id, 10)
+    assert len(bounds) == 3
+    # PostgreSQL reports the ids it made, one unbroken run here: nothing is read back.
+    assert read == ([] if session.get_bind().dialect.name == "postgresql" else [hub.mailing.id])
+
+
+def test_made_rows_are_cut_only_when_their_ids_are_one_run() -> None:
+    assert Made(25, 101, 125).batches(10) == [(101, 110), (111, 120), (121, 125)]
+    assert Made(20, 101, 120).batches(10) == [(101, 110), (111, 120)]
+    assert Made(24, 101, 125).batches(10) is None  # another mailing's row among them
+    assert Made(25).batches(10) is None  # ids not reported (SQLite)
+    assert Made(0).batches(10) is None
 
 
 def test_claims_are_disjoint_and_leases_protect_them(session: Session, hub: Hub) -> None:

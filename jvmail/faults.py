@@ -2,7 +2,9 @@
 
 Points: ``sync:before-commit`` (a sync's transaction open), ``send:after-claim`` (a batch
 claimed and committed, nothing sent), ``send:after-provider`` (the provider took the batch,
-nothing recorded). Unset in normal use: then :func:`fault` is one dictionary lookup.
+nothing recorded), ``dispatch:after-parts`` (a mailing's deliveries made in parts and
+committed, the mailing not yet taken). Unset in normal use: then :func:`fault` is one
+dictionary lookup.
 """
 
 from __future__ import annotations

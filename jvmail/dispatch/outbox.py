@@ -47,6 +47,7 @@ from jvmail.db.models import (
     Suppression,
 )
 from jvmail.dispatch.deliveries import SENDABLE
+from jvmail.faults import fault
 
 __all__ = ["PARTS", "PART_SPAN", "materialize"]
 
@@ -105,6 +106,7 @@ def materialize(session: Session, mailing_id: int, parts: int = 1) -> Made | Non
         created = _insert(session.connection(), target, clear=True)
     else:
         created = _in_parts(engine, target, spans)
+        fault("dispatch:after-parts")  # a crash here leaves rows the next attempt removes
     session.execute(_take(mailing_id))
     return created
 

@@ -7,6 +7,8 @@ mailing goes through SendGrid's API at a local fake server, as bench/send_worker
 * ``JVMAIL_TEST_SENDGRID_API``: the fake's base URL; ``JVMAIL_TEST_SENDGRID_KEY``: its API key.
 * ``JVMAIL_TEST_SENDGRID_TIMEOUT``: the client's read timeout, seconds (default: the provider's).
 * ``JVMAIL_TEST_BATCH``: deliveries per batch message (default: the pipeline's).
+* ``JVMAIL_TEST_PART_SPAN``: subscriber ids a part of a materialize spans at least (default:
+  the pipeline's), so that the tests' small lists are made in parts.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import os
 import threading
 
-from jvmail.dispatch import boot
+from jvmail.dispatch import boot, outbox
 from jvmail.providers.base import Provider
 from jvmail.providers.http import TIMEOUT
 from jvmail.providers.sendgrid import SendGridProvider
@@ -40,4 +42,5 @@ def _sendgrid(_mailing_id: int) -> Provider:
 runtime = boot._runtime  # the actors read runtime.provider and runtime.batch at each message
 runtime.provider = _sendgrid
 runtime.batch = int(os.environ.get("JVMAIL_TEST_BATCH", runtime.batch))
+outbox.PART_SPAN = int(os.environ.get("JVMAIL_TEST_PART_SPAN", outbox.PART_SPAN))
 broker, actors = boot.broker, boot.actors

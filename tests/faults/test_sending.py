@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from jvmail.db.models import DeliveryStatus
+from jvmail.db.models import DeliveryStatus, MailingStatus
 from tests.faults.conftest import READERS
 from tests.faults.harness import System, running_system, until
 from tests.providers.fakes import Scripted
@@ -81,6 +81,30 @@ def test_a_worker_crashes_after_the_providers_2xx_before_its_commit(system: Syst
     system.check()
     # The crashed batch was never sent again: it settled from the provider's own events.
     assert counts == {DeliveryStatus.ACCEPTED: READERS}
+
+
+@_scenario(pytest.mark.quick)
+def test_a_dispatcher_dies_after_its_parts_committed_before_it_took_the_mailing(
+    system: System,
+) -> None:
+    system.fault()
+    # Lists of more than 500 subscriber ids are made in parts (two, by default).
+    parts = {"JVMAIL_TEST_PART_SPAN": "500"}
+    dying = system.start_worker(JVMAIL_FAULT="dispatch:after-parts", **parts)
+    system.tick()
+    until("the dispatcher's crash", lambda: dying.poll() is not None)
+    # Its parts had committed: every reader has a row, of a mailing still waiting, in no batch.
+    left = system.deliveries()
+    assert len(left) == READERS
+    assert {status for _, status in left.values()} == {DeliveryStatus.PENDING}
+    assert system.mailing_status() is MailingStatus.PLANNED
+    system.start_worker(**parts)
+    system.start_worker(**parts)
+    counts = system.settle()
+    system.check()
+    # The next dispatch replaced those rows and sent each reader once.
+    assert counts == {DeliveryStatus.ACCEPTED: READERS}
+    assert not set(left) & set(system.deliveries())
 
 
 @_scenario()

@@ -10,7 +10,9 @@
 * no connection: retried later; nothing left.
 * a timeout after the request was sent: the provider may have it: ``maybe_sent``, never resent.
 
-Bodies are serialized with orjson.
+Bodies are serialized with orjson. A provider's credentials are only those it was given:
+requests would otherwise look up ``~/.netrc`` for every request without its own ``auth``, and
+an entry there for the provider's host would replace the key in its ``Authorization`` header.
 """
 
 from __future__ import annotations
@@ -31,6 +33,16 @@ __all__ = ["TIMEOUT", "FormValue", "Refused", "post"]
 TIMEOUT = (5.0, 30.0)  # seconds to connect, seconds to wait for the answer
 # A multipart field: text, or a file as (file name, content, content type).
 FormValue = str | tuple[str, bytes, str]
+
+
+class _HeadersOnly(requests.auth.AuthBase):
+    """The credentials are in the request's headers already: no ``~/.netrc`` lookup."""
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        return request
+
+
+_HEADERS_ONLY = _HeadersOnly()
 
 
 class Refused(ProviderError):
@@ -66,7 +78,12 @@ def post(
         files = [(k, v if isinstance(v, tuple) else (None, v)) for k, v in form]
     try:
         answer = session.post(
-            url, data=body, files=files, headers=sent_headers, auth=auth, timeout=timeout
+            url,
+            data=body,
+            files=files,
+            headers=sent_headers,
+            auth=auth or _HEADERS_ONLY,
+            timeout=timeout,
         )
     except requests.ConnectionError as exc:
         raise ProviderError(

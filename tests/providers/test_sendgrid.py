@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -141,3 +142,15 @@ def test_a_400_that_names_no_recipient_fails_the_request_as_a_whole(fake: Fake) 
     assert not sent.error.transient
     assert "bad subject" in sent.error.message
     assert sent.results == []
+
+
+def test_a_netrc_entry_for_the_host_does_not_replace_the_key(
+    fake: Fake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password something-else\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    sent = _provider(fake).send(_batch(3))
+    assert sent.error is None
+    assert len(fake.accepted) == 3

@@ -13,23 +13,18 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
-from sqlalchemy import select
 
 from jvmail.broker import make_broker
 from jvmail.db import DEFAULT_DATABASE_URL
-from jvmail.db.models import Mailing, Partner
+from jvmail.dispatch.accounts import senders_accounts
 from jvmail.dispatch.actors import Actors, Runtime, declare, settle_heap
 from jvmail.dispatch.guard import RedisGuard
 from jvmail.dispatch.limits import RedisLimiter
 from jvmail.dispatch.outbox import PARTS
-from jvmail.providers.base import Provider
-from jvmail.providers.factory import build_provider
 
 __all__ = ["actors", "broker", "runtime_from_env"]
 
@@ -55,38 +50,6 @@ def _whole_number(name: str, default: int) -> int:
     if not raw.isdigit() or int(raw) < 1:
         raise ValueError(f"{name}={raw!r}: expected a whole number of 1 or more (or unset it)")
     return int(raw)
-
-
-def senders_accounts(
-    runtime: Runtime,
-    outbox: Path | None,
-    build: Callable[[Partner], Provider] | None = None,
-) -> Callable[[int], Provider]:
-    """Mailing id -> its sender's provider, one per sender and thread (SMTP connections are
-    kept open, and are not shared between threads). ``build`` makes a sender's client (by
-    default from its account as synced, or the ``outbox`` folder)."""
-    local = threading.local()
-
-    def account(sender: Partner) -> Provider:
-        return build_provider(
-            sender.slug, sender.contact_email, sender.provider, name=sender.name, outbox=outbox
-        )
-
-    make = build or account
-
-    def provider(mailing_id: int) -> Provider:
-        cache: dict[int, Provider] = local.__dict__.setdefault("cache", {})
-        with runtime.session() as session:
-            sender = session.scalars(
-                select(Partner)
-                .join(Mailing, Mailing.sender_id == Partner.id)
-                .where(Mailing.id == mailing_id)
-            ).one()
-            if sender.id not in cache:
-                cache[sender.id] = make(sender)
-            return cache[sender.id]
-
-    return provider
 
 
 _namespace = os.environ.get("JVMAIL_REDIS_NAMESPACE", "jvmail")

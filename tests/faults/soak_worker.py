@@ -17,6 +17,7 @@ import json
 import os
 
 from jvmail.dispatch import boot
+from jvmail.dispatch.accounts import senders_accounts
 from jvmail.providers.base import Provider
 from jvmail.providers.http import TIMEOUT
 from jvmail.providers.mailgun import MailgunProvider
@@ -71,7 +72,7 @@ def client(kind: str, from_addr: str, from_name: str) -> Provider:
 
 runtime = boot._runtime  # the actors read runtime.provider and runtime.batch at each message
 # Mailing id -> its sender's fake, one client per sender and thread.
-runtime.provider = boot.senders_accounts(
+runtime.provider = senders_accounts(
     runtime, None, lambda sender: client(sender.provider_kind, sender.contact_email, sender.name)
 )
 runtime.batch = int(os.environ.get("JVMAIL_TEST_BATCH", runtime.batch))

@@ -30,7 +30,7 @@ import re
 import select
 import signal
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +51,7 @@ __all__ = [
     "MarkerNames",
     "Rendered",
     "TemplateProblem",
-    "both_forms",
+    "batch_forms",
     "fill",
     "for_provider",
     "markers",
@@ -385,13 +385,16 @@ def markers(first_name: str, links: list[str], unsubscribe: str, open_pixel: str
     return values
 
 
-def for_provider(rendered: Rendered, name: Callable[[str], str]) -> tuple[str, str, str]:
+def for_provider(
+    rendered: Rendered, name: Callable[[str], str], escaped: Collection[str] = ()
+) -> tuple[str, str, str]:
     """(subject, text, html) with each marker written as ``name(MARKER)`` for a provider that
-    substitutes values itself; in the HTML part the marker names the ``_H`` copy (see
-    :func:`both_forms`), since such providers substitute the same raw text everywhere."""
+    substitutes values itself. Such providers put the same raw text everywhere, so in the HTML
+    part a marker in ``escaped`` names its HTML-escaped copy, ``name(MARKER_H)`` (see
+    :func:`batch_forms`)."""
     text_parts = (rendered.subject, rendered.text)
     subject, text = (_MARKER.sub(lambda m: name(m[1]), part) for part in text_parts)
-    html = _MARKER.sub(lambda m: name(f"{m[1]}_H"), rendered.html)
+    html = _MARKER.sub(lambda m: name(f"{m[1]}_H" if m[1] in escaped else m[1]), rendered.html)
     return subject, text, html
 
 
@@ -420,12 +423,21 @@ class MarkerNames(dict[str, tuple[str, str]]):
 _SAME = MarkerNames(str)
 
 
-def both_forms(values: Mapping[str, str], names: MarkerNames = _SAME) -> dict[str, str]:
-    """One recipient's values as plain text, and HTML-escaped under ``NAME_H``; each name as
-    ``names`` writes it for a provider."""
-    forms = {names[k][0]: v for k, v in values.items()}
-    forms.update({names[k][1]: html_escape(v) for k, v in values.items()})
-    return forms
+def batch_forms(
+    values: Sequence[Mapping[str, str]], names: MarkerNames = _SAME
+) -> tuple[list[dict[str, str]], frozenset[str]]:
+    """A batch's values for a provider that substitutes them itself: each recipient's values
+    under ``names``, and the markers whose value needs escaping in HTML for any recipient of
+    the batch, which each recipient also gets HTML-escaped under ``NAME_H``
+    (:func:`for_provider` names that copy in the HTML part). The tracking links, the
+    unsubscribe link and most first names need none: they are sent once."""
+    escaped = frozenset(k for one in values for k, v in one.items() if _UNSAFE.search(v))
+    forms = []
+    for one in values:
+        form = {names[k][0]: v for k, v in one.items()}
+        form.update({names[k][1]: html_escape(one[k]) for k in escaped})
+        forms.append(form)
+    return forms, escaped
 
 
 def fill(part: str, values: Mapping[str, str], *, html: bool) -> str:

@@ -18,7 +18,7 @@ from email.utils import formataddr
 import orjson
 import requests
 
-from jvmail.dispatch.render import MarkerNames, both_forms, for_provider
+from jvmail.dispatch.render import MarkerNames, batch_forms, for_provider
 from jvmail.providers.base import (
     Capabilities,
     OutboundBatch,
@@ -59,10 +59,10 @@ class MailgunProvider(Provider):
         self.http = requests.Session()
 
     def form(self, batch: OutboundBatch, recipients: Sequence[Recipient]) -> list[tuple[str, str]]:
-        subject, text, html = for_provider(batch.skeleton.rendered, _var)
+        forms, escaped = batch_forms([r.values for r in recipients], _NAMES)
+        subject, text, html = for_provider(batch.skeleton.rendered, _var, escaped)
         per: dict[str, dict[str, str]] = {}
-        for r in recipients:
-            values = both_forms(r.values, _NAMES)
+        for r, values in zip(recipients, forms, strict=True):
             per[r.email] = values | {"jv_delivery": str(r.delivery_id)}
         fields = [("from", self.sender)] + [("to", r.email) for r in recipients]
         fields += [

@@ -27,7 +27,7 @@ from typing import Any
 
 import requests
 
-from jvmail.dispatch.render import MarkerNames, both_forms, for_provider
+from jvmail.dispatch.render import MarkerNames, batch_forms, for_provider
 from jvmail.providers.base import (
     Capabilities,
     OutboundBatch,
@@ -70,10 +70,10 @@ class SendGridProvider(Provider):
         self.http = requests.Session()
 
     def body(self, batch: OutboundBatch, recipients: Sequence[Recipient]) -> dict[str, Any]:
-        subject, text, html = for_provider(batch.skeleton.rendered, _key)
+        forms, escaped = batch_forms([r.values for r in recipients], _NAMES)
+        subject, text, html = for_provider(batch.skeleton.rendered, _key, escaped)
         personalizations = []
-        for r in recipients:
-            subs = both_forms(r.values, _NAMES)
+        for r, subs in zip(recipients, forms, strict=True):
             personalizations.append(
                 {
                     "to": [{"email": r.email}],

@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from jvmail.dispatch.render import MarkerNames, both_forms, for_provider
+from jvmail.dispatch.render import MarkerNames, batch_forms, for_provider
 from jvmail.providers.base import (
     Capabilities,
     OutboundBatch,
@@ -101,10 +101,10 @@ class SesProvider(Provider):
         )
 
     def request(self, batch: OutboundBatch, recipients: Sequence[Recipient]) -> dict[str, Any]:
-        subject, text, html = for_provider(batch.skeleton.rendered, _var)
+        forms, escaped = batch_forms([r.values for r in recipients], _NAMES)
+        subject, text, html = for_provider(batch.skeleton.rendered, _var, escaped)
         entries = []
-        for r in recipients:
-            data = both_forms(r.values, _NAMES)
+        for r, data in zip(recipients, forms, strict=True):
             unsubscribe = f"<{r.values['UNSUBSCRIBE']}>, <{batch.unsubscribe_mailto}>"
             entries.append(
                 {

@@ -16,9 +16,12 @@ from jvmail.dispatch.mime import skeleton
 from jvmail.dispatch.render import (
     Limits,
     Mailer,
+    MarkerNames,
+    Rendered,
     TemplateProblem,
-    both_forms,
+    batch_forms,
     fill,
+    for_provider,
     html_escape,
     markers,
     render,
@@ -221,7 +224,32 @@ def test_tokens_survive_a_key_rotation() -> None:
 )
 def test_values_are_escaped_as_markupsafe_escapes_them(value: str) -> None:
     assert html_escape(value) == str(escape(value))
-    assert both_forms({"FIRST_NAME": value}) == {
-        "FIRST_NAME": value,
-        "FIRST_NAME_H": str(escape(value)),
-    }
+    forms, escaped = batch_forms([{"FIRST_NAME": value}])
+    copy = {"FIRST_NAME_H": str(escape(value))} if str(escape(value)) != value else {}
+    assert forms == [{"FIRST_NAME": value} | copy]
+    assert escaped == ({"FIRST_NAME"} if copy else set())
+
+
+def test_a_batch_sends_an_escaped_copy_only_of_what_some_recipient_needs_escaped() -> None:
+    url = "https://jv.example/c/AAfAxAcC.kOrEKtm92PsESn1u"
+    values = [{"FIRST_NAME": "Ann", "LINK_1": url}, {"FIRST_NAME": "O'Brien", "LINK_1": url}]
+    forms, escaped = batch_forms(values, MarkerNames(str.lower))
+    assert escaped == {"FIRST_NAME"}
+    assert forms == [
+        {"first_name": "Ann", "link_1": url, "first_name_h": "Ann"},
+        {"first_name": "O'Brien", "link_1": url, "first_name_h": "O&#39;Brien"},
+    ]
+    rendered = Rendered(
+        "Hi %%JV_FIRST_NAME%%",
+        "<p>Hi %%JV_FIRST_NAME%%, <a href='%%JV_LINK_1%%'>read</a></p>",
+        "Hi %%JV_FIRST_NAME%%, read %%JV_LINK_1%%",
+        (url,),
+    )
+    subject, text, html = for_provider(rendered, lambda m: f"%{m.lower()}%", escaped)
+    assert subject == "Hi %first_name%"
+    assert text == "Hi %first_name%, read %link_1%"
+    # The HTML names the escaped copy of the name, and the link as it is.
+    assert html == "<p>Hi %first_name_h%, <a href='%link_1%'>read</a></p>"
+    # A batch of names with nothing to escape: no copies at all.
+    _, none = batch_forms([{"FIRST_NAME": "Ann", "LINK_1": url}])
+    assert none == set()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from sqlalchemy import Engine, event, func, select
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from jvmail.db import make_engine, make_sessionmaker, upgrade
 from jvmail.db.models import (
@@ -79,7 +80,7 @@ def _count_parts(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     spans: list[tuple[int, int]] = []
     real = outbox._part
 
-    def part(engine: Engine, target: outbox.Target, span: tuple[int, int]) -> int:
+    def part(engine: Engine, target: outbox.Target, span: tuple[int, int]) -> Made:
         spans.append(span)
         return real(engine, target, span)
 
@@ -156,68 +157,65 @@ def test_rows_a_dead_attempt_left_are_replaced_not_doubled(
     assert subscribers[0].email not in emails
 
 
+@pytest.fixture
+def pg_sessions(pg_url: str) -> Iterator[sessionmaker[Session]]:
+    """Sessions on a PostgreSQL schema of the test's own, for tests of several connections at
+    once (SQLite has one writer at a time)."""
+    engine = make_engine(pg_url)
+    upgrade(engine)
+    yield make_sessionmaker(engine)
+    engine.dispose()
+
+
 def test_a_part_that_fails_leaves_the_mailing_waiting_and_no_rows(
-    pg_url: str, monkeypatch: pytest.MonkeyPatch
+    pg_sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # PostgreSQL only: SQLite makes its rows in one statement.
     monkeypatch.setattr(outbox, "PART_SPAN", 1)
     real = outbox._part
     calls: list[tuple[int, int]] = []
 
-    def part(engine: Engine, target: outbox.Target, span: tuple[int, int]) -> int:
+    def part(engine: Engine, target: outbox.Target, span: tuple[int, int]) -> Made:
         calls.append(span)
         if len(calls) == 2:
             raise OperationalError("INSERT", {}, Exception("connection lost"))
         return real(engine, target, span)
 
-    engine = make_engine(pg_url)
-    upgrade(engine)
-    maker = make_sessionmaker(engine)
-    try:
-        with maker() as session:
-            built = build_hub(session)
-            monkeypatch.setattr(outbox, "_part", part)
-            with pytest.raises(OperationalError, match="connection lost"):
-                materialize(session, built.mailing.id, 3)
-            session.rollback()
-            assert len(calls) == 3
-            # The parts that committed were taken back; the mailing waits for the next attempt.
-            assert _statuses(session, built.mailing.id) == {}
-            status = session.scalar(select(Mailing.status).where(Mailing.id == built.mailing.id))
-            assert status == MailingStatus.PLANNED
-            monkeypatch.setattr(outbox, "_part", real)
-            assert _made(session, built.mailing.id, materialize(session, built.mailing.id, 3)) == 25
-            session.commit()
-            assert _statuses(session, built.mailing.id) == {"pending": 25}
-    finally:
-        engine.dispose()
+    with pg_sessions() as session:
+        built = build_hub(session)
+        monkeypatch.setattr(outbox, "_part", part)
+        with pytest.raises(OperationalError, match="connection lost"):
+            materialize(session, built.mailing.id, 3)
+        session.rollback()
+        assert len(calls) == 3
+        # The parts that committed were taken back; the mailing waits for the next attempt.
+        assert _statuses(session, built.mailing.id) == {}
+        status = session.scalar(select(Mailing.status).where(Mailing.id == built.mailing.id))
+        assert status == MailingStatus.PLANNED
+        monkeypatch.setattr(outbox, "_part", real)
+        assert _made(session, built.mailing.id, materialize(session, built.mailing.id, 3)) == 25
+        session.commit()
+        assert _statuses(session, built.mailing.id) == {"pending": 25}
 
 
 def test_two_dispatchers_in_parts_make_the_rows_once(
-    pg_url: str, monkeypatch: pytest.MonkeyPatch
+    pg_sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(outbox, "PART_SPAN", 1)
-    engine = make_engine(pg_url)
-    upgrade(engine)
-    maker = make_sessionmaker(engine)
 
     def dispatcher(mailing_id: int) -> int | None:
-        with maker() as session:
+        with pg_sessions() as session:
             made = materialize(session, mailing_id, 3)
             session.commit()
             return None if made is None else made.rows
 
-    try:
-        with maker() as session:
-            built = build_hub(session)
-        with ThreadPoolExecutor(2) as pool:
-            made = list(pool.map(dispatcher, [built.mailing.id] * 2))
-        # Whichever came second waited for the first's commit and found the mailing taken.
-        assert sorted(made, key=lambda n: n is None) == [25, None]
-        with maker() as session:
-            assert _statuses(session, built.mailing.id) == {"pending": 25}
-    finally:
-        engine.dispose()
+    with pg_sessions() as session:
+        built = build_hub(session)
+    with ThreadPoolExecutor(2) as pool:
+        made = list(pool.map(dispatcher, [built.mailing.id] * 2))
+    # Whichever came second waited for the first's commit and found the mailing taken.
+    assert sorted(made, key=lambda n: n is None) == [25, None]
+    with pg_sessions() as session:
+        assert _statuses(session, built.mailing.id) == {"pending": 25}
 
 
 def test_batch_bounds_cover_every_unfinished_row_once(session: Session, hub: Hub) -> None:
@@ -366,29 +364,23 @@ def test_rows_in_flight_past_their_lease_become_unknown_never_pending(
     assert _statuses(session, hub.mailing.id)["unknown"] == 4
 
 
-def test_concurrent_claims_skip_each_others_rows(pg_url: str) -> None:
+def test_concurrent_claims_skip_each_others_rows(pg_sessions: sessionmaker[Session]) -> None:
     # PostgreSQL only: SQLite has one writer at a time, so its claims cannot overlap.
-    engine = make_engine(pg_url)
-    upgrade(engine)
-    maker = make_sessionmaker(engine)
-    try:
-        with maker() as session:
-            built = build_hub(session)
-            materialize(session, built.mailing.id)
-            session.commit()
-            (whole,) = batch_bounds(session, built.mailing.id, 100)
-        with maker() as a, maker() as b, ThreadPoolExecutor(1) as pool:
-            mine = claim(a, built.mailing.id, whole, lease=LEASE, limit=10)  # not committed
-            # The second claim passes over the first one's rows (it does not wait for them);
-            # then it waits at the batch, which both claims stamp open, for the first's commit.
-            later = pool.submit(claim, b, built.mailing.id, whole, lease=LEASE, limit=10)
-            a.commit()
-            theirs = later.result(timeout=60)
-            assert len(mine) == len(theirs) == 10
-            assert not {c.delivery_id for c in mine} & {c.delivery_id for c in theirs}
-            b.commit()
-    finally:
-        engine.dispose()
+    with pg_sessions() as session:
+        built = build_hub(session)
+        materialize(session, built.mailing.id)
+        session.commit()
+        (whole,) = batch_bounds(session, built.mailing.id, 100)
+    with pg_sessions() as a, pg_sessions() as b, ThreadPoolExecutor(1) as pool:
+        mine = claim(a, built.mailing.id, whole, lease=LEASE, limit=10)  # not committed
+        # The second claim passes over the first one's rows (it does not wait for them);
+        # then it waits at the batch, which both claims stamp open, for the first's commit.
+        later = pool.submit(claim, b, built.mailing.id, whole, lease=LEASE, limit=10)
+        a.commit()
+        theirs = later.result(timeout=60)
+        assert len(mine) == len(theirs) == 10
+        assert not {c.delivery_id for c in mine} & {c.delivery_id for c in theirs}
+        b.commit()
 
 
 def test_a_claim_stamps_one_new_fence_on_rows_whose_fences_differed(

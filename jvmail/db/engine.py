@@ -8,15 +8,12 @@ is killed half-way leaves the database exactly as it was.
 from __future__ import annotations
 
 import sqlite3
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import BindParameter, Connection, Engine, bindparam, create_engine, event, make_url
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 __all__ = [
@@ -64,49 +61,16 @@ def is_sqlite(engine: Engine) -> bool:
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine for ``url``. A SQLite file's folder is created if needed. A PostgreSQL
-    connection that sat in the pool for ``PING_AFTER`` seconds or more is tested before it is
-    handed out (and replaced when the server is gone); one in steady use is not: a statement
-    that finds its server gone raises, and its pool then replaces every connection made before
-    (a batch that meets it is retried, its rows safe under their lease)."""
+    """An engine for ``url``. A SQLite file's folder is created if needed."""
     parsed = normalize_url(url)
     if parsed.get_backend_name() != "sqlite":
-        engine = create_engine(parsed, **kwargs)
-        event.listen(engine, "checkin", _note_idle)
-        event.listen(engine, "checkout", _ping_if_idle(engine))
-        return engine
+        return create_engine(parsed, pool_pre_ping=True, **kwargs)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(parsed, connect_args={"isolation_level": None}, **kwargs)
     event.listen(engine, "connect", _sqlite_on_connect)
     event.listen(engine, "begin", _sqlite_on_begin)
     return engine
-
-
-PING_AFTER = 1.0  # seconds a pooled PostgreSQL connection sat unused: tested before use
-_IDLE_SINCE = "jvmail_idle_since"
-
-
-def _note_idle(_dbapi_connection: Any, record: Any) -> None:
-    record.info[_IDLE_SINCE] = time.monotonic()
-
-
-def _ping_if_idle(engine: Engine) -> Callable[[Any, Any, Any], None]:
-    """The pool's checkout hook: test a connection that sat unused for ``PING_AFTER`` seconds
-    (a round trip), as ``pool_pre_ping`` would test every one. A connection in steady use
-    skips it: a worker checks one out four times for each batch it sends."""
-    dialect = engine.dialect
-
-    def ping(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
-        since = record.info.get(_IDLE_SINCE)
-        if since is None or time.monotonic() - since < PING_AFTER:
-            return
-        try:
-            dialect.do_ping(dbapi_connection)
-        except dialect.loaded_dbapi.Error as exc:
-            raise DisconnectionError(f"a pooled connection is gone: {exc}") from exc
-
-    return ping
 
 
 def _sqlite_on_connect(dbapi_connection: sqlite3.Connection, _record: object) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from jvmail.db.models import (
@@ -59,16 +59,25 @@ def pause(session: Session, ids: Iterable[int], now: dt.datetime) -> list[Mailin
 def resume(session: Session, ids: Iterable[int], now: dt.datetime) -> list[MailingRow]:
     mailings = mailings_in(session, ids, (MailingStatus.PAUSED,), verb="resume", what="paused")
     for m in mailings:
-        # Dispatched when its batches were recorded (with its move to queued): rows alone may
-        # be what a dispatcher that died half way left (see jvmail.dispatch.outbox).
-        dispatched = session.scalar(select(exists().where(DeliveryBatch.mailing_id == m.id)))
-        if dispatched:
+        if _dispatched(session, m.id):
             m.status = MailingStatus.QUEUED
         else:
             m.status = MailingStatus.APPROVED if m.reviewed_at else MailingStatus.PLANNED
         m.error, m.updated_at = None, now
     session.flush()
     return rows_of(session, mailings)
+
+
+def _dispatched(session: Session, mailing_id: int) -> bool:
+    """Whether the mailing was dispatched: its batches were recorded (with its move to queued),
+    or a row of it went further than pending (a mailing dispatched before batches were
+    recorded). Pending rows alone may be what a dispatcher that died half way left (see
+    :mod:`jvmail.dispatch.outbox`)."""
+    batches = exists().where(DeliveryBatch.mailing_id == mailing_id)
+    handled = exists().where(
+        Delivery.mailing_id == mailing_id, Delivery.status != DeliveryStatus.PENDING
+    )
+    return bool(session.scalar(select(or_(batches, handled))))
 
 
 def cancel(
@@ -79,16 +88,24 @@ def cancel(
     why = f"mailing cancelled: {reason}" if reason else "mailing cancelled"
     for m in mailings:
         m.status, m.error, m.updated_at = MailingStatus.CANCELLED, why[:1000], now
-        session.execute(
-            update(Delivery)
-            .where(
-                Delivery.mailing_id == m.id,
-                Delivery.status.in_((DeliveryStatus.PENDING, DeliveryStatus.CLAIMED)),
+        if not _dispatched(session, m.id):
+            # Rows a dispatcher that died half way left: never sent, and not to stand in the
+            # way of the sender's other mailings of the promotion (one message per address).
+            session.execute(delete(Delivery).where(Delivery.mailing_id == m.id))
+        else:
+            session.execute(
+                update(Delivery)
+                .where(
+                    Delivery.mailing_id == m.id,
+                    Delivery.status.in_((DeliveryStatus.PENDING, DeliveryStatus.CLAIMED)),
+                )
+                .values(
+                    status=DeliveryStatus.FAILED,
+                    error=why[:1000],
+                    lease_until=None,
+                    updated_at=now,
+                )
             )
-            .values(
-                status=DeliveryStatus.FAILED, error=why[:1000], lease_until=None, updated_at=now
-            )
-        )
         accepted = session.scalar(
             select(func.count()).where(
                 Delivery.mailing_id == m.id, Delivery.status == DeliveryStatus.ACCEPTED

@@ -24,6 +24,7 @@ from typing import NamedTuple, cast
 
 from sqlalchemy import (
     Connection,
+    Delete,
     Engine,
     Table,
     Update,
@@ -96,7 +97,10 @@ def materialize(session: Session, mailing_id: int, parts: int = 1) -> Made | Non
     held = session.execute(
         select(*_TARGET)
         .where(Mailing.id == mailing_id, Mailing.status.in_(SENDABLE))
-        .with_for_update(key_share=True)  # FOR NO KEY UPDATE: the parts' key checks pass
+        # FOR NO KEY UPDATE: the parts' key checks pass. SKIP LOCKED: a second dispatcher of
+        # the mailing (the tick sends one while it waits) returns at once, not holding a
+        # connection the parts may need.
+        .with_for_update(key_share=True, skip_locked=True)
     ).first()
     if held is None:
         return None
@@ -179,7 +183,15 @@ def _part(engine: Engine, target: Target, span: tuple[int, int]) -> Made:
 
 def _clear(engine: Engine, mailing_id: int) -> None:
     with engine.begin() as conn:
-        conn.execute(delete(Delivery).where(Delivery.mailing_id == mailing_id))
+        conn.execute(_leftovers(mailing_id))
+
+
+def _leftovers(mailing_id: int) -> Delete:
+    """What an attempt that died half way left: the mailing's pending rows. A row that went
+    further is never removed: then the insert meets it on the unique key and fails, loudly."""
+    return delete(Delivery).where(
+        Delivery.mailing_id == mailing_id, Delivery.status == DeliveryStatus.PENDING
+    )
 
 
 def _insert(
@@ -189,7 +201,7 @@ def _insert(
     removing any the mailing has (``clear``: what an attempt in parts that died half way left;
     one probe of an index when there are none)."""
     if clear:
-        conn.execute(delete(Delivery).where(Delivery.mailing_id == target.mailing_id))
+        conn.execute(_leftovers(target.mailing_id))
     sub = Subscriber
     suppressed = exists().where(
         Suppression.partner_id == target.sender_id, Suppression.email == sub.email

@@ -6,11 +6,12 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from jvmail.db.models import (
     Delivery,
+    DeliveryBatch,
     LedgerEntry,
     LedgerKind,
     Mailing,
@@ -21,7 +22,7 @@ from jvmail.dispatch.control import cancel, pause, resume
 from jvmail.dispatch.pipeline import dispatch, due_mailings, send_batch
 from jvmail.errors import UsageError
 from jvmail.ledger import post
-from tests.dispatch.conftest import WHEN, Hub
+from tests.dispatch.conftest import WHEN, Hub, mailing
 from tests.dispatch.test_pipeline import Recording
 
 NOW = dt.datetime(2026, 12, 1, 8, tzinfo=dt.UTC)
@@ -106,6 +107,41 @@ def test_cancel_before_sending_drops_the_expected_value(session: Session, hub: H
     session.commit()
     values = session.execute(select(LedgerEntry.kind, LedgerEntry.value).order_by(LedgerEntry.id))
     assert values.all() == [(LedgerKind.EXPECTED, 12.0), (LedgerKind.CORRECTION, -12.0)]
+
+
+def test_a_mailing_dispatched_before_batches_were_recorded_resumes_queued(
+    session: Session, hub: Hub, tmp_path: Path
+) -> None:
+    first, _, _ = dispatch(session, hub.mailing.id, batch_size=10)
+    send_batch(session, Recording(tmp_path), hub.mailing.id, first)
+    pause(session, [hub.mailing.id], NOW)
+    # As for a mailing dispatched by an older release: no batch recorded, some rows sent.
+    session.execute(delete(DeliveryBatch).where(DeliveryBatch.mailing_id == hub.mailing.id))
+    session.commit()
+    resume(session, [hub.mailing.id], NOW)
+    session.commit()
+    assert _status(session, hub) == MailingStatus.QUEUED  # not planned: never dispatched again
+    assert due_mailings(session, WHEN) == []
+
+
+def test_cancelling_a_mailing_a_dispatcher_left_rows_of_frees_their_addresses(
+    session: Session, hub: Hub
+) -> None:
+    readers = session.scalars(
+        select(Subscriber.id).where(Subscriber.list_id == hub.lists[0].id)
+    ).all()
+    session.add_all(
+        Delivery(mailing_id=hub.mailing.id, subscriber_id=r, updated_at=NOW) for r in readers
+    )
+    session.commit()
+    cancel(session, [hub.mailing.id], NOW)
+    session.commit()
+    assert _statuses(session, hub.mailing.id) == {}
+    # The sender's mailing of the promotion to its other list now takes the shared addresses.
+    second = mailing(session, hub.promotion, hub.lists[1])
+    session.commit()
+    assert dispatch(session, second.id, batch_size=100)
+    assert _statuses(session, second.id) == {"pending": 6}
 
 
 def test_steps_that_do_not_apply_change_nothing(session: Session, hub: Hub) -> None:

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from sqlalchemy import Engine, event, func, select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from jvmail.db import make_engine, make_sessionmaker, upgrade
@@ -165,6 +165,29 @@ def pg_sessions(pg_url: str) -> Iterator[sessionmaker[Session]]:
     upgrade(engine)
     yield make_sessionmaker(engine)
     engine.dispose()
+
+
+def test_rows_that_went_further_than_pending_are_never_removed(
+    session: Session, hub: Hub, parts: int
+) -> None:
+    # A waiting mailing with a row already sent (which no dispatcher leaves): the materialize
+    # meets it on the unique key and fails, and removes nothing.
+    main = hub.lists[0]
+    first = session.scalars(select(Subscriber.id).where(Subscriber.list_id == main.id)).first()
+    assert first is not None
+    sent = Delivery(
+        mailing_id=hub.mailing.id,
+        subscriber_id=first,
+        status=DeliveryStatus.ACCEPTED,
+        updated_at=dt.datetime.now(dt.UTC),
+    )
+    session.add(sent)
+    session.commit()
+    with pytest.raises(IntegrityError):
+        materialize(session, hub.mailing.id, parts)
+    session.rollback()
+    assert _statuses(session, hub.mailing.id) == {"accepted": 1}
+    assert session.get(Mailing, hub.mailing.id).status == MailingStatus.PLANNED  # type: ignore[union-attr]
 
 
 def test_a_part_that_fails_leaves_the_mailing_waiting_and_no_rows(

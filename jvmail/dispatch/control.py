@@ -19,17 +19,11 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 
-from sqlalchemy import delete, exists, func, or_, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from jvmail.db.models import (
-    Delivery,
-    DeliveryBatch,
-    DeliveryStatus,
-    LedgerKind,
-    MailingStatus,
-    Partner,
-)
+from jvmail.db.models import Delivery, DeliveryStatus, LedgerKind, MailingStatus, Partner
+from jvmail.dispatch.outbox import dispatched, leftovers
 from jvmail.ledger import post
 from jvmail.ledger.book import load_entries
 from jvmail.ledger.postings import effective_values
@@ -59,25 +53,13 @@ def pause(session: Session, ids: Iterable[int], now: dt.datetime) -> list[Mailin
 def resume(session: Session, ids: Iterable[int], now: dt.datetime) -> list[MailingRow]:
     mailings = mailings_in(session, ids, (MailingStatus.PAUSED,), verb="resume", what="paused")
     for m in mailings:
-        if _dispatched(session, m.id):
+        if dispatched(session, m.id):
             m.status = MailingStatus.QUEUED
         else:
             m.status = MailingStatus.APPROVED if m.reviewed_at else MailingStatus.PLANNED
         m.error, m.updated_at = None, now
     session.flush()
     return rows_of(session, mailings)
-
-
-def _dispatched(session: Session, mailing_id: int) -> bool:
-    """Whether the mailing was dispatched: its batches were recorded (with its move to queued),
-    or a row of it went further than pending (a mailing dispatched before batches were
-    recorded). Pending rows alone may be what a dispatcher that died half way left (see
-    :mod:`jvmail.dispatch.outbox`)."""
-    batches = exists().where(DeliveryBatch.mailing_id == mailing_id)
-    handled = exists().where(
-        Delivery.mailing_id == mailing_id, Delivery.status != DeliveryStatus.PENDING
-    )
-    return bool(session.scalar(select(or_(batches, handled))))
 
 
 def cancel(
@@ -88,10 +70,10 @@ def cancel(
     why = f"mailing cancelled: {reason}" if reason else "mailing cancelled"
     for m in mailings:
         m.status, m.error, m.updated_at = MailingStatus.CANCELLED, why[:1000], now
-        if not _dispatched(session, m.id):
+        if not dispatched(session, m.id):
             # Rows a dispatcher that died half way left: never sent, and not to stand in the
             # way of the sender's other mailings of the promotion (one message per address).
-            session.execute(delete(Delivery).where(Delivery.mailing_id == m.id))
+            session.execute(leftovers(m.id))
         else:
             session.execute(
                 update(Delivery)

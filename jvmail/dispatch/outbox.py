@@ -33,6 +33,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    or_,
     select,
     update,
 )
@@ -40,6 +41,7 @@ from sqlalchemy.orm import Session, aliased
 
 from jvmail.db.models import (
     Delivery,
+    DeliveryBatch,
     DeliveryStatus,
     Mailing,
     MailingStatus,
@@ -50,7 +52,7 @@ from jvmail.db.models import (
 from jvmail.dispatch.deliveries import SENDABLE
 from jvmail.faults import fault
 
-__all__ = ["PARTS", "PART_SPAN", "materialize"]
+__all__ = ["PARTS", "PART_SPAN", "Made", "dispatched", "leftovers", "materialize"]
 
 PARTS = 2  # connections a large list's rows are made on at once, by default
 PART_SPAN = 100_000  # subscriber ids a part spans at least: a smaller list is one statement
@@ -92,8 +94,8 @@ def materialize(session: Session, mailing_id: int, parts: int = 1) -> Made | Non
         taken = session.execute(_take(mailing_id).returning(*_TARGET)).first()
         if taken is None:
             return None
-        target = _target(session, mailing_id, *taken)
-        return _insert(session.connection(), target, clear=True)
+        session.execute(leftovers(mailing_id))
+        return _insert(session.connection(), _target(session, mailing_id, *taken))
     held = session.execute(
         select(*_TARGET)
         .where(Mailing.id == mailing_id, Mailing.status.in_(SENDABLE))
@@ -107,7 +109,8 @@ def materialize(session: Session, mailing_id: int, parts: int = 1) -> Made | Non
     target = _target(session, mailing_id, *held)
     spans = _spans(session, target.list_id, parts)
     if len(spans) < 2:
-        created = _insert(session.connection(), target, clear=True)
+        session.execute(leftovers(mailing_id))
+        created = _insert(session.connection(), target)
     else:
         created = _in_parts(engine, target, spans)
         fault("dispatch:after-parts")  # a crash here leaves rows the next attempt removes
@@ -183,25 +186,31 @@ def _part(engine: Engine, target: Target, span: tuple[int, int]) -> Made:
 
 def _clear(engine: Engine, mailing_id: int) -> None:
     with engine.begin() as conn:
-        conn.execute(_leftovers(mailing_id))
+        conn.execute(leftovers(mailing_id))
 
 
-def _leftovers(mailing_id: int) -> Delete:
-    """What an attempt that died half way left: the mailing's pending rows. A row that went
-    further is never removed: then the insert meets it on the unique key and fails, loudly."""
+def leftovers(mailing_id: int) -> Delete:
+    """Removes what an attempt that died half way left: the mailing's pending rows (one probe
+    of an index when there are none). A row that went further is never removed: then the
+    insert meets it on the unique key and fails, loudly."""
     return delete(Delivery).where(
         Delivery.mailing_id == mailing_id, Delivery.status == DeliveryStatus.PENDING
     )
 
 
-def _insert(
-    conn: Connection, target: Target, span: tuple[int, int] | None = None, clear: bool = False
-) -> Made:
-    """Insert the rows of ``target`` (of subscribers whose id is in ``span``, when given), after
-    removing any the mailing has (``clear``: what an attempt in parts that died half way left;
-    one probe of an index when there are none)."""
-    if clear:
-        conn.execute(_leftovers(target.mailing_id))
+def dispatched(session: Session, mailing_id: int) -> bool:
+    """Whether the mailing was dispatched: its batches were recorded (with its move to queued),
+    or a row of it went further than pending (a mailing dispatched before batches were
+    recorded). Pending rows alone may be an attempt's :func:`leftovers`."""
+    batches = exists().where(DeliveryBatch.mailing_id == mailing_id)
+    handled = exists().where(
+        Delivery.mailing_id == mailing_id, Delivery.status != DeliveryStatus.PENDING
+    )
+    return bool(session.scalar(select(or_(batches, handled))))
+
+
+def _insert(conn: Connection, target: Target, span: tuple[int, int] | None = None) -> Made:
+    """Insert the rows of ``target`` (of subscribers whose id is in ``span``, when given)."""
     sub = Subscriber
     suppressed = exists().where(
         Suppression.partner_id == target.sender_id, Suppression.email == sub.email

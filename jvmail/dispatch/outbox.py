@@ -10,7 +10,8 @@ On PostgreSQL a large list is made in ``parts``. One statement runs on one core,
 row's cost is the check of its two foreign keys, row by row (about 5 of 9 s for 1,000,000
 rows); so the list's span of subscriber ids is cut into ranges, each inserted on its own
 connection at the same time. Meanwhile the caller's transaction holds the mailing's row
-(``FOR NO KEY UPDATE``, which the parts' foreign-key checks do not wait for), and takes the
+(``FOR NO KEY UPDATE``, which the parts' foreign-key checks do not wait for, with no idle
+timeout however the server is set), and takes the
 mailing only once every part has committed. A dispatcher that dies between the two leaves rows
 behind for a mailing still waiting to be sent, in no batch: nothing claims them (workers claim
 along batches), and the next attempt removes them before it starts.
@@ -35,6 +36,7 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.orm import Session, aliased
@@ -96,6 +98,9 @@ def materialize(session: Session, mailing_id: int, parts: int = 1) -> Made | Non
             return None
         session.execute(leftovers(mailing_id))
         return _insert(session.connection(), _target(session, mailing_id, *taken))
+    # The hold outlives the statements: it waits, idle in its transaction, while the parts
+    # run, which a server's idle_in_transaction_session_timeout must not end.
+    session.execute(text("SET LOCAL idle_in_transaction_session_timeout = 0"))
     held = session.execute(
         select(*_TARGET)
         .where(Mailing.id == mailing_id, Mailing.status.in_(SENDABLE))

@@ -113,9 +113,10 @@ class Result(NamedTuple):
 
 class ProviderError(JvmailError):
     """A request failed as a whole. ``transient``: retry later (after ``retry_after`` seconds
-    when the provider said so); ``auth``: the account's credentials were refused; ``maybe_sent``:
-    the request may have reached the provider (a timeout after sending), so its recipients are
-    in doubt and must be reconciled, never sent again blindly."""
+    when the provider said so); ``auth``: the account's credentials were refused (or its API
+    answered with a redirect), so its mailings pause; ``maybe_sent``: the request may have
+    reached the provider (a timeout after sending), so its recipients are in doubt and must be
+    reconciled, never sent again blindly."""
 
     def __init__(
         self,

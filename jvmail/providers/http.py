@@ -1,6 +1,8 @@
 """What the HTTP providers share: one request, its answer classified.
 
 * 2xx: the provider took the request.
+* 3xx: not followed (no provider's send API redirects; a request sent on to another address
+  could take the account's key with it): the account's mailings pause, as for a refused key.
 * 401 / 403: the account's key was refused: the account's mailings pause (``auth``).
 * 429 and 5xx: a passing refusal, retried later (``Retry-After`` honoured when given, in
   seconds or as an HTTP-date).
@@ -84,6 +86,7 @@ def post(
             headers=sent_headers,
             auth=auth or _HEADERS_ONLY,
             timeout=timeout,
+            allow_redirects=False,
         )
     except requests.ConnectionError as exc:
         raise ProviderError(
@@ -102,6 +105,15 @@ def post(
     if 200 <= status < 300:
         return answer
     said = answer.text[:300].strip()
+    if 300 <= status < 400:
+        raise ProviderError(
+            f"{name}: the API answered {status} {answer.reason}, sending the request on to "
+            f"{answer.headers.get('Location') or 'no address'}; it was not followed",
+            "check the network between this machine and the provider (a proxy or a captive "
+            "portal answers so); the account's mailings are paused until `jvmail resume`",
+            transient=False,
+            auth=True,
+        )
     if status in (401, 403):
         raise ProviderError(
             f"{name}: the account's key was refused ({status}: {said})",

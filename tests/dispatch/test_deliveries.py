@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import Engine, event, func, select
+from sqlalchemy import Engine, event, func, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -218,6 +219,29 @@ def test_a_part_that_fails_leaves_the_mailing_waiting_and_no_rows(
         assert _made(session, built.mailing.id, materialize(session, built.mailing.id, 3)) == 25
         session.commit()
         assert _statuses(session, built.mailing.id) == {"pending": 25}
+
+
+def test_the_hold_outlasts_a_servers_idle_in_transaction_timeout(
+    pg_sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A server that ends transactions idle for 50 ms, and parts that take longer than that:
+    # the dispatcher's hold, idle meanwhile, must survive to take the mailing.
+    monkeypatch.setattr(outbox, "PART_SPAN", 1)
+    real = outbox._in_parts
+
+    def slow(engine: Engine, target: outbox.Target, spans: list[tuple[int, int]]) -> Made:
+        time.sleep(0.3)
+        return real(engine, target, spans)
+
+    monkeypatch.setattr(outbox, "_in_parts", slow)
+    with pg_sessions() as session:
+        built = build_hub(session)
+        session.execute(text("SET idle_in_transaction_session_timeout = 50"))
+        assert _made(session, built.mailing.id, materialize(session, built.mailing.id, 3)) == 25
+        session.commit()
+        assert _statuses(session, built.mailing.id) == {"pending": 25}
+        status = session.scalar(select(Mailing.status).where(Mailing.id == built.mailing.id))
+        assert status == MailingStatus.QUEUED
 
 
 def test_two_dispatchers_in_parts_make_the_rows_once(

@@ -84,6 +84,20 @@ def test_documented_errors_are_classified(
         assert sent.error.retry_after == 7.0
 
 
+def test_a_redirect_is_not_followed_and_pauses_the_account(fake: Fake) -> None:
+    # Followed, the 308 would post the batch (and the key) again to where it points: here the
+    # fake itself, which would take it.
+    fake.script.append(Scripted(308, {"Location": f"{fake.url}/v3/mail/send"}))
+    sent = _provider(fake).send(_batch(3))
+    assert sent.error is not None
+    assert (sent.error.transient, sent.error.auth, sent.error.maybe_sent) == (False, True, False)
+    assert "308" in sent.error.message
+    assert f"{fake.url}/v3/mail/send" in sent.error.message
+    assert fake.requests == 1
+    assert not fake.accepted
+    assert sent.untried == [1, 2, 3]
+
+
 def test_a_wrong_key_is_refused_by_the_server(fake: Fake) -> None:
     sent = _provider(fake, key="SG.wrong").send(_batch(3))
     assert sent.error is not None

@@ -9,8 +9,11 @@
 * other 4xx: the request itself is wrong: not retried; the message carries the provider's own
   words so the cause can be fixed (:class:`Refused`, with the answer's status and body, for a
   provider whose answer names the recipients it refused).
-* no connection: retried later; nothing left.
-* a timeout after the request was sent: the provider may have it: ``maybe_sent``, never resent.
+* no connection made (refused, a name that does not resolve, no answer to the connect):
+  retried later; nothing left.
+* the connection lost once it was made (reset, closed before the answer), a timeout after the
+  request was sent, an answer cut off: the provider may have the request: ``maybe_sent``,
+  never resent.
 
 Bodies are serialized with orjson. A provider's credentials are only those it was given:
 requests would otherwise look up ``~/.netrc`` for every request without its own ``auth``, and
@@ -27,6 +30,12 @@ from typing import Any
 
 import orjson
 import requests
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    MaxRetryError,
+    NewConnectionError,
+    ProtocolError,
+)
 
 from jvmail.providers.base import ProviderError
 
@@ -88,15 +97,20 @@ def post(
             timeout=timeout,
             allow_redirects=False,
         )
-    except requests.ConnectionError as exc:
+    except requests.RequestException as exc:
+        if _not_connected(exc):
+            raise ProviderError(
+                f"{name}: cannot connect ({_cause(exc)})",
+                "the provider or the network is down; the batch is retried later",
+                transient=True,
+            ) from exc
+        said = (
+            f"no answer within {timeout[1]:g} s after sending"
+            if isinstance(exc, requests.Timeout)
+            else f"the connection was lost after sending ({_cause(exc)})"
+        )
         raise ProviderError(
-            f"{name}: cannot connect ({exc.__class__.__name__})",
-            "the provider or the network is down; the batch is retried later",
-            transient=True,
-        ) from exc
-    except requests.Timeout as exc:
-        raise ProviderError(
-            f"{name}: no answer within {timeout[1]:g} s after sending",
+            f"{name}: {said}",
             "the provider may have taken these messages: they wait for its events, not resent",
             transient=True,
             maybe_sent=True,
@@ -134,6 +148,25 @@ def post(
         status=status,
         body=answer.text,
     )
+
+
+def _not_connected(exc: requests.RequestException) -> bool:
+    """Whether the request failed before a connection was made, so that no byte of it left:
+    urllib3 reports those (refused, unresolvable, connect timeout) as its retries exhausted on
+    a connection error. Anything after (a reset, a close before the answer) may follow a request
+    the provider read whole."""
+    reason = exc.args[0] if exc.args else None
+    if isinstance(reason, MaxRetryError):
+        reason = reason.reason
+    return isinstance(reason, NewConnectionError | ConnectTimeoutError)
+
+
+def _cause(exc: BaseException) -> str:
+    """The innermost reason of a requests error, e.g. ``ConnectionRefusedError``."""
+    while exc.__context__ is not None and exc.__context__ is not exc:
+        exc = exc.__context__
+    reason = exc.args[0] if isinstance(exc, MaxRetryError | ProtocolError) and exc.args else exc
+    return reason.__class__.__name__ if isinstance(reason, BaseException) else type(exc).__name__
 
 
 def _seconds(value: str | None) -> float | None:

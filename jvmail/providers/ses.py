@@ -181,7 +181,7 @@ def _call(operation: Callable[..., dict[str, Any]], request: dict[str, Any]) -> 
         ClientError,
         ConnectTimeoutError,
         EndpointConnectionError,
-        ReadTimeoutError,
+        HTTPClientError,
     )
 
     try:
@@ -211,9 +211,9 @@ def _call(operation: Callable[..., dict[str, Any]], request: dict[str, Any]) -> 
         raise ProviderError(
             f"SES: cannot connect ({exc})", "retried later", transient=True
         ) from exc
-    except ReadTimeoutError as exc:
+    except HTTPClientError as exc:  # a read timeout, a connection closed after sending
         raise ProviderError(
-            "SES: no answer after sending",
+            f"SES: no answer after sending ({exc.__class__.__name__})",
             "the messages may have gone: they wait for SES's events, not resent",
             transient=True,
             maybe_sent=True,

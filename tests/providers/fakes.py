@@ -81,7 +81,10 @@ def _scripted(fake: Fake, h: BaseHTTPRequestHandler) -> Scripted | None:
     if scripted is None:
         return None
     time.sleep(scripted.hang)  # the fake provider being slow, not a test waiting
-    _answer(h, scripted.status, scripted.body, scripted.headers)
+    if scripted.drop:
+        h.close_connection = True  # no answer: the connection closes, the request read whole
+    else:
+        _answer(h, scripted.status, scripted.body, scripted.headers)
     return scripted
 
 
@@ -91,6 +94,7 @@ class Scripted:
     headers: dict[str, str] = field(default_factory=dict)
     body: dict[str, Any] = field(default_factory=dict)
     hang: float = 0.0  # seconds to wait before answering (past the client's timeout)
+    drop: bool = False  # close the connection instead of answering
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -116,6 +117,34 @@ def test_an_answer_that_never_comes_leaves_the_request_in_doubt(fake: Fake) -> N
     assert sent.error.maybe_sent
     assert sent.doubtful == list(range(1, 1001))
     assert sent.untried == list(range(1001, 1201))
+
+
+def test_a_connection_lost_after_sending_leaves_the_request_in_doubt(fake: Fake) -> None:
+    # SendGrid took the request, then the connection closed before its answer: a resend would
+    # mail these 1,000 people twice.
+    fake.script.append(Scripted(202, drop=True))
+    sent = _provider(fake).send(_batch(1200))
+    assert sent.error is not None
+    assert (sent.error.transient, sent.error.maybe_sent) == (True, True)
+    assert "connection was lost after sending" in sent.error.message
+    assert sent.doubtful == list(range(1, 1001))
+    assert sent.untried == list(range(1001, 1201))
+    assert len(fake.accepted) == 1000
+
+
+def test_no_connection_at_all_leaves_nothing_in_doubt() -> None:
+    with socket.socket() as free:  # a port nothing listens on
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    provider = SendGridProvider(
+        KEY, from_addr="news@s.example", from_name="Sender Co", api=f"http://127.0.0.1:{port}"
+    )
+    sent = provider.send(_batch(3))
+    assert sent.error is not None
+    assert (sent.error.transient, sent.error.maybe_sent) == (True, False)
+    assert "cannot connect (ConnectionRefusedError)" in sent.error.message
+    assert sent.untried == [1, 2, 3]
+    assert sent.doubtful == []
 
 
 def test_an_invalid_address_is_refused_for_good_the_rest_sent_at_once(fake: Fake) -> None:

@@ -92,3 +92,13 @@ def test_a_bare_429_or_5xx_is_a_refusal_for_now(fake: Fake, status: int) -> None
     assert sent.error.transient
     assert sent.untried == [1]
     assert not fake.accepted
+
+
+def test_a_connection_lost_after_sending_leaves_the_request_in_doubt(fake: Fake) -> None:
+    emails = [f"r{n}@mail.example" for n in range(1, 61)]
+    fake.script.append(Scripted(200, drop=True))
+    sent = _provider(fake).send(_batch(emails))
+    assert sent.error is not None
+    assert (sent.error.transient, sent.error.maybe_sent) == (True, True)
+    assert sent.doubtful == list(range(1, 51))  # the first request's: never resent
+    assert sent.untried == list(range(51, 61))

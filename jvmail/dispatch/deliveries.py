@@ -410,11 +410,13 @@ def _claims(held: Sequence[Claimed]) -> dict[int, list[int]]:
     return by_fence
 
 
-def start(session: Session, held: Sequence[Claimed]) -> list[Claimed]:
+def start(session: Session, held: Sequence[Claimed], *, lease: dt.timedelta) -> list[Claimed]:
     """Mark the rows ``sending`` where the fence still holds; only those may go out. ``held``
     is whole claims, as :func:`claim` returned them: a claim's rows are matched by its fence.
-    Rows whose address was unsubscribed or suppressed since the claim become ``suppressed``."""
-    return started(session, held).going
+    Rows whose address was unsubscribed or suppressed since the claim become ``suppressed``.
+    The rows' lease starts again, for ``lease``: it covers the provider call, not the time the
+    batch waited for its account's pace since the claim."""
+    return started(session, held, lease=lease).going
 
 
 @dataclass(frozen=True)
@@ -423,16 +425,17 @@ class Started:
     suppressed: int  # found unsubscribed or suppressed since the claim: never sent
 
 
-def started(session: Session, held: Sequence[Claimed]) -> Started:
+def started(session: Session, held: Sequence[Claimed], *, lease: dt.timedelta) -> Started:
     """:func:`start`, and how many rows it found suppressed."""
     if not held:
         return Started([], 0)
     now = _now()
+    until = now + lease
     moved: dict[int, DeliveryStatus] = {}
     connection = session.connection()
     suppress, send = _start_statements()
     for fence, ids in _claims(held).items():
-        params = bind(fence=fence, lo=min(ids), hi=max(ids), first=ids[0], now=now)
+        params = bind(fence=fence, lo=min(ids), hi=max(ids), first=ids[0], now=now, until=until)
         for d in connection.execute(suppress, params).scalars():
             moved[d] = DeliveryStatus.SUPPRESSED
         for d in connection.execute(send, params).scalars():
@@ -449,9 +452,10 @@ def started(session: Session, held: Sequence[Claimed]) -> Started:
 @cache
 def _start_statements() -> tuple[ReturningUpdate[int], ReturningUpdate[int]]:
     """:func:`started`'s two statements, by parameters ``fence``, ``lo`` and ``hi`` (one
-    claim's rows), ``first`` (one of its ids) and ``now``: those of the rows found blocked become
-    ``suppressed``, then the rest ``sending``; two statements, so that each row's address is
-    judged once. Core, as there are no ORM objects to keep in step."""
+    claim's rows), ``first`` (one of its ids), ``now`` and ``until`` (the new lease's end):
+    those of the rows found blocked become ``suppressed``, then the rest ``sending``; two
+    statements, so that each row's address is judged once. Core, as there are no ORM objects
+    to keep in step."""
     fence, now = param("fence", Delivery.fence), param("now", Delivery.updated_at)
     bounds = (param("lo", Delivery.id), param("hi", Delivery.id))
     rows = (*_held(fence, bounds), Delivery.status == DeliveryStatus.CLAIMED)
@@ -469,7 +473,12 @@ def _start_statements() -> tuple[ReturningUpdate[int], ReturningUpdate[int]]:
     send = (
         update(Delivery)
         .where(*rows)
-        .values(status=DeliveryStatus.SENDING, attempts=Delivery.attempts + 1, updated_at=now)
+        .values(
+            status=DeliveryStatus.SENDING,
+            attempts=Delivery.attempts + 1,
+            lease_until=param("until", Delivery.lease_until),
+            updated_at=now,
+        )
         .returning(Delivery.id)
     )
     return suppress, send
@@ -635,12 +644,13 @@ def expire(session: Session, now: dt.datetime | None = None) -> int:
     """``sending`` rows past their lease become ``unknown``; returns how many. Only open batches
     can hold such rows: their id ranges are all that is read."""
     moment = now or _now()
-    ended = in_open_batches(
-        session, Delivery.status == DeliveryStatus.SENDING, Delivery.lease_until < moment
-    )
+    over = (Delivery.status == DeliveryStatus.SENDING, Delivery.lease_until < moment)
+    ended = in_open_batches(session, *over)
     result = session.connection().execute(
         update(Delivery)
-        .where(Delivery.id.in_(ended))
+        # Judged again on the row itself: a worker may record or release it while this waits
+        # for its lock, and PostgreSQL then re-checks the row, not the subquery that found it.
+        .where(Delivery.id.in_(ended), *over)
         .values(status=DeliveryStatus.UNKNOWN, updated_at=moment)
         .execution_options(preserve_rowcount=True)
     )

@@ -305,7 +305,7 @@ def send_batch(
         session, message, held, report, limiter=limiter, clock=clock
     ):
         return report
-    going = _in_flight(session, message, held, report, guard)
+    going = _in_flight(session, message, held, report, guard, lease=lease)
     if not going:
         return report
     batch = OutboundBatch(
@@ -371,9 +371,11 @@ def _in_flight(
     held: list[Claimed],
     report: BatchReport,
     guard: SendGuard | None,
+    *,
+    lease: dt.timedelta,
 ) -> list[Claimed]:
     """Mark the claimed rows in flight and ask the send guard about them; the rows to send."""
-    going = _start(session, message.mailing_id, held, report)
+    going = _start(session, message.mailing_id, held, report, lease)
     if going and guard is not None:
         going = _guarded(session, guard, message, going, report)
         if not going:  # every one of them went out already, from another copy
@@ -391,7 +393,7 @@ def _claim(
 
 
 def _start(
-    session: Session, mailing_id: int, held: list[Claimed], report: BatchReport
+    session: Session, mailing_id: int, held: list[Claimed], report: BatchReport, lease: dt.timedelta
 ) -> list[Claimed]:
     """Mark the claimed rows in flight and commit; the rows that may go out (none when the
     mailing was paused or cancelled since the claim: they go back unsent)."""
@@ -399,7 +401,7 @@ def _start(
         unclaim(session, held)
         session.commit()
         return []
-    moved = started(session, held)
+    moved = started(session, held, lease=lease)
     session.commit()
     report.suppressed += moved.suppressed
     report.stale = len(held) - len(moved.going) - moved.suppressed

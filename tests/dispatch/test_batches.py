@@ -51,7 +51,7 @@ def test_a_claim_opens_its_batch_and_the_tick_closes_it_once_settled(
     # The first batch is all accepted: closed. The second is claimed: it stays open.
     assert close_batches(session) == 1
     assert _open(session, hub.mailing.id) == {first[0]: False, second[0]: True, third[0]: False}
-    start(session, held)
+    start(session, held, lease=LEASE)
     record(session, [Outcome(c.delivery_id, c.fence, DeliveryStatus.ACCEPTED) for c in held])
     session.commit()
     assert close_batches(session) == 1
@@ -61,7 +61,7 @@ def test_a_claim_opens_its_batch_and_the_tick_closes_it_once_settled(
 
 def test_expire_and_reconcile_read_open_batches_only(session: Session, hub: Hub) -> None:
     (whole,) = dispatch(session, hub.mailing.id, batch_size=100)
-    held = start(session, claim(session, hub.mailing.id, whole, lease=GONE, limit=5))
+    held = start(session, claim(session, hub.mailing.id, whole, lease=GONE, limit=5), lease=GONE)
     session.commit()
     assert close_batches(session) == 0  # rows not yet final keep it open
     assert expire(session) == 5
@@ -96,7 +96,9 @@ def test_unfinished_and_finish_settled_follow_the_batches(
     pending = Delivery.status == DeliveryStatus.PENDING
     assert has_rows(session, hub.mailing.id, pending)
     assert not has_rows(session, hub.mailing.id, pending, open_only=True)
-    held = start(session, claim(session, hub.mailing.id, bounds[-1], lease=LEASE, limit=100))
+    held = start(
+        session, claim(session, hub.mailing.id, bounds[-1], lease=LEASE, limit=100), lease=LEASE
+    )
     session.commit()
     assert unfinished(session, hub.mailing.id)  # in flight
     record(session, [Outcome(c.delivery_id, c.fence, DeliveryStatus.ACCEPTED) for c in held])
@@ -162,7 +164,7 @@ def test_the_tallies_add_what_was_stored_once(session: Session, hub: Hub) -> Non
     got = claimed(session, hub.mailing.id, whole, lease=LEASE, limit=11)
     session.commit()
     assert (len(got.held), got.suppressed) == (10, 1)
-    going = start(session, got.held)
+    going = start(session, got.held, lease=LEASE)
     answers = [
         Outcome(c.delivery_id, c.fence, DeliveryStatus.FAILED if n % 2 else DeliveryStatus.ACCEPTED)
         for n, c in enumerate(going)
@@ -176,7 +178,9 @@ def test_the_tallies_add_what_was_stored_once(session: Session, hub: Hub) -> Non
     tally(session, hub.mailing.id, whole[0], again)
     session.commit()
     assert sum(again.values()) == 0
-    rest = start(session, claim(session, hub.mailing.id, whole, lease=LEASE, limit=100))
+    rest = start(
+        session, claim(session, hub.mailing.id, whole, lease=LEASE, limit=100), lease=LEASE
+    )
     alike = [Outcome(c.delivery_id, c.fence, DeliveryStatus.ACCEPTED, "m1") for c in rest]
     tally(session, hub.mailing.id, whole[0], recorded(session, alike, held=rest))
     session.commit()

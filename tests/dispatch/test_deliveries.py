@@ -31,6 +31,7 @@ from jvmail.dispatch.deliveries import (
     claim,
     expire,
     record,
+    release,
     start,
     started,
 )
@@ -330,8 +331,10 @@ def test_a_worker_that_lost_its_lease_sends_nothing_and_records_nothing(
     # One fence per claim, a new one: the stale holder's fence matches none of the rows.
     assert len({c.fence for c in stale}) == len({c.fence for c in fresh}) == 1
     assert fresh[0].fence != stale[0].fence
-    assert start(session, stale) == []  # the stale holder learns it before any provider call
-    assert start(session, fresh) == fresh
+    assert (
+        start(session, stale, lease=LEASE) == []
+    )  # the stale holder learns it before any provider call
+    assert start(session, fresh, lease=LEASE) == fresh
     session.commit()
     late = [Outcome(c.delivery_id, c.fence, DeliveryStatus.ACCEPTED, "stale") for c in stale]
     assert record(session, late) == 0
@@ -379,7 +382,7 @@ def test_a_suppression_committed_after_the_claim_is_honoured_at_start(
     session.commit()
     assert len(held) == 25
     _two_readers_leave(session, hub, SubscriberStatus.UNSUBSCRIBED)
-    moved = started(session, held)
+    moved = started(session, held, lease=LEASE)
     session.commit()
     assert moved.suppressed == 2
     assert len(moved.going) == 23
@@ -397,7 +400,7 @@ def test_rows_in_flight_past_their_lease_become_unknown_never_pending(
     materialize(session, hub.mailing.id)
     session.commit()
     (whole,) = batch_bounds(session, hub.mailing.id, 100)
-    held = start(session, claim(session, hub.mailing.id, whole, lease=GONE, limit=4))
+    held = start(session, claim(session, hub.mailing.id, whole, lease=GONE, limit=4), lease=GONE)
     session.commit()
     assert len(held) == 4
     # In flight: even with the lease gone, nobody may claim them again.
@@ -409,6 +412,64 @@ def test_rows_in_flight_past_their_lease_become_unknown_never_pending(
     late = [Outcome(c.delivery_id, c.fence, DeliveryStatus.ACCEPTED) for c in held]
     assert record(session, late) == 0  # the stale worker's late commit is refused
     assert _statuses(session, hub.mailing.id)["unknown"] == 4
+
+
+def test_start_gives_the_rows_in_flight_a_lease_of_their_own(session: Session, hub: Hub) -> None:
+    # The claim's lease ran out while the batch waited for its account's pace: the provider
+    # call that follows gets a whole lease, or the tick would take its rows for lost mid-call.
+    materialize(session, hub.mailing.id)
+    session.commit()
+    (whole,) = batch_bounds(session, hub.mailing.id, 100)
+    held = start(session, claim(session, hub.mailing.id, whole, lease=GONE, limit=4), lease=LEASE)
+    session.commit()
+    assert len(held) == 4
+    assert expire(session) == 0
+    assert _statuses(session, hub.mailing.id) == {"sending": 4, "pending": 21}
+    later = dt.datetime.now(dt.UTC) + LEASE + dt.timedelta(seconds=1)
+    assert expire(session, later) == 4
+
+
+def _waits_for_a_lock(session: Session, pid: int) -> bool:
+    return bool(
+        session.scalar(
+            text("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = :pid"),
+            {"pid": pid},
+        )
+    )
+
+
+@pytest.mark.parametrize("late", ["recorded", "released"])
+def test_expire_leaves_rows_a_worker_settled_while_it_waited(
+    pg_sessions: sessionmaker[Session], late: str
+) -> None:
+    # A worker past its lease stores its outcome (or gives its rows back) while the tick's
+    # expire waits for those rows' locks: once the worker commits, the rows are no longer in
+    # flight, and expire must leave them as the worker left them.
+    with pg_sessions() as worker, pg_sessions() as tick, pg_sessions() as watch:
+        built = build_hub(worker)
+        materialize(worker, built.mailing.id)
+        worker.commit()
+        (whole,) = batch_bounds(worker, built.mailing.id, 100)
+        held = start(
+            worker, claim(worker, built.mailing.id, whole, lease=GONE, limit=4), lease=GONE
+        )
+        worker.commit()
+        if late == "recorded":
+            outcomes = [Outcome(c.delivery_id, c.fence, DeliveryStatus.ACCEPTED) for c in held]
+            assert record(worker, outcomes) == 4
+        else:
+            assert release(worker, held) == 4
+        pid = tick.scalar(text("SELECT pg_backend_pid()"))
+        with ThreadPoolExecutor(1) as pool:
+            expiring = pool.submit(expire, tick)
+            while not _waits_for_a_lock(watch, pid):
+                assert not expiring.done(), "expire did not wait for the worker's rows"
+                watch.rollback()  # a new snapshot of pg_stat_activity each time
+            worker.commit()
+            assert expiring.result() == 0
+        tick.commit()
+        left = {"accepted": 4, "pending": 21} if late == "recorded" else {"pending": 25}
+        assert _statuses(watch, built.mailing.id) == left
 
 
 def test_concurrent_claims_skip_each_others_rows(pg_sessions: sessionmaker[Session]) -> None:
@@ -458,7 +519,7 @@ def test_start_refuses_part_of_a_claim(session: Session, hub: Hub) -> None:
     held = claim(session, hub.mailing.id, whole, lease=LEASE, limit=10)
     session.commit()
     with pytest.raises(ValueError, match="whole claims"):
-        start(session, held[::2])  # the rows between would go out unsent
+        start(session, held[::2], lease=LEASE)  # the rows between would go out unsent
     session.rollback()
     assert _statuses(session, hub.mailing.id) == {"claimed": 10, "pending": 15}
 
@@ -510,8 +571,10 @@ def test_recording_a_whole_claim_by_ranges_stores_what_row_by_row_does(
     materialize(session, hub.mailing.id)
     session.commit()
     (whole,) = batch_bounds(session, hub.mailing.id, 100)
-    ranged = start(session, claim(session, hub.mailing.id, whole, lease=LEASE, limit=10))
-    each = start(session, claim(session, hub.mailing.id, whole, lease=LEASE, limit=10))
+    ranged = start(
+        session, claim(session, hub.mailing.id, whole, lease=LEASE, limit=10), lease=LEASE
+    )
+    each = start(session, claim(session, hub.mailing.id, whole, lease=LEASE, limit=10), lease=LEASE)
     session.commit()
     updates = _updates(session)
     assert record(session, _answers(ranged), held=ranged) == 10
@@ -527,7 +590,7 @@ def test_outcomes_for_part_of_a_claim_touch_only_their_rows(session: Session, hu
     materialize(session, hub.mailing.id)
     session.commit()
     (whole,) = batch_bounds(session, hub.mailing.id, 100)
-    held = start(session, claim(session, hub.mailing.id, whole, lease=LEASE, limit=10))
+    held = start(session, claim(session, hub.mailing.id, whole, lease=LEASE, limit=10), lease=LEASE)
     session.commit()
     some = [Outcome(c.delivery_id, c.fence, DeliveryStatus.ACCEPTED, "m1") for c in held[:4]]
     assert record(session, some, held=held) == 4
@@ -539,7 +602,7 @@ def test_a_stale_claims_whole_record_is_refused(session: Session, hub: Hub) -> N
     materialize(session, hub.mailing.id)
     session.commit()
     (whole,) = batch_bounds(session, hub.mailing.id, 100)
-    stale = start(session, claim(session, hub.mailing.id, whole, lease=GONE, limit=5))
+    stale = start(session, claim(session, hub.mailing.id, whole, lease=GONE, limit=5), lease=GONE)
     session.commit()
     assert expire(session) == 5  # the stale worker's lease ended mid-call: unknown
     session.commit()

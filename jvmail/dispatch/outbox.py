@@ -20,6 +20,7 @@ along batches), and the next attempt removes them before it starts.
 from __future__ import annotations
 
 import datetime as dt
+import zlib
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import NamedTuple, cast
 
@@ -124,6 +125,7 @@ def materialize(session: Session, mailing_id: int, parts: int = 1) -> Made | Non
 
 
 _TARGET = (Mailing.promotion_id, Mailing.sender_id, Mailing.list_id)
+_LOCKS = 0x6A766F62  # the class of this module's advisory locks (two-key: their own space)
 
 
 def _take(mailing_id: int) -> Update:
@@ -141,14 +143,22 @@ def _target(
     # and then the statement has no probe of the delivery table at all. When they exist, the
     # probe names them, so it never walks the rows this statement is inserting (a plan that
     # rescans the table per subscriber would otherwise grow quadratic in the list's size).
-    others = session.scalars(
-        select(Mailing.id).where(
-            Mailing.promotion_id == promotion_id,
-            Mailing.sender_id == sender_id,
-            Mailing.id != mailing_id,
+    others = list(
+        session.scalars(
+            select(Mailing.id).where(
+                Mailing.promotion_id == promotion_id,
+                Mailing.sender_id == sender_id,
+                Mailing.id != mailing_id,
+            )
         )
     )
-    return Target(mailing_id, sender_id, list_id, list(others))
+    if others and session.get_bind().dialect.name == "postgresql":
+        # Each of these mailings' rows leave out the addresses the others' rows already have:
+        # two made at once would not see each other's. So they are made one at a time (SQLite
+        # writes one at a time anyway), each seeing what the one before committed.
+        key = zlib.crc32(f"jvmail:outbox:{sender_id}:{promotion_id}".encode()) - 2**31
+        session.execute(text("SELECT pg_advisory_xact_lock(:c, :k)"), {"c": _LOCKS, "k": key})
+    return Target(mailing_id, sender_id, list_id, others)
 
 
 def _spans(session: Session, list_id: int, parts: int) -> list[tuple[int, int]]:

@@ -70,6 +70,15 @@ def _emails(session: Session, mailing_id: int) -> list[str]:
     )
 
 
+def _waits_for_a_lock(session: Session, pid: int) -> bool:
+    return bool(
+        session.scalar(
+            text("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = :pid"),
+            {"pid": pid},
+        )
+    )
+
+
 @pytest.fixture(params=[1, 3], ids=["one-statement", "three-parts"])
 def parts(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
     """Materialize in one statement, or (on PostgreSQL) in three parts at once: the hub's lists
@@ -129,6 +138,29 @@ def test_one_message_per_address_across_the_owners_lists(
     assert _made(session, second.id, materialize(session, second.id, parts)) == 1
     session.commit()
     assert _emails(session, second.id) == ["solo@mail.example"]
+
+
+def test_two_lists_mailings_of_one_promotion_made_at_once_share_no_address(
+    pg_sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch, parts: int
+) -> None:
+    # Both of the sender's lists get the promotion, both due at once, each dispatched by its
+    # own worker: the second must wait for the first's rows, then leave out their addresses.
+    with pg_sessions() as first, pg_sessions() as second, pg_sessions() as watch:
+        built = build_hub(first)
+        extra = mailing(first, built.promotion, built.lists[1])
+        first.commit()
+        assert _made(first, built.mailing.id, materialize(first, built.mailing.id, parts)) == 25
+        pid = second.scalar(text("SELECT pg_backend_pid()"))
+        with ThreadPoolExecutor(1) as pool:
+            making = pool.submit(materialize, second, extra.id, parts)
+            while not _waits_for_a_lock(watch, pid):
+                assert not making.done(), "the second mailing's rows were made at once"
+                watch.rollback()
+            first.commit()
+            made = making.result()
+        second.commit()
+        assert _made(second, extra.id, made) == 1
+        assert _emails(watch, extra.id) == ["solo@mail.example"]
 
 
 def test_a_mailing_not_due_is_not_materialized(session: Session, hub: Hub) -> None:
@@ -427,15 +459,6 @@ def test_start_gives_the_rows_in_flight_a_lease_of_their_own(session: Session, h
     assert _statuses(session, hub.mailing.id) == {"sending": 4, "pending": 21}
     later = dt.datetime.now(dt.UTC) + LEASE + dt.timedelta(seconds=1)
     assert expire(session, later) == 4
-
-
-def _waits_for_a_lock(session: Session, pid: int) -> bool:
-    return bool(
-        session.scalar(
-            text("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = :pid"),
-            {"pid": pid},
-        )
-    )
 
 
 @pytest.mark.parametrize("late", ["recorded", "released"])

@@ -86,6 +86,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 LEASE = dt.timedelta(minutes=10)
+SENDING_NOW = (MailingStatus.QUEUED, MailingStatus.SENDING)  # a mailing being sent
+STOPPED = (MailingStatus.CANCELLED, MailingStatus.FAILED)  # a mailing that sends no more
 
 
 @dataclass(frozen=True)
@@ -324,7 +326,7 @@ def send_batch(
     untried = set(sent.untried) | later
     back = [c for c in going if c.delivery_id in untried]
     _unmark(guard, message, back)
-    release(session, back)
+    _give_back(session, mailing_id, back)
     results = [r for r in sent.results if not r.retry]
     if sent.error is not None:
         # Doubtful rows stay in flight until their lease ends, then become unknown for the
@@ -429,7 +431,7 @@ def _guarded(
     try:
         seen = guard.mark(message.mark, [c.subscriber_id for c in going])
     except GuardDown as exc:
-        release(session, going)
+        _give_back(session, message.mailing_id, going)
         session.commit()
         report.retry = True
         report.error = f"the send guard (Redis) did not answer: {exc}; retried later"
@@ -451,6 +453,27 @@ def _guarded(
         len(copies),
     )
     return [c for c in going if c.subscriber_id not in seen]
+
+
+def _give_back(session: Session, mailing_id: int, back: list[Claimed]) -> None:
+    """In-flight rows that did not go out: pending again for a later batch, or ``failed`` with
+    the mailing's reason when it was cancelled or failed meanwhile (a pending row of a stopped
+    mailing would wait forever). The mailing is read under a share lock kept until the
+    caller's commit: a cancel that comes meanwhile waits for it, then fails these rows itself."""
+    if not back:
+        return
+    status, error = session.execute(
+        select(Mailing.status, Mailing.error)
+        .where(Mailing.id == mailing_id)
+        .with_for_update(read=True)
+    ).one()
+    if status not in STOPPED:
+        release(session, back)
+        return
+    why = error or f"the mailing {status.value}"
+    record(
+        session, [Outcome(c.delivery_id, c.fence, DeliveryStatus.FAILED, None, why) for c in back]
+    )
 
 
 def _unmark(guard: SendGuard | None, message: Message, back: list[Claimed]) -> None:
@@ -486,7 +509,7 @@ def _running_statement() -> Select[int]:
         select(Mailing.id)
         .where(
             Mailing.id == param("m", Mailing.id),
-            Mailing.status.in_((MailingStatus.QUEUED, MailingStatus.SENDING)),
+            Mailing.status.in_(SENDING_NOW),
         )
         .with_for_update(read=True)
     )
@@ -598,7 +621,7 @@ def _finish(session: Session, mailing_id: int) -> None:
             update(Mailing)
             .where(
                 Mailing.id == mailing_id,
-                Mailing.status.in_((MailingStatus.QUEUED, MailingStatus.SENDING)),
+                Mailing.status.in_(SENDING_NOW),
             )
             .values(status=MailingStatus.SENT, updated_at=dt.datetime.now(dt.UTC))
         )
@@ -610,9 +633,7 @@ def finish_settled(session: Session, mailing_ids: Sequence[int] | None = None) -
     deliveries and none of them unfinished: those whose last batch ended in doubt and was
     settled later, by a webhook or the reconciler. Returns how many. The caller commits."""
     any_rows = select(Delivery.id).where(Delivery.mailing_id == Mailing.id)
-    query = select(Mailing.id).where(
-        Mailing.status.in_((MailingStatus.QUEUED, MailingStatus.SENDING)), exists(any_rows)
-    )
+    query = select(Mailing.id).where(Mailing.status.in_(SENDING_NOW), exists(any_rows))
     if mailing_ids is not None:
         query = query.where(Mailing.id.in_(list(mailing_ids)))
     done = [m for m in session.scalars(query) if not unfinished(session, m)]
@@ -622,7 +643,7 @@ def finish_settled(session: Session, mailing_ids: Sequence[int] | None = None) -
         update(Mailing)
         .where(
             Mailing.id.in_(done),
-            Mailing.status.in_((MailingStatus.QUEUED, MailingStatus.SENDING)),
+            Mailing.status.in_(SENDING_NOW),
         )
         .values(status=MailingStatus.SENT, updated_at=dt.datetime.now(dt.UTC))
         .execution_options(preserve_rowcount=True)
@@ -631,22 +652,29 @@ def finish_settled(session: Session, mailing_ids: Sequence[int] | None = None) -
 
 
 def pause_mailing(session: Session, mailing_id: int, why: str) -> None:
-    """The sender's account refused our credentials: the mailing waits, saying why."""
+    """The sender's account refused our credentials (or the mailing refuses too many): the
+    mailing waits, saying why. Only a mailing being sent: one paused or cancelled by the
+    coordinator meanwhile stays as they left it."""
     session.execute(
         update(Mailing)
-        .where(Mailing.id == mailing_id)
+        .where(Mailing.id == mailing_id, Mailing.status.in_(SENDING_NOW))
         .values(status=MailingStatus.PAUSED, error=why[:1000], updated_at=dt.datetime.now(dt.UTC))
     )
 
 
 def fail_mailing(session: Session, mailing_id: int, why: str) -> None:
-    """The mailing cannot be sent: it fails with the reason; its rows are released unsent."""
+    """The mailing cannot be sent: it fails with the reason; its rows not handed over fail
+    with it. Only a mailing being sent: one paused or cancelled meanwhile stays so."""
     now = dt.datetime.now(dt.UTC)
-    session.execute(
+    failed = session.execute(
         update(Mailing)
-        .where(Mailing.id == mailing_id)
+        .where(Mailing.id == mailing_id, Mailing.status.in_(SENDING_NOW))
         .values(status=MailingStatus.FAILED, error=why[:1000], updated_at=now)
-    )
+        .returning(Mailing.id)
+    ).first()
+    if failed is None:
+        session.commit()
+        return
     session.execute(
         update(Delivery)
         .where(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from jvmail.dispatch.control import cancel, pause, resume
 from jvmail.dispatch.pipeline import dispatch, due_mailings, send_batch
 from jvmail.errors import UsageError
 from jvmail.ledger import post
+from jvmail.providers.base import OutboundBatch, ProviderError, Recipient, Result
 from tests.dispatch.conftest import WHEN, Hub, mailing
 from tests.dispatch.test_pipeline import Recording
 
@@ -98,6 +100,60 @@ def test_cancel_ends_what_was_not_sent_and_cancels_the_value_only_if_nothing_wen
     assert _statuses(session, hub.mailing.id) == {"accepted": 9, "failed": 16}
     kinds = session.scalars(select(LedgerEntry.kind).order_by(LedgerEntry.id)).all()
     assert kinds == [LedgerKind.EXPECTED]  # messages went out: tracking will measure them
+
+
+class StoppedMidCall(Recording):
+    """Refuses each request as a whole, after ``meanwhile`` ran in a session of its own."""
+
+    def __init__(self, folder: Path, session: Session, meanwhile: str, answer: ProviderError):
+        super().__init__(folder)
+        self.fail, self.bind, self.meanwhile = answer, session.get_bind(), meanwhile
+
+    def _send(self, batch: OutboundBatch, recipients: Sequence[Recipient]) -> list[Result]:
+        with Session(self.bind) as other:
+            if self.meanwhile == "cancel":
+                cancel(other, [batch.mailing_id], NOW, reason="offer closed")
+            else:
+                pause(other, [batch.mailing_id], NOW)
+            other.commit()
+        return super()._send(batch, recipients)
+
+
+_PASSING = ProviderError("503 unavailable", transient=True)
+_KEY_REFUSED = ProviderError("401 unauthorized", transient=False, auth=True)
+_BAD_REQUEST = ProviderError("400 bad request", transient=False)
+
+
+@pytest.mark.parametrize("answer", [_PASSING, _KEY_REFUSED, _BAD_REQUEST])
+def test_a_cancel_during_a_refused_request_is_not_undone(
+    session: Session, hub: Hub, tmp_path: Path, answer: ProviderError
+) -> None:
+    # The coordinator cancels while the batch is at the provider, which then refuses the
+    # request as a whole: the rows it gave back end failed with the cancel, none waits
+    # pending forever, and the mailing stays cancelled, not paused or failed by the worker.
+    (whole,) = dispatch(session, hub.mailing.id, batch_size=100)
+    provider = StoppedMidCall(tmp_path, session, "cancel", answer)
+    send_batch(session, provider, hub.mailing.id, whole)
+    assert _status(session, hub) == MailingStatus.CANCELLED
+    assert _statuses(session, hub.mailing.id) == {"failed": 25}
+    errors = set(
+        session.scalars(select(Delivery.error).where(Delivery.mailing_id == hub.mailing.id))
+    )
+    assert errors == {"mailing cancelled: offer closed"}
+
+
+@pytest.mark.parametrize("answer", [_PASSING, _KEY_REFUSED, _BAD_REQUEST])
+def test_a_pause_during_a_refused_request_keeps_the_rows_for_resume(
+    session: Session, hub: Hub, tmp_path: Path, answer: ProviderError
+) -> None:
+    (whole,) = dispatch(session, hub.mailing.id, batch_size=100)
+    provider = StoppedMidCall(tmp_path, session, "pause", answer)
+    send_batch(session, provider, hub.mailing.id, whole)
+    session.expire_all()
+    paused = session.get(Mailing, hub.mailing.id)
+    assert paused is not None
+    assert (paused.status, paused.error) == (MailingStatus.PAUSED, "paused by the coordinator")
+    assert _statuses(session, hub.mailing.id) == {"pending": 25}
 
 
 def test_cancel_before_sending_drops_the_expected_value(session: Session, hub: Hub) -> None:

@@ -576,7 +576,8 @@ def _show_mailings(app: App, title: str, rows: list[MailingRow], as_json: bool) 
         print_table(app.out, title, table, _MAILING_COLS)
         for r in rows:
             if r.error and r.status in (MailingStatus.FAILED, MailingStatus.PAUSED):
-                app.out.print(f"mailing {r.id} {r.status.value}: {r.error}", soft_wrap=True)
+                said = f"mailing {r.id} {r.status.value}: {r.error}"
+                app.out.print(said, soft_wrap=True, markup=False, highlight=False)
 
 
 @cli.command("mailings")
@@ -702,6 +703,10 @@ def decline(app: App, mailing_ids: tuple[int, ...], reason: str, as_json: bool) 
 _IDS = click.argument("mailing_ids", nargs=-1, required=True, type=int, metavar="MAILING_ID...")
 
 
+def _mailings(count: int) -> str:
+    return "1 mailing" if count == 1 else f"{count:,} mailings"
+
+
 @cli.command("pause")
 @_IDS
 @_JSON
@@ -709,7 +714,8 @@ _IDS = click.argument("mailing_ids", nargs=-1, required=True, type=int, metavar=
 def pause_(app: App, mailing_ids: tuple[int, ...], as_json: bool) -> None:
     """Pause mailings waiting or being sent: no further batch is taken for them.
 
-    Batches already handed to a provider finish; `jvmail resume` goes on where it stopped.
+    Batches already handed to a provider finish; `jvmail resume` goes on where it stopped. A
+    mailing paused already stays as it is.
 
     \b
     Example:
@@ -718,7 +724,7 @@ def pause_(app: App, mailing_ids: tuple[int, ...], as_json: bool) -> None:
     with app.session() as session:
         rows = pause_mailings(session, mailing_ids, dt.datetime.now(dt.UTC))
         session.commit()
-    _show_mailings(app, f"Paused {len(rows)} mailings", rows, as_json)
+    _show_mailings(app, f"Paused {_mailings(len(rows))}", rows, as_json)
 
 
 @cli.command("resume")
@@ -728,6 +734,9 @@ def pause_(app: App, mailing_ids: tuple[int, ...], as_json: bool) -> None:
 def resume_(app: App, mailing_ids: tuple[int, ...], as_json: bool) -> None:
     """Resume paused mailings: only what was not sent yet goes out, at the next tick or run.
 
+    One paused before it started waits again for its sender's approval if the sender reviews
+    mailings and had not approved it.
+
     \b
     Example:
       jvmail resume 12 13 && jvmail run
@@ -735,7 +744,7 @@ def resume_(app: App, mailing_ids: tuple[int, ...], as_json: bool) -> None:
     with app.session() as session:
         rows = resume_mailings(session, mailing_ids, dt.datetime.now(dt.UTC))
         session.commit()
-    _show_mailings(app, f"Resumed {len(rows)} mailings", rows, as_json)
+    _show_mailings(app, f"Resumed {_mailings(len(rows))}", rows, as_json)
 
 
 @cli.command("cancel")
@@ -744,7 +753,7 @@ def resume_(app: App, mailing_ids: tuple[int, ...], as_json: bool) -> None:
 @_JSON
 @pass_app
 def cancel_(app: App, mailing_ids: tuple[int, ...], reason: str, as_json: bool) -> None:
-    """Cancel mailings not yet sent (or paused half way): what was not sent never will be.
+    """Cancel mailings not yet sent, paused half way, or failed: what was not sent never will be.
 
     If nothing of a mailing went out, its expected value leaves the projected balances (a
     `correction` entry); it is not counted as a missed commitment.
@@ -756,7 +765,7 @@ def cancel_(app: App, mailing_ids: tuple[int, ...], reason: str, as_json: bool) 
     with app.session() as session:
         rows = cancel_mailings(session, mailing_ids, dt.datetime.now(dt.UTC), reason)
         session.commit()
-    _show_mailings(app, f"Cancelled {len(rows)} mailings", rows, as_json)
+    _show_mailings(app, f"Cancelled {_mailings(len(rows))}", rows, as_json)
 
 
 @cli.group()

@@ -20,6 +20,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from jvmail.errors import ConfigError, JvmailError
 from jvmail.registry import SyncReport
@@ -80,7 +81,7 @@ def print_table(
             max_width=widths[position] if position and col not in wrapped else None,
         )
     for row in cells:
-        table.add_row(*row)
+        table.add_row(*(Text(cell) for cell in row))  # as written: "[x]" is no markup here
     console.print(table)
 
 

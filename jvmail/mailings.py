@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 MAX_REASON = 400  # characters of a decline reason kept on the mailing and in the ledger note
-FIND_IDS = "find ids with `jvmail mailings --week YYYY-Www --status awaiting_approval`"
+FIND_IDS = "find ids with `jvmail mailings --week YYYY-Www`"
 
 
 @dataclass(frozen=True)
@@ -233,10 +233,15 @@ def mailings_in(
         raise UsageError(f"no mailing with id {_ids(missing)}", FIND_IDS)
     done = [found[i] for i in wanted if found[i].status not in states]
     if done:
-        shown = ", ".join(f"{m.id} is {m.status.value}" for m in done)
+        if len(done) == 1:
+            shown = f"mailing {done[0].id}: it is {done[0].status.value}"
+        else:
+            shown = "mailings " + ", ".join(f"{m.id} ({m.status.value})" for m in done)
+        listed = f" --status {states[0].value}" if len(states) == 1 else ""
         raise UsageError(
-            f"cannot {verb}: {shown}, not {what}; nothing was changed",
-            f"{verb} only mailings {what}; {FIND_IDS}",
+            f"cannot {verb} {shown}; nothing was changed",
+            f"`jvmail {verb}` takes mailings {what}: "
+            f"find them with `jvmail mailings --week YYYY-Www{listed}`",
         )
     return [found[i] for i in wanted]
 

@@ -44,3 +44,11 @@ def test_errors_are_printed_as_written_brackets_included() -> None:
     assert "[provider] needs [bold] kind" in text
     assert "error: template {{ x[/y] }}" in text
     assert "fix: remove [/y]" in text
+
+
+def test_table_cells_are_printed_as_written_brackets_included() -> None:
+    out = io.StringIO()
+    rows = [{"id": 12, "error": "set api_key_env of its [provider]", "name": "[bold]x[/]"}]
+    print_table(Console(file=out, width=200), "Mailings", rows, ["id", "error", "name"])
+    assert "set api_key_env of its [provider]" in out.getvalue()
+    assert "[bold]x[/]" in out.getvalue()

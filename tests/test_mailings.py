@@ -98,8 +98,8 @@ def test_approve_marks_mailings_approved_and_refuses_anything_else(
     for ids in ([str(lumen)], [str(ordinary)], [str(pixel[0]), str(ordinary)]):
         code, _, err = _jv(capsys, db_url, "approve", *ids)
         assert code == 2
-        assert "not awaiting approval; nothing was changed" in err
-        assert "fix: approve only mailings awaiting approval" in err
+        assert "nothing was changed" in err
+        assert "fix: `jvmail approve` takes mailings awaiting approval" in err
     assert _statuses(planned) == before
 
 
@@ -168,7 +168,7 @@ def test_decline_drops_the_expected_value_without_a_missed_commitment(
     assert (after["lumen-photo"]["reliability"], after["lumen-photo"]["due"]) == ("-", 0)
     code, _, err = _jv(capsys, db_url, "decline", str(lumen["id"]))
     assert code == 2
-    assert f"{lumen['id']} is declined, not awaiting approval" in err
+    assert f"cannot decline mailing {lumen['id']}: it is declined" in err
     code, _, err = _jv(capsys, db_url, "approve", str(lumen["id"]))
     assert code == 2
 

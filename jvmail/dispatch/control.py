@@ -4,11 +4,12 @@
   claim itself checks, so a pause committed before a claim is honoured by it). Batches already
   handed to the provider finish.
 * **resume**: a paused mailing goes on where it stopped: only deliveries not yet sent go out
-  (the next tick dispatches it, or relays its batches).
+  (the next tick dispatches it, or relays its batches). One paused before it was dispatched
+  waits again for its sender's approval when the sender reviews mailings and had not approved.
 * **cancel**: the mailing will not be sent: its deliveries not yet handed over end ``failed``
   with the reason, and if nothing went out its expected value leaves the projected balances (a
   ``correction`` entry, as for a declined mailing). A cancelled mailing is not a missed
-  commitment.
+  commitment. A failed mailing can be cancelled too, to take its value off the balances.
 
 Each raises :class:`~jvmail.errors.UsageError` before changing anything when an id is unknown
 or its mailing cannot take that step. Nothing here commits.
@@ -22,7 +23,7 @@ from collections.abc import Iterable
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from jvmail.db.models import Delivery, DeliveryStatus, LedgerKind, MailingStatus, Partner
+from jvmail.db.models import Delivery, DeliveryStatus, LedgerKind, Mailing, MailingStatus, Partner
 from jvmail.dispatch.outbox import dispatched, leftovers
 from jvmail.ledger import post
 from jvmail.ledger.book import load_entries
@@ -38,12 +39,22 @@ PAUSABLE = (
     MailingStatus.QUEUED,
     MailingStatus.SENDING,
 )
-CANCELLABLE = (*PAUSABLE, MailingStatus.PAUSED)
+# A failed mailing can be cancelled: its expected value then leaves the balances too.
+CANCELLABLE = (*PAUSABLE, MailingStatus.PAUSED, MailingStatus.FAILED)
 
 
 def pause(session: Session, ids: Iterable[int], now: dt.datetime) -> list[MailingRow]:
-    mailings = mailings_in(session, ids, PAUSABLE, verb="pause", what="waiting or being sent")
+    """Pause the mailings; one paused already stays as it is (with its own reason)."""
+    mailings = mailings_in(
+        session,
+        ids,
+        (*PAUSABLE, MailingStatus.PAUSED),
+        verb="pause",
+        what="waiting, being sent or paused",
+    )
     for m in mailings:
+        if m.status is MailingStatus.PAUSED:
+            continue
         m.status, m.updated_at = MailingStatus.PAUSED, now
         m.error = "paused by the coordinator"
     session.flush()
@@ -56,16 +67,30 @@ def resume(session: Session, ids: Iterable[int], now: dt.datetime) -> list[Maili
         if dispatched(session, m.id):
             m.status = MailingStatus.QUEUED
         else:
-            m.status = MailingStatus.APPROVED if m.reviewed_at else MailingStatus.PLANNED
+            m.status = _waiting(session, m)
         m.error, m.updated_at = None, now
     session.flush()
     return rows_of(session, mailings)
 
 
+def _waiting(session: Session, m: Mailing) -> MailingStatus:
+    """Where a paused mailing that was never dispatched goes back to: approved when its sender
+    approved it; awaiting approval when its sender reviews mailings and has not yet (a pause
+    is no way around the review); else planned."""
+    if m.reviewed_at:
+        return MailingStatus.APPROVED
+    sender = session.get(Partner, m.sender_id)
+    if sender is not None and sender.approve_mailings:
+        return MailingStatus.AWAITING_APPROVAL
+    return MailingStatus.PLANNED
+
+
 def cancel(
     session: Session, ids: Iterable[int], now: dt.datetime, reason: str = ""
 ) -> list[MailingRow]:
-    mailings = mailings_in(session, ids, CANCELLABLE, verb="cancel", what="not yet sent")
+    mailings = mailings_in(
+        session, ids, CANCELLABLE, verb="cancel", what="waiting, being sent, paused or failed"
+    )
     values = effective_values(load_entries(session, [m.id for m in mailings]))
     why = f"mailing cancelled: {reason}" if reason else "mailing cancelled"
     for m in mailings:

@@ -86,6 +86,33 @@ def test_a_mailing_paused_before_its_time_is_not_dispatched_until_resumed(
     assert due_mailings(session, WHEN) == [hub.mailing.id]
 
 
+@pytest.mark.parametrize(
+    ("reviews", "reviewed", "back_to"),
+    [
+        (True, False, MailingStatus.AWAITING_APPROVAL),
+        (True, True, MailingStatus.APPROVED),
+        (False, False, MailingStatus.PLANNED),
+    ],
+)
+def test_a_pause_is_no_way_around_the_senders_review(
+    session: Session, hub: Hub, reviews: bool, reviewed: bool, back_to: MailingStatus
+) -> None:
+    hub.sender.approve_mailings = reviews
+    hub.mailing.status = MailingStatus.APPROVED if reviewed else MailingStatus.AWAITING_APPROVAL
+    if not reviews:
+        hub.mailing.status = MailingStatus.PLANNED
+    hub.mailing.reviewed_at = NOW if reviewed else None
+    session.commit()
+    pause(session, [hub.mailing.id], NOW)
+    session.commit()
+    (row,) = resume(session, [hub.mailing.id], NOW)
+    session.commit()
+    assert row.status == back_to
+    assert (due_mailings(session, WHEN) == [hub.mailing.id]) is (
+        back_to != MailingStatus.AWAITING_APPROVAL
+    )
+
+
 def test_cancel_ends_what_was_not_sent_and_cancels_the_value_only_if_nothing_went(
     session: Session, hub: Hub, tmp_path: Path
 ) -> None:
@@ -201,12 +228,33 @@ def test_cancelling_a_mailing_a_dispatcher_left_rows_of_frees_their_addresses(
 
 
 def test_steps_that_do_not_apply_change_nothing(session: Session, hub: Hub) -> None:
-    with pytest.raises(UsageError, match=f"cannot resume: {hub.mailing.id} is planned"):
+    with pytest.raises(UsageError, match=f"cannot resume mailing {hub.mailing.id}: it is planned"):
         resume(session, [hub.mailing.id], NOW)
     with pytest.raises(UsageError, match="no mailing with id 999"):
         pause(session, [hub.mailing.id, 999], NOW)
     assert _status(session, hub) == MailingStatus.PLANNED
     cancel(session, [hub.mailing.id], NOW)
     session.commit()
-    with pytest.raises(UsageError, match="is cancelled, not waiting or being sent"):
+    with pytest.raises(UsageError, match="it is cancelled; nothing was changed"):
         pause(session, [hub.mailing.id], NOW)
+
+
+def test_pausing_a_paused_mailing_keeps_it_as_it_was(session: Session, hub: Hub) -> None:
+    hub.mailing.status, hub.mailing.error = MailingStatus.PAUSED, "paused itself: 40% refused"
+    session.commit()
+    (row,) = pause(session, [hub.mailing.id], NOW)
+    session.commit()
+    assert (row.status, row.error) == (MailingStatus.PAUSED, "paused itself: 40% refused")
+
+
+def test_a_failed_mailing_can_be_cancelled_to_drop_its_value(session: Session, hub: Hub) -> None:
+    # It failed before anything went out (a secret missing, say): cancelling it takes its
+    # expected value off the balances.
+    post(session, mailing=hub.mailing, giver=hub.sender, kind=LedgerKind.EXPECTED, value=12.0)
+    hub.mailing.status, hub.mailing.error = MailingStatus.FAILED, "SENDGRID_KEY is not set"
+    session.commit()
+    (row,) = cancel(session, [hub.mailing.id], NOW, reason="sent by hand instead")
+    session.commit()
+    assert row.status == MailingStatus.CANCELLED
+    values = session.execute(select(LedgerEntry.kind, LedgerEntry.value).order_by(LedgerEntry.id))
+    assert values.all() == [(LedgerKind.EXPECTED, 12.0), (LedgerKind.CORRECTION, -12.0)]

@@ -40,11 +40,12 @@ from jvmail.dispatch.actors import QUEUE, Runtime, declare
 from jvmail.dispatch.control import cancel as cancel_mailings
 from jvmail.dispatch.control import pause as pause_mailings
 from jvmail.dispatch.control import resume as resume_mailings
+from jvmail.dispatch.pipeline import due_mailings
 from jvmail.dispatch.runner import RunReport, run_due
 from jvmail.errors import DatabaseError, JvmailError, UsageError
 from jvmail.faults import fault
 from jvmail.ledger import View, summarize
-from jvmail.mailings import FIND_IDS, MailingRow, awaiting_approval, week_mailings
+from jvmail.mailings import FIND_IDS, MailingRow, awaiting_approval, rows_by_id, week_mailings
 from jvmail.mailings import approve as approve_mailings
 from jvmail.mailings import decline as decline_mailings
 from jvmail.plan_report import plan_json, print_plan
@@ -788,8 +789,11 @@ def db_upgrade(app: App) -> None:
     app.out.print(f"database at revision {current_revision(engine)} (latest)")
 
 
-def _send_due(app: App, outbox: Path, until: dt.datetime, *, quiet: bool) -> RunReport:
-    """Send what is due until ``until`` into ``outbox``, with a progress bar."""
+def _send_due(
+    app: App, outbox: Path, until: dt.datetime, *, quiet: bool, only: list[int] | None = None
+) -> RunReport:
+    """Send what is due until ``until`` (of ``only``, when given) into ``outbox``, with a
+    progress bar."""
     app.engine()  # the schema is at head before any worker thread opens a session
     provider = OutboxProvider(outbox)
     url = app.database_url or DEFAULT_DATABASE_URL
@@ -802,7 +806,7 @@ def _send_due(app: App, outbox: Path, until: dt.datetime, *, quiet: bool) -> Run
             bar.update(task, completed=accepted, description=f"{accepted:,} messages")
 
         try:
-            return run_due(runtime, until, threads=threads, progress=tick)
+            return run_due(runtime, until, threads=threads, progress=tick, only=only)
         finally:
             runtime.close()
 
@@ -818,9 +822,19 @@ def _parse_until(text: str) -> dt.datetime:
 
 
 def _week_end(week: str) -> dt.datetime:
-    """The Monday after ISO week ``week``, 00:00 at UTC-14: the week is over everywhere."""
+    """The Monday after ISO week ``week`` at 14:00 UTC: the week is over in every time zone."""
     monday = parse_week(week) + dt.timedelta(days=7)
     return dt.datetime.combine(monday, dt.time(14), tzinfo=dt.UTC)
+
+
+def _through_week(app: App, week: str) -> list[int]:
+    """The mailings due by the end of ``week`` whose send day, in their sender's own time zone,
+    is in that week or before it: by then another week has begun in some zones, and its
+    mailings are not this week's."""
+    end = parse_week(week) + dt.timedelta(days=7)
+    with app.session() as session:
+        rows = rows_by_id(session, due_mailings(session, _week_end(week)))
+    return [r.id for r in rows if r.day < end]
 
 
 def _print_run(app: App, report: RunReport, outbox: Path) -> None:
@@ -845,7 +859,11 @@ def _print_run(app: App, report: RunReport, outbox: Path) -> None:
     help="Folder for the .eml files (one subfolder per mailing).",
 )
 @click.option("--until", "until_text", metavar="WHEN", help="Send what is due by then (ISO time).")
-@click.option("--week", metavar="YYYY-Www", help="Send what is due by the end of this week.")
+@click.option(
+    "--week",
+    metavar="YYYY-Www",
+    help="Send what is due by the end of this week, in each sender's own time zone.",
+)
 @_JSON
 @pass_app
 def run_(app: App, outbox: Path, until_text: str | None, week: str | None, as_json: bool) -> None:
@@ -864,12 +882,12 @@ def run_(app: App, outbox: Path, until_text: str | None, week: str | None, as_js
     """
     if until_text and week:
         raise UsageError("give --until or --week, not both", "drop one of them")
-    until = dt.datetime.now(dt.UTC)
+    until, only = dt.datetime.now(dt.UTC), None
     if week:
-        until = _week_end(week)
+        until, only = _week_end(week), _through_week(app, week)
     elif until_text:
         until = _parse_until(until_text)
-    report = _send_due(app, outbox, until, quiet=as_json)
+    report = _send_due(app, outbox, until, quiet=as_json, only=only)
     if as_json:
         print_json(
             app.out,
@@ -949,7 +967,7 @@ def tick(app: App, until_text: str | None) -> None:
     broker = make_broker(_redis_url(), namespace=os.environ.get("JVMAIL_REDIS_NAMESPACE", "jvmail"))
     url = app.database_url or DEFAULT_DATABASE_URL
     actors = declare(broker, Runtime(url, _no_provider))
-    actors.tick.send(until.isoformat() if until else None)
+    actors.tick.send(until.isoformat() if until else None, None)
     broker.close()
     app.out.print("tick enqueued")
 
@@ -1014,7 +1032,8 @@ def demo(app: App, directory: Path) -> None:
     )
     outbox = directory / "outbox"
     app.out.print(f"[bold]5. Send[/] the week's mailings into {outbox}/")
-    _print_run(app, _send_due(app, outbox, _week_end(DEMO_WEEK), quiet=False), outbox)
+    week_end, only = _week_end(DEMO_WEEK), _through_week(app, DEMO_WEEK)
+    _print_run(app, _send_due(app, outbox, week_end, quiet=False, only=only), outbox)
     from jvmail.cli_tracking import demo_readers
 
     demo_readers(app, outbox, step=6)

@@ -251,4 +251,8 @@ def _ids(ids: Sequence[int]) -> str:
 
 
 def rows_of(session: Session, mailings: list[Mailing]) -> list[MailingRow]:
-    return _query_rows(session, Mailing.id.in_([m.id for m in mailings]))
+    return rows_by_id(session, [m.id for m in mailings])
+
+
+def rows_by_id(session: Session, ids: Sequence[int]) -> list[MailingRow]:
+    return _query_rows(session, Mailing.id.in_(list(ids)))

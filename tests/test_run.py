@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import email
 import email.policy
 import json
 from pathlib import Path
 
 import pytest
+from sqlalchemy.orm import Session
 
+from jvmail.db import make_engine
+from jvmail.db.models import Mailing, Partner
 from tests.test_cli import run
 
 WEEK = "2026-W49"
@@ -72,3 +76,34 @@ def test_run_refuses_bad_times(db_url: str, capsys: pytest.CaptureFixture[str]) 
     code, _, err = run(capsys, "--db", db_url, "run", "--week", "2026-W49", "--until", "2026-12-01")
     assert code == 2
     assert "not both" in err
+
+
+def test_a_week_ends_in_each_senders_own_time_zone(
+    small_hub: Path, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Next Monday 07:00 in Berlin is 06:00 UTC: before the week has ended everywhere, and yet
+    # a mailing of the next week, which `run --week` of this one must leave for later.
+    db = ("--db", db_url)
+    assert run(capsys, *db, "sync", str(small_hub))[0] == 0
+    assert run(capsys, *db, "plan", "--week", WEEK)[0] == 0
+    code, out, err = run(capsys, *db, "mailings", "--week", WEEK, "--json")
+    assert code == 0, err
+    due = [m["id"] for m in json.loads(out) if m["status"] in ("planned", "approved")]
+    moved = due[0]
+    engine = make_engine(db_url)
+    with Session(engine) as session:
+        mailing = session.get(Mailing, moved)
+        assert mailing is not None
+        sender = session.get(Partner, mailing.sender_id)
+        assert sender is not None
+        sender.timezone = "Europe/Berlin"
+        mailing.scheduled_at = dt.datetime(2026, 12, 7, 6, tzinfo=dt.UTC)
+        session.commit()
+    engine.dispose()
+    code, out, err = run(capsys, *db, "mailings", "--week", "2026-W50", "--json")
+    assert code == 0, err
+    assert moved in [m["id"] for m in json.loads(out)]
+    sent = _json(capsys, *db, "run", "--outbox", str(tmp_path / "outbox"), "--week", WEEK)
+    mailings = sent["mailings"]
+    assert isinstance(mailings, list)
+    assert sorted(m["mailing_id"] for m in mailings) == sorted(set(due) - {moved})

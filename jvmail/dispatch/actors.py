@@ -1,15 +1,16 @@
 """The dramatiq actors of the send pipeline. Messages carry ids and batch bounds, never bodies.
 
-* ``jv_tick(until=None)`` (the periodic job): store the events left in the webhook inbox
-  (:func:`~jvmail.tracking.inbox.drain`: a server that stopped before storing what it accepted),
-  mark in-flight rows past their lease ``unknown`` and settle the unknown ones the provider has
-  reported on (:mod:`jvmail.dispatch.reconcile`), dispatch what is due (by ``until``, an ISO
-  time, or now), and relay (:mod:`jvmail.dispatch.relay`): re-enqueue the batches that still
-  have rows to send of queued mailings that show no progress for ``relay_after`` (their messages
-  were lost: Redis restarted empty, or the in-process broker went with its process), at most
-  once per ``relay_after``, and not while the sender's account is held (its batches wait out the
-  hold in the broker). A relayed batch that someone else is sending finds nothing to claim and
-  returns at once, so relaying twice is harmless, if wasteful.
+* ``jv_tick(until=None, only=None)`` (the periodic job): store the events left in the webhook
+  inbox (:func:`~jvmail.tracking.inbox.drain`: a server that stopped before storing what it
+  accepted), mark in-flight rows past their lease ``unknown`` and settle the unknown ones the
+  provider has reported on (:mod:`jvmail.dispatch.reconcile`), dispatch what is due (by
+  ``until``, an ISO time, or now; of the mailings ``only``, when given), and relay
+  (:mod:`jvmail.dispatch.relay`): re-enqueue the batches that still have rows to send of queued
+  mailings that show no progress for ``relay_after`` (their messages were lost: Redis restarted
+  empty, or the in-process broker went with its process), at most once per ``relay_after``, and
+  not while the sender's account is held (its batches wait out the hold in the broker). A
+  relayed batch that someone else is sending finds nothing to claim and returns at once, so
+  relaying twice is harmless, if wasteful.
 * ``jv_dispatch(mailing_id)``: materialize the mailing's deliveries, commit, then enqueue one
   ``jv_send`` per batch.
 * ``jv_send(mailing_id, lo, hi)``: :func:`~jvmail.dispatch.pipeline.send_batch`. When the
@@ -109,7 +110,7 @@ class Runtime:
 
 @dataclass(frozen=True)
 class Actors:
-    tick: dramatiq.Actor[[str | None], None]
+    tick: dramatiq.Actor[[str | None, list[int] | None], None]
     dispatch: dramatiq.Actor[[int], None]
     send: dramatiq.Actor[[int, int, int], None]
 
@@ -146,7 +147,7 @@ def declare(broker: dramatiq.Broker, runtime: Runtime) -> Actors:
         for lo, hi in bounds:
             send.send(mailing_id, lo, hi)
 
-    def jv_tick(until: str | None = None) -> None:
+    def jv_tick(until: str | None = None, only: list[int] | None = None) -> None:
         now = runtime.now()
         drain(runtime.sessions())  # events a server took and could not store yet settle too
         with runtime.session() as session:
@@ -156,6 +157,8 @@ def declare(broker: dramatiq.Broker, runtime: Runtime) -> Actors:
             session.commit()
             close_batches(session)
             due = due_mailings(session, dt.datetime.fromisoformat(until) if until else now)
+            if only is not None:
+                due = [m for m in due if m in set(only)]
             relayed = relay(session, _lost(session, runtime, now), now, runtime.batch)
             session.commit()
         for mailing_id in due:

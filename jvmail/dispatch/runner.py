@@ -10,7 +10,7 @@ never sends them again; queued mailings a crashed run left behind are relayed.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import dramatiq
@@ -61,11 +61,14 @@ def run_due(
     *,
     threads: int = 1,
     progress: Callable[[int], None] | None = None,
+    only: Sequence[int] | None = None,
 ) -> RunReport:
-    """Send every mailing due at or before ``until``; ``progress`` is told how many messages
-    have been accepted so far, a few times a second."""
+    """Send every mailing due at or before ``until`` (of ``only``, when given); ``progress`` is
+    told how many messages have been accepted so far, a few times a second."""
     with runtime.session() as session:
         due = due_mailings(session, until)
+        if only is not None:
+            due = [m for m in due if m in set(only)]
         before = _accepted(session)
     broker = StubBroker()
     broker.emit_after("process_boot")
@@ -73,7 +76,7 @@ def run_due(
     worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
     worker.start()
     try:
-        actors.tick.send(until.isoformat())
+        actors.tick.send(until.isoformat(), None if only is None else list(only))
         while True:
             try:
                 broker.join(QUEUE, timeout=250, fail_fast=True)

@@ -8,7 +8,13 @@ message comes whole from the mailing's pre-built MIME skeleton.
 Answers are classified per recipient: 5xx refuses that address for good (recorded, not
 retried); 4xx asks to try later (greylisting, mailbox busy): the row goes back to pending. A
 refused login pauses the account's mailings. A connection lost before the server answered the
-end of a message leaves that one message in doubt, never resent; the rest go later.
+end of a message leaves that one message in doubt, never resent; the rest go later. One lost
+before a message's end was sent leaves nothing in doubt; when it is the first message on a
+connection kept from an earlier batch (the server closed it while idle), it is sent again at
+once on a new connection.
+
+An address whose domain is beyond ASCII is sent with the domain in IDNA form; one whose local
+part is needs a server that offers SMTPUTF8, and is refused for good by one that does not.
 
 A single message (:meth:`~jvmail.providers.base.Provider.send_message`) is one transaction the
 same way, its refusal raised for the message as a whole: 5xx for good, 4xx (or 421) later.
@@ -110,16 +116,42 @@ class SmtpProvider(Provider):
             self._conn = None
 
     def _send(self, batch: OutboundBatch, recipients: Sequence[Recipient]) -> list[Result]:
+        kept = self._conn is not None  # opened for an earlier batch: it may have gone idle
         conn = self._connect()
         done: list[Result] = []
         for r in recipients:
-            data = batch.skeleton.message(
-                r.delivery_id, r.email, r.values, batch.unsubscribe_mailto
-            )
+            to = _ascii_domain(r.email)
+            options: tuple[str, ...] = ()
+            if not to.isascii():
+                if not conn.has_extn("smtputf8"):
+                    done.append(Result(r.delivery_id, False, error=self._no_utf8()))
+                    continue
+                options = ("SMTPUTF8",)
+            data = batch.skeleton.message(r.delivery_id, to, r.values, batch.unsubscribe_mailto)
             try:
-                _transaction(conn, self.from_addr, r.email, data)
+                try:
+                    _transaction(conn, self.from_addr, to, data, options)
+                except _Unsent:
+                    if not (kept and not done):
+                        raise
+                    # The first message on a connection kept from an earlier batch: the server
+                    # had closed it while idle. Nothing left; once more on a new connection.
+                    _drop(conn)
+                    self._conn, kept = None, False
+                    conn = self._connect()
+                    _transaction(conn, self.from_addr, to, data, options)
+            except _Unsent as exc:
+                _drop(conn)
+                self._conn = None
+                raise ProviderError(
+                    f"SMTP connection to {self.host} lost: {exc.__cause__}",
+                    "the server or network dropped the connection before the message was "
+                    "sent; the rest go on the next try",
+                    transient=True,
+                    partial=done,
+                ) from exc
             except smtplib.SMTPRecipientsRefused as exc:
-                code, why = exc.recipients[r.email]
+                code, why = exc.recipients[to]
                 done.append(_refused(r, code, why))
             except smtplib.SMTPResponseException as exc:
                 done.append(_refused(r, exc.smtp_code, exc.smtp_error))
@@ -146,12 +178,22 @@ class SmtpProvider(Provider):
                 done.append(Result(r.delivery_id, True, batch.skeleton.message_id(r.delivery_id)))
         return done
 
+    def _no_utf8(self) -> str:
+        return (
+            f"SMTP {self.host} does not take addresses with letters beyond ASCII (it offers no "
+            "SMTPUTF8)"
+        )
+
     def _send_message(self, message: SingleMessage) -> str:
         conn = self._connect()
+        to = _ascii_domain(message.to)
+        options = [] if to.isascii() else ["SMTPUTF8"]
+        if options and not conn.has_extn("smtputf8"):
+            raise ProviderError(self._no_utf8(), "send it through another account", transient=False)
         try:
-            conn.sendmail(self.from_addr, [message.to], message.mime(self.sender))
+            conn.sendmail(self.from_addr, [to], message.mime(self.sender), mail_options=options)
         except smtplib.SMTPRecipientsRefused as exc:
-            code, why = exc.recipients[message.to]
+            code, why = exc.recipients[to]
             raise self._refusal(code, why) from exc
         except smtplib.SMTPResponseException as exc:
             if exc.smtp_code == 421:  # the server is closing the connection
@@ -183,15 +225,39 @@ class SmtpProvider(Provider):
         )
 
 
-def _transaction(conn: smtplib.SMTP, from_addr: str, to: str, data: bytes) -> None:
+class _Unsent(Exception):
+    """The connection failed before the end of the message went out: the server cannot have
+    taken it (the exception it failed with is the ``__cause__``)."""
+
+
+def _transaction(
+    conn: smtplib.SMTP, from_addr: str, to: str, data: bytes, options: Sequence[str] = ()
+) -> None:
     """Send ``data`` to ``to`` as ``conn.sendmail(from_addr, [to], data)`` does, raising what it
     raises, at about half its CPU: plain ASCII addresses are written as they are instead of
     being parsed again for every message, and lines are dot-stuffed (RFC 5321, 4.5.2) by one
     ``bytes.replace`` instead of a regular expression over the whole message. Any other address
-    goes through ``sendmail``."""
+    goes through ``sendmail`` (with the ``options`` of MAIL FROM, e.g. SMTPUTF8).
+
+    A connection lost before the message's end was sent raises :class:`_Unsent`; lost while
+    waiting for the server's answer to it, what smtplib raised: then it may have the message."""
     if not (_plain(from_addr) and _plain(to)):
-        conn.sendmail(from_addr, [to], data)
+        conn.sendmail(from_addr, [to], data, mail_options=list(options))
         return
+    try:
+        _up_to_the_end(conn, from_addr, to, data)
+    except (smtplib.SMTPResponseException, smtplib.SMTPRecipientsRefused):
+        raise
+    except OSError as exc:  # smtplib's SMTPServerDisconnected among them
+        raise _Unsent from exc
+    code, why = conn.getreply()
+    if code != _OK:
+        _end(conn, code)
+        raise smtplib.SMTPDataError(code, why)
+
+
+def _up_to_the_end(conn: smtplib.SMTP, from_addr: str, to: str, data: bytes) -> None:
+    """MAIL, RCPT, DATA and the message with its final dot: all but the server's answer."""
     conn.putcmd("mail", f"FROM:<{from_addr}>")
     code, why = conn.getreply()
     if code != _OK:
@@ -213,14 +279,22 @@ def _transaction(conn: smtplib.SMTP, from_addr: str, to: str, data: bytes) -> No
     if not body.endswith(b"\r\n"):
         body += b"\r\n"
     conn.send(body + b".\r\n")
-    code, why = conn.getreply()
-    if code != _OK:
-        _end(conn, code)
-        raise smtplib.SMTPDataError(code, why)
 
 
 def _plain(address: str) -> bool:
     return address.isascii() and not any(c in address for c in "<>\r\n ")
+
+
+def _ascii_domain(address: str) -> str:
+    """``address`` with its domain in ASCII (IDNA, as DNS has it: ``bücher.de`` becomes
+    ``xn--bcher-kva.de``), so that only a local part beyond ASCII needs SMTPUTF8."""
+    local, at, domain = address.rpartition("@")
+    if not at or domain.isascii():
+        return address
+    try:
+        return f"{local}@{domain.encode('idna').decode('ascii')}"
+    except UnicodeError:
+        return address
 
 
 def _end(conn: smtplib.SMTP, code: int) -> None:

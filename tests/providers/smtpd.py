@@ -4,6 +4,7 @@ certificate, PLAIN login as ``user`` / ``s3cret``; it records what it accepts, a
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import socket
 import ssl
@@ -28,11 +29,28 @@ class Handler:
 
     received: list[tuple[str, bytes]] = field(default_factory=list)
     sessions: set[int] = field(default_factory=set)
-    hang_up_on: str = ""
+    hang_up_on: str = ""  # at the end of this address's message, before answering it
+    hang_up_at_rcpt: str = ""  # at this address's RCPT, before answering it
+    servers: list[Any] = field(default_factory=list)  # the connections' protocol objects
+
+    def hang_up_all(self) -> None:
+        """Close every connection from the server's side, as one closed while idle is."""
+        for server in self.servers:
+
+            async def close(server: Any = server) -> None:
+                server.transport.close()
+
+            asyncio.run_coroutine_threadsafe(close(), server.loop).result()
+        self.servers.clear()
 
     async def handle_RCPT(
         self, server: Any, session: Session, envelope: Envelope, address: str, options: Any
     ) -> str:
+        if server not in self.servers:
+            self.servers.append(server)
+        if address == self.hang_up_at_rcpt:
+            server.transport.close()
+            return "250 never seen"
         if address.startswith("gone@"):
             return "550 5.1.1 mailbox unavailable"
         if address.startswith("grey@"):
@@ -95,8 +113,9 @@ def _free_port() -> int:
 
 
 @contextmanager
-def smtp_server(tmp: Path) -> Iterator[tuple[Handler, int, ssl.SSLContext]]:
-    """The server on a free port: its handler, the port, and a TLS context that trusts it."""
+def smtp_server(tmp: Path, *, utf8: bool = False) -> Iterator[tuple[Handler, int, ssl.SSLContext]]:
+    """The server on a free port: its handler, the port, and a TLS context that trusts it;
+    ``utf8``: it offers SMTPUTF8 (addresses beyond ASCII)."""
     crt, key = _cert(tmp)
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     tls.load_cert_chain(crt, key)
@@ -112,6 +131,7 @@ def smtp_server(tmp: Path) -> Iterator[tuple[Handler, int, ssl.SSLContext]]:
         authenticator=_auth,
         auth_required=True,
         auth_exclude_mechanism=["LOGIN"],  # PLAIN only: one failed attempt answers at once
+        enable_SMTPUTF8=utf8,
     )
     controller.start()
     client = ssl.create_default_context(cafile=str(crt))

@@ -150,3 +150,62 @@ def test_a_connection_lost_mid_message_leaves_only_that_message_in_doubt(
     assert sent.doubtful == [3]
     assert sent.untried == [4]
     provider.close()
+
+
+def test_a_connection_the_server_closed_while_idle_is_opened_again(
+    server: tuple[Handler, int, ssl.SSLContext],
+) -> None:
+    handler, port, client = server
+    provider = _provider(port, client)
+    assert provider.send(_batch(["a@mail.example"])).error is None
+    handler.hang_up_all()  # the connection kept for the next batch is gone
+    sent = provider.send(_batch(["b@mail.example", "c@mail.example"]))
+    assert sent.error is None
+    assert [r.accepted for r in sent.results] == [True, True]
+    assert [to for to, _ in handler.received] == [
+        "a@mail.example",
+        "b@mail.example",
+        "c@mail.example",
+    ]
+    provider.close()
+
+
+def test_a_connection_lost_before_a_message_was_sent_leaves_nothing_in_doubt(
+    server: tuple[Handler, int, ssl.SSLContext],
+) -> None:
+    handler, port, client = server
+    handler.hang_up_at_rcpt = "b@mail.example"
+    provider = _provider(port, client)
+    sent = provider.send(_batch(["a@mail.example", "b@mail.example", "c@mail.example"]))
+    assert sent.error is not None
+    assert (sent.error.transient, sent.error.maybe_sent) == (True, False)
+    assert [r.delivery_id for r in sent.results if r.accepted] == [1]
+    assert sent.doubtful == []
+    assert sent.untried == [2, 3]  # safe to send later: the server never had them
+    provider.close()
+
+
+def test_addresses_beyond_ascii(tmp_path: Path) -> None:
+    # A domain beyond ASCII goes in IDNA form to any server; a local part beyond ASCII needs
+    # SMTPUTF8, and is refused for good by a server without it (not a crash of the batch).
+    batch = _batch(["ann@bücher.example", "josé@mail.example", "bob@mail.example"])
+    (tmp_path / "ascii").mkdir()
+    (tmp_path / "utf8").mkdir()
+    with smtp_server(tmp_path / "ascii") as (handler, port, client):
+        provider = _provider(port, client)
+        sent = provider.send(batch)
+        provider.close()
+        assert sent.error is None
+        assert [r.accepted for r in sent.results] == [True, False, True]
+        assert "SMTPUTF8" in (sent.results[1].error or "")
+        assert [to for to, _ in handler.received] == [
+            "ann@xn--bcher-kva.example",
+            "bob@mail.example",
+        ]
+    with smtp_server(tmp_path / "utf8", utf8=True) as (handler, port, client):
+        provider = _provider(port, client)
+        sent = provider.send(batch)
+        provider.close()
+        assert sent.error is None
+        assert [r.accepted for r in sent.results] == [True, True, True]
+        assert "josé@mail.example" in [to for to, _ in handler.received]

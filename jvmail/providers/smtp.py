@@ -7,11 +7,11 @@ message comes whole from the mailing's pre-built MIME skeleton.
 
 Answers are classified per recipient: 5xx refuses that address for good (recorded, not
 retried); 4xx asks to try later (greylisting, mailbox busy): the row goes back to pending. A
-refused login pauses the account's mailings. A connection lost before the server answered the
-end of a message leaves that one message in doubt, never resent; the rest go later. One lost
-before a message's end was sent leaves nothing in doubt; when it is the first message on a
-connection kept from an earlier batch (the server closed it while idle), it is sent again at
-once on a new connection.
+refused login, or a sender address refused for good (MAIL FROM), pauses the account's
+mailings. A connection lost before the server answered the end of a message leaves that one
+message in doubt, never resent; the rest go later. One lost before a message's end was sent
+leaves nothing in doubt; when it is the first message on a connection kept from an earlier
+batch (the server closed it while idle), it is sent again at once on a new connection.
 
 An address whose domain is beyond ASCII is sent with the domain in IDNA form; one whose local
 part is needs a server that offers SMTPUTF8, and is refused for good by one that does not.
@@ -153,6 +153,8 @@ class SmtpProvider(Provider):
             except smtplib.SMTPRecipientsRefused as exc:
                 code, why = exc.recipients[to]
                 done.append(_refused(r, code, why))
+            except smtplib.SMTPSenderRefused as exc:
+                raise self._sender_refused(exc, done) from exc
             except smtplib.SMTPResponseException as exc:
                 done.append(_refused(r, exc.smtp_code, exc.smtp_error))
                 if exc.smtp_code == 421:  # the server is closing the connection: stop here
@@ -177,6 +179,24 @@ class SmtpProvider(Provider):
             else:
                 done.append(Result(r.delivery_id, True, batch.skeleton.message_id(r.delivery_id)))
         return done
+
+    def _sender_refused(self, exc: smtplib.SMTPSenderRefused, done: list[Result]) -> ProviderError:
+        """MAIL FROM refused: the account, not the recipient (authentication required, the
+        sender address not allowed). For good: its mailings pause; for now: later."""
+        if exc.smtp_code == 421:
+            self.close()
+        later = 400 <= exc.smtp_code < 500
+        return ProviderError(
+            f"SMTP {self.host} refused the sender {self.from_addr}: {exc.smtp_code} "
+            f"{_text(exc.smtp_error)}"[:1000],
+            "a passing refusal; the rest go on the next try"
+            if later
+            else "check the account's username, password and sender address in the partner's "
+            "[provider] and contact_email; its mailings are paused",
+            transient=later,
+            auth=not later,
+            partial=done,
+        )
 
     def _no_utf8(self) -> str:
         return (

@@ -32,6 +32,7 @@ class Handler:
     hang_up_on: str = ""  # at the end of this address's message, before answering it
     hang_up_at_rcpt: str = ""  # at this address's RCPT, before answering it
     servers: list[Any] = field(default_factory=list)  # the connections' protocol objects
+    refuse_sender: str = ""  # the answer to every MAIL FROM, when set
 
     def hang_up_all(self) -> None:
         """Close every connection from the server's side, as one closed while idle is."""
@@ -42,6 +43,15 @@ class Handler:
 
             asyncio.run_coroutine_threadsafe(close(), server.loop).result()
         self.servers.clear()
+
+    async def handle_MAIL(
+        self, server: Any, session: Session, envelope: Envelope, address: str, options: Any
+    ) -> str:
+        if self.refuse_sender:
+            return self.refuse_sender
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
 
     async def handle_RCPT(
         self, server: Any, session: Session, envelope: Envelope, address: str, options: Any

@@ -209,3 +209,22 @@ def test_addresses_beyond_ascii(tmp_path: Path) -> None:
         assert sent.error is None
         assert [r.accepted for r in sent.results] == [True, True, True]
         assert "josé@mail.example" in [to for to, _ in handler.received]
+
+
+@pytest.mark.parametrize(
+    ("answer", "paused"),
+    [("550 5.7.1 sender not allowed", True), ("451 4.3.0 try again later", False)],
+)
+def test_a_refused_sender_is_the_accounts_problem_not_the_recipients(
+    server: tuple[Handler, int, ssl.SSLContext], answer: str, paused: bool
+) -> None:
+    handler, port, client = server
+    handler.refuse_sender = answer
+    provider = _provider(port, client)
+    sent = provider.send(_batch(["a@mail.example", "b@mail.example"]))
+    provider.close()
+    assert sent.error is not None
+    assert (sent.error.auth, sent.error.transient) == (paused, not paused)
+    assert "refused the sender news@sender.example" in sent.error.message
+    assert sent.results == []  # no recipient is failed for it
+    assert sent.untried == [1, 2]

@@ -103,4 +103,10 @@ class MailgunProvider(Provider):
             auth=("api", self.api_key),
             timeout=self.timeout,
         )
-        return str(answer.json().get("id", "")) or None
+        # A 2xx is Mailgun's word that it queued the message; its id only names it (webhooks
+        # find a delivery by its user variable), so an answer without one takes nothing back.
+        try:
+            said = answer.json()
+        except ValueError:
+            return None
+        return str(said.get("id") or "") or None if isinstance(said, dict) else None

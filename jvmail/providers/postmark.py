@@ -110,25 +110,26 @@ class PostmarkProvider(Provider):
         return str(answer.get("MessageID") or message.message_id)
 
     def _post(self, path: str, body: object) -> Any:
-        return post(
+        answer = post(
             self.http,
             "Postmark",
             f"{self.api}{path}",
             json=body,
             headers={"X-Postmark-Server-Token": self.token, "Accept": "application/json"},
             timeout=self.timeout,
-        ).json()
+        )
+        try:
+            return answer.json()
+        except ValueError:
+            raise _in_doubt(f"Postmark answered {answer.status_code} with no JSON") from None
 
     def _send(self, batch: OutboundBatch, recipients: Sequence[Recipient]) -> list[Result]:
         items = self._post("/email/batch", self.body(batch, recipients))
         if not isinstance(items, list) or len(items) != len(recipients):
-            raise ProviderError(
-                f"Postmark answered {len(items) if isinstance(items, list) else 'no list'} "
-                f"results for {len(recipients)} messages",
-                "the messages may have gone: they wait for Postmark's events, not resent",
-                transient=True,
-                maybe_sent=True,
-            )
+            got = len(items) if isinstance(items, list) else "no list of"
+            raise _in_doubt(f"Postmark answered {got} results for {len(recipients)} messages")
+        if not all(isinstance(i, dict) and isinstance(i.get("ErrorCode"), int) for i in items):
+            raise _in_doubt("Postmark answered results without their ErrorCode")
         return [
             Result(r.delivery_id, True, str(item.get("MessageID")))
             if item.get("ErrorCode") == 0
@@ -137,3 +138,13 @@ class PostmarkProvider(Provider):
             )
             for r, item in zip(recipients, items, strict=True)
         ]
+
+
+def _in_doubt(what: str) -> ProviderError:
+    """Postmark took the request (2xx) but its answer does not say what became of each message."""
+    return ProviderError(
+        what,
+        "the messages may have gone: they wait for Postmark's events, not resent",
+        transient=True,
+        maybe_sent=True,
+    )

@@ -7,8 +7,9 @@ and the delivery id as a message tag, which SES puts on every event it publishes
 
 Per-destination answers: SUCCESS is accepted; MESSAGE_REJECTED, INVALID_PARAMETER and FAILED
 refuse that recipient; throttling and TRANSIENT_FAILURE send it later (SES asks that throttled
-mail be deferred, not failed); a suspended or paused account, or an unverified domain, pauses
-the account's mailings.
+mail be deferred, not failed); a used-up 24-hour quota holds the account for an hour (what SES
+took stays taken, the rest goes later); a suspended or paused account, an unverified domain or
+a missing configuration set or pool pauses the account's mailings.
 
 A single message goes through ``SendEmail`` as raw MIME (``Content.Raw``: its inline images are
 parts of it; bulk templates cannot carry attachments), its metadata pair as a message tag. The
@@ -38,13 +39,18 @@ __all__ = ["SesProvider"]
 
 _NAMES = MarkerNames(str.lower)  # the recipient variables are named in lower case
 
-_LATER = {"ACCOUNT_THROTTLED", "ACCOUNT_DAILY_QUOTA_EXCEEDED", "TRANSIENT_FAILURE"}
+_LATER = {"ACCOUNT_THROTTLED", "TRANSIENT_FAILURE"}
+_QUOTA = "ACCOUNT_DAILY_QUOTA_EXCEEDED"
+QUOTA_WAIT = 3600.0  # seconds the account is held when SES says its 24-hour quota is used up
+# What is wrong with the account or the request as a whole, whichever destination it is told on.
 _ACCOUNT = {
     "ACCOUNT_SUSPENDED",
     "ACCOUNT_SENDING_PAUSED",
     "MAIL_FROM_DOMAIN_NOT_VERIFIED",
     "CONFIGURATION_SET_NOT_FOUND",
     "CONFIGURATION_SET_SENDING_PAUSED",
+    "INVALID_SENDING_POOL_NAME",
+    "TEMPLATE_NOT_FOUND",
 }
 _TRANSIENT_ERRORS = {
     "TooManyRequestsException",
@@ -158,21 +164,41 @@ class SesProvider(Provider):
 
     def _send(self, batch: OutboundBatch, recipients: Sequence[Recipient]) -> list[Result]:
         answer = _call(self.client.send_bulk_email, self.request(batch, recipients))
-        results = answer.get("BulkEmailEntryResults", [])
-        if any(str(e.get("Status")) in _ACCOUNT for e in results):
-            why = next(str(e.get("Status")) for e in results if e.get("Status") in _ACCOUNT)
+        results = answer.get("BulkEmailEntryResults")
+        if not isinstance(results, list) or len(results) != len(recipients):
             raise ProviderError(
-                f"SES: the account cannot send ({why})",
+                f"SES answered {len(results) if isinstance(results, list) else 'no'} results "
+                f"for {len(recipients)} destinations",
+                "the messages may have gone: they wait for SES's events, not resent",
+                transient=True,
+                maybe_sent=True,
+            )
+        statuses = {str(e.get("Status")) for e in results}
+        taken = [_result(r, e) for r, e in zip(recipients, results, strict=True)]
+        # When the account stops the request, the destinations SES answered for themselves
+        # (sent, refused for good) stand; the others go later.
+        answered = [
+            t
+            for t, e in zip(taken, results, strict=True)
+            if str(e.get("Status")) not in _ACCOUNT | _LATER | {_QUOTA}
+        ]
+        if statuses & _ACCOUNT:
+            raise ProviderError(
+                f"SES: the account cannot send ({min(statuses & _ACCOUNT)})",
                 "fix the account in the SES console; its mailings are paused",
                 transient=False,
                 auth=True,
-                partial=[
-                    _result(r, e)
-                    for r, e in zip(recipients, results, strict=True)
-                    if e.get("Status") == "SUCCESS"
-                ],
+                partial=answered,
             )
-        return [_result(r, e) for r, e in zip(recipients, results, strict=True)]
+        if _QUOTA in statuses:
+            raise ProviderError(
+                f"SES: the account's 24-hour sending quota is used up ({_QUOTA})",
+                "the rest wait an hour, then go; ask AWS for a higher quota if it recurs",
+                transient=True,
+                retry_after=QUOTA_WAIT,
+                partial=answered,
+            )
+        return taken
 
 
 def _call(operation: Callable[..., dict[str, Any]], request: dict[str, Any]) -> dict[str, Any]:

@@ -83,6 +83,11 @@ def _scripted(fake: Fake, h: BaseHTTPRequestHandler) -> Scripted | None:
     time.sleep(scripted.hang)  # the fake provider being slow, not a test waiting
     if scripted.drop:
         h.close_connection = True  # no answer: the connection closes, the request read whole
+    elif scripted.raw is not None:
+        h.send_response(scripted.status)
+        h.send_header("Content-Length", str(len(scripted.raw)))
+        h.end_headers()
+        h.wfile.write(scripted.raw)
     else:
         _answer(h, scripted.status, scripted.body, scripted.headers)
     return scripted
@@ -92,9 +97,10 @@ def _scripted(fake: Fake, h: BaseHTTPRequestHandler) -> Scripted | None:
 class Scripted:
     status: int
     headers: dict[str, str] = field(default_factory=dict)
-    body: dict[str, Any] = field(default_factory=dict)
+    body: dict[str, Any] | list[Any] = field(default_factory=dict)
     hang: float = 0.0  # seconds to wait before answering (past the client's timeout)
     drop: bool = False  # close the connection instead of answering
+    raw: bytes | None = None  # the answer's body as it is, instead of ``body`` as JSON
 
 
 @dataclass
@@ -499,6 +505,9 @@ def ses_handler(fake: Fake, key_id: str) -> Callable[[BaseHTTPRequestHandler], N
         results = []
         for n, entry in enumerate(entries):
             (to,) = entry["Destination"]["ToAddresses"]
+            if to.startswith("quota"):
+                results.append({"Status": "ACCOUNT_DAILY_QUOTA_EXCEEDED", "Error": "quota"})
+                continue
             if to.startswith("reject"):
                 results.append(
                     {

@@ -60,3 +60,15 @@ def test_a_wrong_key_pauses_and_a_rate_limit_retries(fake: Fake) -> None:
     assert sent.error.retry_after == 120.0
     assert sent.untried == [1, 2]
     assert not fake.accepted
+
+
+def test_a_taken_request_whose_answer_is_not_json_is_still_taken(fake: Fake) -> None:
+    # A 2xx is Mailgun's word that it queued the message; its id is a name, not the proof.
+    fake.script.append(Scripted(200, raw=b"Queued. Thank you."))
+    sent = _provider(fake).send(_batch(3))
+    assert sent.error is None
+    assert [(r.delivery_id, r.accepted, r.message_id) for r in sent.results] == [
+        (1, True, None),
+        (2, True, None),
+        (3, True, None),
+    ]

@@ -65,3 +65,23 @@ def test_a_bad_token_pauses_and_server_errors_retry(fake: Fake) -> None:
     assert sent.error.transient
     assert sent.untried == [1]
     assert not fake.accepted
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        Scripted(200, raw=b"<html>OK</html>"),
+        Scripted(200, body=[{"To": "a@mail.example", "MessageID": "m1"}] * 3),
+        Scripted(200, body=[{"ErrorCode": 0, "MessageID": "m1"}]),
+    ],
+    ids=["not-json", "no-error-codes", "too-few"],
+)
+def test_an_answer_that_does_not_say_what_became_of_each_leaves_them_in_doubt(
+    fake: Fake, answer: Scripted
+) -> None:
+    fake.script.append(answer)
+    sent = _provider(fake).send(_batch(["a@mail.example", "b@mail.example", "c@mail.example"]))
+    assert sent.error is not None
+    assert (sent.error.transient, sent.error.maybe_sent) == (True, True)
+    assert sent.doubtful == [1, 2, 3]
+    assert sent.results == []

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from jvmail.providers.base import OutboundBatch
-from jvmail.providers.ses import SesProvider
+from jvmail.providers.ses import QUOTA_WAIT, SesProvider
 from tests.providers.fakes import Fake, Scripted, sample_batch, serve, ses_handler
 
 KEY_ID = "AKIATESTKEY"
@@ -102,3 +102,24 @@ def test_a_connection_lost_after_sending_leaves_the_request_in_doubt(fake: Fake)
     assert (sent.error.transient, sent.error.maybe_sent) == (True, True)
     assert sent.doubtful == list(range(1, 51))  # the first request's: never resent
     assert sent.untried == list(range(51, 61))
+
+
+def test_a_used_up_quota_holds_the_account_and_keeps_what_ses_answered(fake: Fake) -> None:
+    emails = ["a@mail.example", "quota-b@mail.example", "rejected@mail.example", "d@mail.example"]
+    sent = _provider(fake).send(_batch(emails))
+    assert sent.error is not None
+    assert (sent.error.transient, sent.error.auth, sent.error.maybe_sent) == (True, False, False)
+    assert sent.error.retry_after == QUOTA_WAIT
+    assert [(r.delivery_id, r.accepted) for r in sent.results] == [(1, True), (3, False), (4, True)]
+    assert sent.untried == [2]
+
+
+def test_an_answer_that_does_not_match_the_request_leaves_it_in_doubt(fake: Fake) -> None:
+    fake.script.append(
+        Scripted(200, body={"BulkEmailEntryResults": [{"Status": "SUCCESS", "MessageId": "m"}]})
+    )
+    sent = _provider(fake).send(_batch(["a@mail.example", "b@mail.example", "c@mail.example"]))
+    assert sent.error is not None
+    assert sent.error.maybe_sent
+    assert sent.doubtful == [1, 2, 3]
+    assert sent.results == []

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from functools import cache
 from urllib.parse import quote, urlsplit
 
+import redis
 from sqlalchemy import Select, exists, func, select, update
 from sqlalchemy.orm import Session, aliased
 
@@ -516,10 +517,22 @@ def _running_statement() -> Select[int]:
 
 
 def _hold(limiter: Limiter, clock: Clock, message: Message, problem: ProviderError) -> None:
-    """The provider said how long to wait (Retry-After): hold the sender's whole account."""
-    if problem.retry_after:
-        now = clock.now()
+    """The provider said how long to wait (Retry-After): hold the sender's whole account. A
+    limiter that cannot be reached (Redis down) costs the hold, never the provider's answers,
+    which are recorded next: the batches then wait out their own backoff instead."""
+    if not problem.retry_after:
+        return
+    now = clock.now()
+    try:
         limiter.hold(account_key(message.sender_id), now + problem.retry_after, now=now)
+    except redis.RedisError as exc:
+        logger.warning(
+            "mailing %s: could not hold the sender's account for %.0f s as the provider asked "
+            "(%s); its batches retry with their own backoff",
+            message.mailing_id,
+            problem.retry_after,
+            exc,
+        )
 
 
 # A mailing whose provider refuses this share of its recipients stops itself: a list that

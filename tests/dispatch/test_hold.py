@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
+import redis
 from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -24,7 +25,7 @@ from sqlalchemy.orm import Session
 from jvmail.db.models import Delivery, Partner
 from jvmail.dispatch.actors import Runtime, TryLater, declare
 from jvmail.dispatch.control import pause, resume
-from jvmail.dispatch.limits import Clock, Limiter, account_key
+from jvmail.dispatch.limits import Clock, Limiter, MemoryLimiter, account_key
 from jvmail.dispatch.pipeline import MAX_PACE_WAIT, BatchReport, dispatch, send_batch
 from jvmail.providers.base import ProviderError
 from jvmail.providers.sendgrid import SendGridProvider
@@ -253,3 +254,21 @@ def test_a_worker_given_back_a_held_batch_retries_it_when_the_hold_ends(
     assert 120_000 - (took + 1) * 1000 <= held.value.delay <= 120_000
     assert provider.calls == 1  # the second batch never reached the provider
     assert _pending(session) == 25
+
+
+class HoldLost(MemoryLimiter):
+    """Books as the memory limiter does; its Redis went away before the hold could be set."""
+
+    def hold(self, key: str, until: float, *, now: float) -> None:
+        raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+
+@pytest.mark.parametrize("sendgrid", [20], indirect=True)
+def test_a_hold_that_cannot_be_set_costs_the_hold_not_the_answers(scene: Scene) -> None:
+    # SendGrid refused the request (429); the limiter could not record the hold: the rows
+    # are still given back, to be sent later, not left in flight to become unknown.
+    report = scene.send(scene.first, HoldLost())
+    assert report.retry
+    assert report.retry_after == 20.0
+    assert _pending(scene.session) == 25 + 6
+    assert not scene.sendgrid.fake.accepted

@@ -42,7 +42,7 @@ from jvmail.dispatch.control import pause as pause_mailings
 from jvmail.dispatch.control import resume as resume_mailings
 from jvmail.dispatch.pipeline import due_mailings
 from jvmail.dispatch.runner import RunReport, run_due
-from jvmail.errors import DatabaseError, JvmailError, UsageError
+from jvmail.errors import DatabaseError, Interrupted, JvmailError, UsageError
 from jvmail.faults import fault
 from jvmail.ledger import View, summarize
 from jvmail.mailings import FIND_IDS, MailingRow, awaiting_approval, rows_by_id, week_mailings
@@ -797,7 +797,9 @@ def _send_due(
     app.engine()  # the schema is at head before any worker thread opens a session
     provider = OutboxProvider(outbox)
     url = app.database_url or DEFAULT_DATABASE_URL
-    runtime = Runtime(url, lambda _mailing: provider)
+    # A mailing left queued when this starts was left by a run that stopped: its batches are
+    # relayed at once (a batch another process is sending would find nothing to claim).
+    runtime = Runtime(url, lambda _mailing: provider, relay_after=dt.timedelta(0))
     threads = 1 if url.startswith("sqlite") else 4  # SQLite writes one at a time anyway
     with Progress(console=app.err, transient=True, disable=quiet) as bar:
         task = bar.add_task("sending", total=None)
@@ -807,6 +809,11 @@ def _send_due(
 
         try:
             return run_due(runtime, until, threads=threads, progress=tick, only=only)
+        except KeyboardInterrupt:
+            raise Interrupted(
+                "interrupted: what was handed over is recorded; the rest waits",
+                "run the same `jvmail run` again to send the rest: nothing is sent twice",
+            ) from None
         finally:
             runtime.close()
 
@@ -907,7 +914,8 @@ def _redis_url() -> str:
     if not url:
         raise UsageError(
             "workers share their work through Redis, and JVMAIL_REDIS_URL is not set",
-            "export JVMAIL_REDIS_URL=redis://HOST:6379/0 (or send in one process: `jvmail run`)",
+            "export JVMAIL_REDIS_URL=redis://HOST:6379/0, or send through the partners' "
+            "accounts in one process, no Redis: `jvmail scheduler`",
         )
     return url
 

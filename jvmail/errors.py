@@ -23,6 +23,7 @@ __all__ = [
     "ConfigError",
     "ConfigProblem",
     "DatabaseError",
+    "Interrupted",
     "JvmailError",
     "SubscriberImportError",
     "UsageError",
@@ -85,6 +86,12 @@ class UsageError(JvmailError):
     """A command-line argument is well-formed but names nothing known (e.g. a partner id)."""
 
     exit_code = 2
+
+
+class Interrupted(JvmailError):
+    """The user stopped the command (Ctrl-C) half way; the message says what state it left."""
+
+    exit_code = 130  # as a shell reports a command ended by SIGINT
 
 
 class DatabaseError(JvmailError):

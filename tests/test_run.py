@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from jvmail.db import make_engine
 from jvmail.db.models import Mailing, Partner
+from jvmail.dispatch.pipeline import dispatch
 from tests.test_cli import run
 
 WEEK = "2026-W49"
@@ -107,3 +108,27 @@ def test_a_week_ends_in_each_senders_own_time_zone(
     mailings = sent["mailings"]
     assert isinstance(mailings, list)
     assert sorted(m["mailing_id"] for m in mailings) == sorted(set(due) - {moved})
+
+
+def test_a_run_finishes_and_reports_what_a_stopped_run_left_queued(
+    small_hub: Path, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A run stopped (Ctrl-C, a crash) after it dispatched a mailing and before its batches
+    # went: the next run sends them at once, and its report says so.
+    db = ("--db", db_url)
+    assert run(capsys, *db, "sync", str(small_hub))[0] == 0
+    assert run(capsys, *db, "plan", "--week", WEEK)[0] == 0
+    code, out, err = run(capsys, *db, "mailings", "--week", WEEK, "--json")
+    assert code == 0, err
+    due = [m["id"] for m in json.loads(out) if m["status"] in ("planned", "approved")]
+    engine = make_engine(db_url)
+    with Session(engine) as session:
+        assert dispatch(session, due[0], batch_size=5)  # queued, its messages lost
+    engine.dispose()
+    outbox = tmp_path / "outbox"
+    sent = _json(capsys, *db, "run", "--outbox", str(outbox), "--until", "2026-11-25T00:00:00")
+    mailings = sent["mailings"]
+    assert isinstance(mailings, list)
+    assert [m["mailing_id"] for m in mailings] == [due[0]]  # nothing else is due yet
+    assert mailings[0]["status"] == "sent"
+    assert sent["sent"] == mailings[0]["sent"] == len(list(outbox.glob(f"{due[0]}/*.eml"))) > 0

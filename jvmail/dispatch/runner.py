@@ -4,7 +4,8 @@ The same actors as the production workers run on dramatiq's in-process broker wi
 our own: one tick dispatches every mailing due by ``until`` (deliveries materialized and
 committed first), its batches follow as messages, and the call returns when the queue is empty.
 In-flight rows whose lease ran out are marked ``unknown`` by the tick, so a run after a crash
-never sends them again; queued mailings a crashed run left behind are relayed.
+never sends them again; queued mailings a crashed run left behind are relayed (at once when the
+runtime's ``relay_after`` is zero, as `jvmail run` sets it) and reported with the rest.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from jvmail.db.models import (
     Promotion,
 )
 from jvmail.dispatch.actors import QUEUE, Runtime, declare
-from jvmail.dispatch.pipeline import due_mailings
+from jvmail.dispatch.pipeline import SENDING_NOW, due_mailings
 
 __all__ = ["MailingRun", "RunReport", "run_due"]
 
@@ -47,12 +48,9 @@ class MailingRun:
 
 @dataclass
 class RunReport:
-    mailings: list[MailingRun] = field(default_factory=list)
+    mailings: list[MailingRun] = field(default_factory=list)  # their totals so far
     unknown: int = 0  # deliveries in doubt (in flight when a run stopped): never resent
-
-    @property
-    def sent(self) -> int:
-        return sum(m.sent for m in self.mailings)
+    sent: int = 0  # messages this run handed over
 
 
 def run_due(
@@ -69,6 +67,12 @@ def run_due(
         due = due_mailings(session, until)
         if only is not None:
             due = [m for m in due if m in set(only)]
+        # Mailings a run that stopped half way left queued: the tick relays them too.
+        left = list(
+            session.scalars(
+                select(Mailing.id).where(Mailing.status.in_(SENDING_NOW)).order_by(Mailing.id)
+            )
+        )
         before = _accepted(session)
     broker = StubBroker()
     broker.emit_after("process_boot")
@@ -91,7 +95,9 @@ def run_due(
         worker.stop()
         broker.close()
     with runtime.session() as session:
-        return _report(session, due)
+        report = _report(session, [*left, *(m for m in due if m not in set(left))])
+        report.sent = _accepted(session) - before
+        return report
 
 
 def _accepted(session: Session) -> int:

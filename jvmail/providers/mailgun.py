@@ -6,6 +6,9 @@ form; the HTML part uses an HTML-escaped copy of each value). With recipient var
 recipient gets a message of its own, never seeing the others. The delivery id travels as the
 ``v:jv_delivery`` user variable, filled per recipient, so webhooks find their delivery.
 
+Mailgun refuses a whole request (400) for an address it deems invalid, without saying which:
+the request is halved until each such address stands alone, refused for good; the others go.
+
 A single message goes whole, as MIME, to ``POST /v3/{domain}/messages.mime`` (its inline images
 are parts of it), with its metadata pair as a user variable of its own name.
 """
@@ -23,11 +26,12 @@ from jvmail.providers.base import (
     Capabilities,
     OutboundBatch,
     Provider,
+    ProviderError,
     Recipient,
     Result,
     SingleMessage,
 )
-from jvmail.providers.http import TIMEOUT, FormValue, post
+from jvmail.providers.http import TIMEOUT, FormValue, Refused, post
 
 __all__ = ["MailgunProvider"]
 
@@ -88,8 +92,33 @@ class MailgunProvider(Provider):
         ]
 
     def _send(self, batch: OutboundBatch, recipients: Sequence[Recipient]) -> list[Result]:
-        message_id = self._post("messages", self.form(batch, recipients))
+        try:
+            message_id = self._post("messages", self.form(batch, recipients))
+        except Refused as exc:
+            if exc.status != 400 or "address" not in exc.body.lower():
+                raise
+            return self._without_bad_addresses(batch, recipients, exc)
+        except ProviderError as exc:
+            if exc.maybe_sent:
+                exc.in_doubt = len(recipients)  # this request's, not the ones after it
+            raise
         return [Result(r.delivery_id, True, message_id) for r in recipients]
+
+    def _without_bad_addresses(
+        self, batch: OutboundBatch, recipients: Sequence[Recipient], exc: Refused
+    ) -> list[Result]:
+        """Mailgun refused the request for an address it deems invalid, without naming it: the
+        request is halved until each refused address stands alone and is refused for good with
+        Mailgun's words; the rest go. (A bad address costs its batch a few requests.)"""
+        if len(recipients) == 1:
+            return [Result(recipients[0].delivery_id, False, error=f"Mailgun: {_said(exc.body)}")]
+        half = len(recipients) // 2
+        first = self._send(batch, recipients[:half])
+        try:
+            return first + self._send(batch, recipients[half:])
+        except ProviderError as failed:
+            failed.partial = (*first, *failed.partial)
+            raise
 
     def _send_message(self, message: SingleMessage) -> str:
         return self._post("messages.mime", self.mime_form(message)) or message.message_id
@@ -110,3 +139,12 @@ class MailgunProvider(Provider):
         except ValueError:
             return None
         return str(said.get("id") or "") or None if isinstance(said, dict) else None
+
+
+def _said(body: str) -> str:
+    """Mailgun's own words in an error answer (its JSON ``message``), else the answer's start."""
+    try:
+        said = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body[:300].strip()
+    return str(said.get("message", "")) if isinstance(said, dict) else body[:300].strip()

@@ -127,7 +127,7 @@ class Fake:
     # Once the script is used up: called at each request, the answer to give instead of the
     # provider's own (None: the provider answers).
     rule: Callable[[], Scripted | None] | None = None
-    invalid: frozenset[str] = frozenset()  # addresses SendGrid refuses as invalid (400)
+    invalid: frozenset[str] = frozenset()  # addresses SendGrid or Mailgun refuse as invalid (400)
 
 
 def from_mime(raw: bytes, metadata: dict[str, str]) -> Single:
@@ -427,6 +427,10 @@ def mailgun_handler(fake: Fake, key: str, domain: str) -> Callable[[BaseHTTPRequ
             problems.append("too many recipients: at most 1000 with recipient-variables")
         if problems:
             _answer(h, 400, {"message": "; ".join(problems)})
+            return
+        if fake.invalid & set(form["to"]):  # Mailgun's answer names no address
+            message = "'to' parameter is not a valid address. please check documentation"
+            _answer(h, 400, {"message": message})
             return
         for to in form["to"]:
             values = people[to]

@@ -72,3 +72,35 @@ def test_a_taken_request_whose_answer_is_not_json_is_still_taken(fake: Fake) -> 
         (2, True, None),
         (3, True, None),
     ]
+
+
+def test_an_invalid_address_is_found_by_halving_and_refused_alone(fake: Fake) -> None:
+    fake.invalid = frozenset({"r7@mail.example", "r600@mail.example"})
+    sent = _provider(fake).send(_batch(1000))
+    assert sent.error is None
+    refused = {r.delivery_id: r.error for r in sent.results if not r.accepted}
+    assert refused == {
+        7: "Mailgun: 'to' parameter is not a valid address. please check documentation",
+        600: "Mailgun: 'to' parameter is not a valid address. please check documentation",
+    }
+    taken = sorted(int(d) for _, d in fake.accepted)
+    assert taken == [d for d in range(1, 1001) if d not in (7, 600)]
+    assert sorted(r.delivery_id for r in sent.results) == list(range(1, 1001))
+    assert fake.requests <= 1 + 2 * 2 * 10  # two bad addresses: about log2(1000) halvings each
+
+
+def test_a_request_lost_while_halving_leaves_only_that_request_in_doubt(fake: Fake) -> None:
+    fake.invalid = frozenset({"r1@mail.example"})
+    provider = MailgunProvider(
+        KEY, DOMAIN, from_addr="n@s.example", from_name="S", api=fake.url, timeout=(1.0, 0.3)
+    )
+    numbers = iter(range(1, 100))
+    # 1: the whole (refused), 2: the first half (refused), 3: r1 alone (refused), 4: r2 (sent),
+    # 5: the second half, whose answer never comes.
+    fake.rule = lambda: Scripted(200, hang=1.0) if next(numbers) == 5 else None
+    sent = provider.send(_batch(4))
+    assert sent.error is not None
+    assert sent.error.maybe_sent
+    assert [(r.delivery_id, r.accepted) for r in sent.results] == [(1, False), (2, True)]
+    assert sent.doubtful == [3, 4]
+    assert sent.untried == []

@@ -225,7 +225,7 @@ def run_pipeline(args: argparse.Namespace, provider: str, recipients: int) -> di
     actors = declare(broker, runtime)
     time.sleep(2.0)  # let the worker processes boot before the clock starts
     start = time.perf_counter()
-    actors.tick.send(dt.datetime.now(dt.UTC).isoformat(), None)
+    actors.tick.send(dt.datetime.now(dt.UTC).isoformat())
     materialized = _wait_until_final(maker, mailing_id) - start
     seconds = time.perf_counter() - start
     with maker() as session:

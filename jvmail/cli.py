@@ -36,7 +36,7 @@ from jvmail.console import (
 from jvmail.db import DEFAULT_DATABASE_URL, make_engine, make_sessionmaker, upgrade
 from jvmail.db.migrate import current_revision
 from jvmail.db.models import MailingStatus
-from jvmail.dispatch.actors import QUEUE, Runtime, declare
+from jvmail.dispatch.actors import QUEUE, RELAY_AFTER, Runtime, declare
 from jvmail.dispatch.control import cancel as cancel_mailings
 from jvmail.dispatch.control import pause as pause_mailings
 from jvmail.dispatch.control import resume as resume_mailings
@@ -797,9 +797,7 @@ def _send_due(
     app.engine()  # the schema is at head before any worker thread opens a session
     provider = OutboxProvider(outbox)
     url = app.database_url or DEFAULT_DATABASE_URL
-    # A mailing left queued when this starts was left by a run that stopped: its batches are
-    # relayed at once (a batch another process is sending would find nothing to claim).
-    runtime = Runtime(url, lambda _mailing: provider, relay_after=dt.timedelta(0))
+    runtime = Runtime(url, lambda _mailing: provider)
     threads = 1 if url.startswith("sqlite") else 4  # SQLite writes one at a time anyway
     with Progress(console=app.err, transient=True, disable=quiet) as bar:
         task = bar.add_task("sending", total=None)
@@ -852,6 +850,14 @@ def _print_run(app: App, report: RunReport, outbox: Path) -> None:
         app.out.print(
             f"{report.unknown} messages were in flight when an earlier run stopped: marked "
             "unknown, never sent again.",
+            soft_wrap=True,
+        )
+    waiting = [m.mailing_id for m in report.mailings if m.status in ("queued", "sending")]
+    if waiting:
+        app.out.print(
+            f"still queued: {', '.join(map(str, waiting))}, left by a run that stopped (or being "
+            f"sent elsewhere); a run sends the rest once they have shown no progress for "
+            f"{RELAY_AFTER.seconds // 60} minutes",
             soft_wrap=True,
         )
     app.out.print(f"{report.sent:,} messages written to {outbox}/", soft_wrap=True)
@@ -975,7 +981,7 @@ def tick(app: App, until_text: str | None) -> None:
     broker = make_broker(_redis_url(), namespace=os.environ.get("JVMAIL_REDIS_NAMESPACE", "jvmail"))
     url = app.database_url or DEFAULT_DATABASE_URL
     actors = declare(broker, Runtime(url, _no_provider))
-    actors.tick.send(until.isoformat() if until else None, None)
+    actors.tick.send(until.isoformat() if until else None)
     broker.close()
     app.out.print("tick enqueued")
 

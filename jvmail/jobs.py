@@ -55,7 +55,7 @@ class Enqueue:
     jobs: Jobs
 
     def tick(self, now: dt.datetime) -> None:
-        self.actors.tick.send(None, None)  # the worker's own clock decides what is due
+        self.actors.tick.send(None)  # the worker's own clock decides what is due
 
     def credit(self) -> None:
         self.jobs.credit.send()

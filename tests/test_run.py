@@ -9,10 +9,11 @@ import json
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from jvmail.db import make_engine
-from jvmail.db.models import Mailing, Partner
+from jvmail.db.models import DeliveryBatch, Mailing, Partner
 from jvmail.dispatch.pipeline import dispatch
 from tests.test_cli import run
 
@@ -114,7 +115,8 @@ def test_a_run_finishes_and_reports_what_a_stopped_run_left_queued(
     small_hub: Path, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # A run stopped (Ctrl-C, a crash) after it dispatched a mailing and before its batches
-    # went: the next run sends them at once, and its report says so.
+    # went: a run right after says it waits; once the mailing has shown no progress for the
+    # relay's two minutes, a run sends the rest and reports it.
     db = ("--db", db_url)
     assert run(capsys, *db, "sync", str(small_hub))[0] == 0
     assert run(capsys, *db, "plan", "--week", WEEK)[0] == 0
@@ -124,6 +126,18 @@ def test_a_run_finishes_and_reports_what_a_stopped_run_left_queued(
     engine = make_engine(db_url)
     with Session(engine) as session:
         assert dispatch(session, due[0], batch_size=5)  # queued, its messages lost
+        code, out, _ = run(
+            capsys, *db, "run", "--outbox", str(tmp_path / "soon"), "--until", "2026-11-25T00:00:00"
+        )
+        assert code == 0
+        assert f"still queued: {due[0]}, left by a run that stopped" in out
+        # Two minutes later, by its batches' clock: no progress since.
+        session.execute(
+            update(DeliveryBatch).values(
+                enqueued_at=DeliveryBatch.enqueued_at - dt.timedelta(minutes=3)
+            )
+        )
+        session.commit()
     engine.dispose()
     outbox = tmp_path / "outbox"
     sent = _json(capsys, *db, "run", "--outbox", str(outbox), "--until", "2026-11-25T00:00:00")

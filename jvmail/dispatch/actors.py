@@ -110,7 +110,9 @@ class Runtime:
 
 @dataclass(frozen=True)
 class Actors:
-    tick: dramatiq.Actor[[str | None, list[int] | None], None]
+    # (until, only), ``only`` given by `jvmail run` alone: a tick from the scheduler is one
+    # argument, which a worker of any version takes.
+    tick: dramatiq.Actor[..., None]
     dispatch: dramatiq.Actor[[int], None]
     send: dramatiq.Actor[[int, int, int], None]
 

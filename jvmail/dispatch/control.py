@@ -113,13 +113,17 @@ def cancel(
                     updated_at=now,
                 )
             )
-        accepted = session.scalar(
+        # Gone out, or maybe: handed to the provider and not yet settled.
+        went = session.scalar(
             select(func.count()).where(
-                Delivery.mailing_id == m.id, Delivery.status == DeliveryStatus.ACCEPTED
+                Delivery.mailing_id == m.id,
+                Delivery.status.in_(
+                    (DeliveryStatus.ACCEPTED, DeliveryStatus.SENDING, DeliveryStatus.UNKNOWN)
+                ),
             )
         )
         current = values[m.id].value if m.id in values else 0.0
-        if not accepted and current:
+        if not went and current:
             sender = session.get(Partner, m.sender_id)
             assert sender is not None, "a mailing always has a sender"
             post(

@@ -18,9 +18,12 @@ and in-process (:class:`MemoryGuard`, for tests and a single process). Where no 
 configured (`jvmail run`, SQLite), the pipeline runs without a guard: the database is then the
 only state there is; so it does for an outbox, where nothing leaves.
 
-The guard errs on the safe side only: a mark whose answer was lost (Redis died just after the
-script ran), or a clear that did not reach it, leaves recipients marked that were not sent;
-their next try records them ``dead``, never sends them twice.
+The guard errs on the safe side only: a clear that did not reach it, or a mark whose answer was
+lost (Redis died just after the script ran) and that could not be asked again, leaves
+recipients marked that were not sent; their next try records them ``dead``, never sends them
+twice. A mark names its attempt, and Redis keeps each attempt's answer for a day: asking again
+for the same attempt (once Redis is back, restarted from its append-only file) gets the first
+answer, not the attempt's own marks taken for another copy's.
 """
 
 from __future__ import annotations
@@ -33,7 +36,15 @@ from typing import Protocol
 
 import redis
 
-__all__ = ["KEEP_SECONDS", "GuardDown", "Mark", "MemoryGuard", "RedisGuard", "SendGuard"]
+__all__ = [
+    "ANSWER_SECONDS",
+    "KEEP_SECONDS",
+    "GuardDown",
+    "Mark",
+    "MemoryGuard",
+    "RedisGuard",
+    "SendGuard",
+]
 
 KEEP_SECONDS = 60 * 86400  # a mailing's marks outlive any backup that could be restored usefully
 _CHUNK_BITS = 1 << 16  # bits per Redis key (8 KiB): a sparse list never makes a huge bitmap
@@ -57,9 +68,10 @@ class Mark:
 
 
 class SendGuard(Protocol):
-    def mark(self, mailing: Mark, subscribers: Sequence[int]) -> set[int]:
+    def mark(self, mailing: Mark, subscribers: Sequence[int], attempt: str) -> set[int]:
         """Mark ``subscribers`` as handed to the provider for ``mailing``, atomically; returns
         the ones that were marked already (by another copy of the database: not to be sent).
+        ``attempt`` names this try: asked again for it, the guard gives the same answer.
 
         Raises:
             GuardDown: the guard is unreachable; nothing is known to be marked.
@@ -81,12 +93,16 @@ class MemoryGuard:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._marked: dict[str, set[int]] = {}
+        self._answers: dict[str, set[int]] = {}
 
-    def mark(self, mailing: Mark, subscribers: Sequence[int]) -> set[int]:
+    def mark(self, mailing: Mark, subscribers: Sequence[int], attempt: str) -> set[int]:
         with self._lock:
+            if attempt in self._answers:
+                return set(self._answers[attempt])
             marked = self._marked.setdefault(mailing.name, set())
             already = marked.intersection(subscribers)
             marked.update(subscribers)
+            self._answers[attempt] = set(already)
             return already
 
     def clear(self, mailing: Mark, subscribers: Sequence[int]) -> None:
@@ -94,10 +110,17 @@ class MemoryGuard:
             self._marked.get(mailing.name, set()).difference_update(subscribers)
 
 
-# KEYS: the chunk keys; ARGV[1]: seconds to keep them; ARGV[2]: the (key index, bit offset)
-# pairs, packed as little-endian 32-bit numbers (one argument: 1,000 recipients are not 2,000
-# arguments to encode and parse). Returns the 1-based places of the pairs whose bit was set.
+# KEYS: the chunk keys, then the attempt's answer; ARGV[1]: seconds to keep the chunks;
+# ARGV[2]: the (key index, bit offset) pairs, packed as little-endian 32-bit numbers (one
+# argument: 1,000 recipients are not 2,000 arguments to encode and parse); ARGV[3]: seconds to
+# keep the answer. Returns the 1-based places of the pairs whose bit was set, or the answer
+# given to this attempt before.
 _MARK = """
+local answer = KEYS[#KEYS]
+local given = redis.call('GET', answer)
+if given then
+  return cjson.decode(given)
+end
 local keep = tonumber(ARGV[1])
 local packed = ARGV[2]
 local old = {}
@@ -109,11 +132,13 @@ for at = 1, #packed, 8 do
     old[#old + 1] = n
   end
 end
-for _, key in ipairs(KEYS) do
-  redis.call('EXPIRE', key, keep)
+for i = 1, #KEYS - 1 do
+  redis.call('EXPIRE', KEYS[i], keep)
 end
+redis.call('SET', answer, #old > 0 and cjson.encode(old) or '[]', 'EX', tonumber(ARGV[3]))
 return old
 """
+ANSWER_SECONDS = 86400  # how long an attempt's answer is kept for it to be asked again
 
 
 class RedisGuard:
@@ -145,12 +170,13 @@ class RedisGuard:
             pairs += (index[chunk], bit)
         return keys, struct.pack(f"<{len(pairs)}I", *pairs)
 
-    def mark(self, mailing: Mark, subscribers: Sequence[int]) -> set[int]:
+    def mark(self, mailing: Mark, subscribers: Sequence[int], attempt: str) -> set[int]:
         if not subscribers:
             return set()
         keys, packed = self._places(mailing, subscribers)
+        answer = f"{{{self.namespace}:sent:{mailing.name}}}:answer:{attempt}"
         try:
-            old = self._mark(keys=keys, args=[self.keep, packed])
+            old = self._mark(keys=[*keys, answer], args=[self.keep, packed, ANSWER_SECONDS])
         except redis.RedisError as exc:
             raise GuardDown(str(exc)) from exc
         return {subscribers[int(n) - 1] for n in old}

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -308,7 +309,7 @@ def send_batch(
         session, message, held, report, limiter=limiter, clock=clock
     ):
         return report
-    going = _in_flight(session, message, held, report, guard, lease=lease)
+    going = _in_flight(session, message, held, report, guard, lease=lease, clock=clock)
     if not going:
         return report
     batch = OutboundBatch(
@@ -376,11 +377,12 @@ def _in_flight(
     guard: SendGuard | None,
     *,
     lease: dt.timedelta,
+    clock: Clock,
 ) -> list[Claimed]:
     """Mark the claimed rows in flight and ask the send guard about them; the rows to send."""
     going = _start(session, message.mailing_id, held, report, lease)
     if going and guard is not None:
-        going = _guarded(session, guard, message, going, report)
+        going = _guarded(session, guard, message, going, report, clock=clock)
         if not going:  # every one of them went out already, from another copy
             _finish(session, message.mailing_id)
     return going
@@ -417,26 +419,43 @@ ALREADY_SENT = (
 )
 
 
+# Seconds between asking the send guard again when it did not answer; None: the last try.
+GUARD_WAITS: tuple[float | None, ...] = (0.25, 0.5, 1.0, 1.5, None)
+
+
 def _guarded(
     session: Session,
     guard: SendGuard,
     message: Message,
     going: list[Claimed],
     report: BatchReport,
+    *,
+    clock: Clock,
 ) -> list[Claimed]:
     """Mark the in-flight rows' recipients in the send guard; the rows still to send. Those
     marked already (sent from another copy of this database: a restored backup beside the
     live one) are recorded ``dead`` under their fence and committed, with an alert in the log.
-    When the guard cannot be asked, nothing goes: the rows go back to pending, to retry (had
-    it marked them before its answer was lost, their retry records them dead: never twice)."""
-    try:
-        seen = guard.mark(message.mark, [c.subscriber_id for c in going])
-    except GuardDown as exc:
+    When the guard cannot be asked, it is asked again for the same attempt a few times over a
+    few seconds (a Redis restarting from its file: its answer, had it given one, was kept);
+    then nothing goes: the rows go back to pending, to retry (had it marked them before its
+    answer was lost, their retry records them dead: never twice)."""
+    subscribers = [c.subscriber_id for c in going]
+    attempt = secrets.token_hex(8)
+    seen: set[int] | None = None
+    for wait in GUARD_WAITS:
+        try:
+            seen = guard.mark(message.mark, subscribers, attempt)
+            break
+        except GuardDown as exc:
+            report.error = f"the send guard (Redis) did not answer: {exc}; retried later"
+            if wait is not None:
+                clock.sleep(wait)
+    if seen is None:
         _give_back(session, message.mailing_id, going)
         session.commit()
         report.retry = True
-        report.error = f"the send guard (Redis) did not answer: {exc}; retried later"
         return []
+    report.error = ""
     if not seen:
         return going
     copies = [c for c in going if c.subscriber_id in seen]
@@ -459,14 +478,17 @@ def _guarded(
 def _give_back(session: Session, mailing_id: int, back: list[Claimed]) -> None:
     """In-flight rows that did not go out: pending again for a later batch, or ``failed`` with
     the mailing's reason when it was cancelled or failed meanwhile (a pending row of a stopped
-    mailing would wait forever). The mailing is read under a share lock kept until the
-    caller's commit: a cancel that comes meanwhile waits for it, then fails these rows itself."""
+    mailing would wait forever). The mailing is read under a lock kept until the caller's
+    commit: a cancel that comes meanwhile waits for it, then fails these rows itself. It is the
+    lock an update of the mailing takes (``FOR NO KEY UPDATE``), as the caller may pause or
+    fail the mailing next: two workers each holding a share lock would each wait for the other
+    to let go of it."""
     if not back:
         return
     status, error = session.execute(
         select(Mailing.status, Mailing.error)
         .where(Mailing.id == mailing_id)
-        .with_for_update(read=True)
+        .with_for_update(key_share=True)
     ).one()
     if status not in STOPPED:
         release(session, back)

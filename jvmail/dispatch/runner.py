@@ -4,8 +4,8 @@ The same actors as the production workers run on dramatiq's in-process broker wi
 our own: one tick dispatches every mailing due by ``until`` (deliveries materialized and
 committed first), its batches follow as messages, and the call returns when the queue is empty.
 In-flight rows whose lease ran out are marked ``unknown`` by the tick, so a run after a crash
-never sends them again; queued mailings a crashed run left behind are relayed (at once when the
-runtime's ``relay_after`` is zero, as `jvmail run` sets it) and reported with the rest.
+never sends them again; queued mailings a crashed run left behind are relayed once they have
+shown no progress for the runtime's ``relay_after``, and reported with the rest.
 """
 
 from __future__ import annotations
@@ -80,7 +80,10 @@ def run_due(
     worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
     worker.start()
     try:
-        actors.tick.send(until.isoformat(), None if only is None else list(only))
+        if only is None:
+            actors.tick.send(until.isoformat())
+        else:
+            actors.tick.send(until.isoformat(), list(only))
         while True:
             try:
                 broker.join(QUEUE, timeout=250, fail_fast=True)

@@ -9,8 +9,10 @@
 * other 4xx: the request itself is wrong: not retried; the message carries the provider's own
   words so the cause can be fixed (:class:`Refused`, with the answer's status and body, for a
   provider whose answer names the recipients it refused).
-* no connection made (refused, a name that does not resolve, no answer to the connect):
-  retried later; nothing left.
+* no connection made (refused, a name that does not resolve, no answer to the connect, the
+  proxy or the TLS handshake failing): retried later; nothing left.
+* a request requests will not send (a key with a newline cannot be a header): the account's
+  mailings pause, saying why.
 * the connection lost once it was made (reset, closed before the answer), a timeout after the
   request was sent, an answer cut off: the provider may have the request: ``maybe_sent``,
   never resent.
@@ -35,6 +37,8 @@ from urllib3.exceptions import (
     MaxRetryError,
     NewConnectionError,
     ProtocolError,
+    ProxyError,
+    SSLError,
 )
 
 from jvmail.providers.base import ProviderError
@@ -97,6 +101,15 @@ def post(
             timeout=timeout,
             allow_redirects=False,
         )
+    except _MALFORMED as exc:  # refused by requests itself: nothing left this machine
+        # Its words may quote the header, which holds the key: only its kind is told.
+        raise ProviderError(
+            f"{name}: the request could not be made ({exc.__class__.__name__})",
+            "check the API key env var (a stray newline?) and the account's settings in the "
+            "partner's [provider]; its mailings are paused",
+            transient=False,
+            auth=True,
+        ) from exc
     except requests.RequestException as exc:
         if _not_connected(exc):
             raise ProviderError(
@@ -150,15 +163,26 @@ def post(
     )
 
 
+# What requests refuses to send at all: a header value it cannot carry, a URL it cannot use.
+_MALFORMED = (
+    requests.exceptions.InvalidHeader,
+    requests.exceptions.InvalidURL,
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.MissingSchema,
+)
+
+
 def _not_connected(exc: requests.RequestException) -> bool:
     """Whether the request failed before a connection was made, so that no byte of it left:
-    urllib3 reports those (refused, unresolvable, connect timeout) as its retries exhausted on
-    a connection error. Anything after (a reset, a close before the answer) may follow a request
-    the provider read whole."""
+    urllib3 reports those (refused, unresolvable, connect timeout, the proxy or the TLS
+    handshake failing) as its retries exhausted on that error. Anything after (a reset, a
+    close before the answer) may follow a request the provider read whole."""
     reason = exc.args[0] if exc.args else None
-    if isinstance(reason, MaxRetryError):
-        reason = reason.reason
-    return isinstance(reason, NewConnectionError | ConnectTimeoutError)
+    if not isinstance(reason, MaxRetryError):
+        return False
+    return isinstance(
+        reason.reason, NewConnectionError | ConnectTimeoutError | ProxyError | SSLError
+    )
 
 
 def _cause(exc: BaseException) -> str:

@@ -15,6 +15,7 @@ are parts of it), with its metadata pair as a user variable of its own name.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from email.utils import formataddr
 
@@ -95,7 +96,7 @@ class MailgunProvider(Provider):
         try:
             message_id = self._post("messages", self.form(batch, recipients))
         except Refused as exc:
-            if exc.status != 400 or "address" not in exc.body.lower():
+            if exc.status != 400 or not _BAD_RECIPIENT.search(exc.body):
                 raise
             return self._without_bad_addresses(batch, recipients, exc)
         except ProviderError as exc:
@@ -139,6 +140,11 @@ class MailgunProvider(Provider):
         except ValueError:
             return None
         return str(said.get("id") or "") or None if isinstance(said, dict) else None
+
+
+# Mailgun's words for a request refused for one of its recipients (a bad sender, say, is the
+# account's problem: halving would only fail every recipient with it).
+_BAD_RECIPIENT = re.compile(r"'(to|cc|bcc)' parameter is not a valid address", re.IGNORECASE)
 
 
 def _said(body: str) -> str:

@@ -203,12 +203,8 @@ class SesProvider(Provider):
 
 def _call(operation: Callable[..., dict[str, Any]], request: dict[str, Any]) -> dict[str, Any]:
     """One SES call; its errors as :class:`ProviderError`."""
-    from botocore.exceptions import (
-        ClientError,
-        ConnectTimeoutError,
-        EndpointConnectionError,
-        HTTPClientError,
-    )
+    from botocore.exceptions import ClientError, HTTPClientError
+    from botocore.exceptions import ConnectionError as NotConnected
 
     try:
         return operation(**request)
@@ -233,7 +229,7 @@ def _call(operation: Callable[..., dict[str, Any]], request: dict[str, Any]) -> 
             else "the message above says what to change",
             transient=passing,
         ) from exc
-    except (EndpointConnectionError, ConnectTimeoutError) as exc:
+    except NotConnected as exc:  # refused, no answer to the connect, the proxy or TLS failing
         raise ProviderError(
             f"SES: cannot connect ({exc})", "retried later", transient=True
         ) from exc

@@ -11,7 +11,9 @@ refused login, or a sender address refused for good (MAIL FROM), pauses the acco
 mailings. A connection lost before the server answered the end of a message leaves that one
 message in doubt, never resent; the rest go later. One lost before a message's end was sent
 leaves nothing in doubt; when it is the first message on a connection kept from an earlier
-batch (the server closed it while idle), it is sent again at once on a new connection.
+batch (the server closed it while idle), it is sent again at once on a new connection. A
+connection unused for a few seconds is checked with NOOP before a message is trusted to it (a
+single message, sent through ``sendmail``, cannot tell when its connection was lost).
 
 An address whose domain is beyond ASCII is sent with the domain in IDNA form; one whose local
 part is needs a server that offers SMTPUTF8, and is refused for good by one that does not.
@@ -26,8 +28,11 @@ import contextlib
 import smtplib
 import socket
 import ssl
+import time
 from collections.abc import Sequence
 from email.utils import formataddr
+
+from email_validator import EmailNotValidError, validate_email
 
 from jvmail.providers.base import (
     Capabilities,
@@ -42,6 +47,7 @@ from jvmail.providers.base import (
 __all__ = ["SmtpProvider"]
 
 _OK = 250
+IDLE_CHECK = 5.0  # seconds a kept connection may sit unused before a NOOP checks it is alive
 _GO_AHEAD = 354  # the answer to DATA: send the message
 
 
@@ -69,10 +75,15 @@ class SmtpProvider(Provider):
         self.timeout = timeout
         self.tls = tls or ssl.create_default_context()
         self._conn: smtplib.SMTP | None = None
+        self._used = 0.0  # when the kept connection was last handed out (monotonic seconds)
 
     def _connect(self) -> smtplib.SMTP:
         if self._conn is not None:
-            return self._conn
+            if time.monotonic() - self._used < IDLE_CHECK or _alive(self._conn):
+                self._used = time.monotonic()
+                return self._conn
+            _drop(self._conn)  # the server closed it while it sat unused
+            self._conn = None
         conn: smtplib.SMTP | None = None
         try:
             if self.security == "tls":
@@ -104,7 +115,7 @@ class SmtpProvider(Provider):
                 "check host, port and security in the partner's [provider]",
                 transient=True,
             ) from exc
-        self._conn = conn
+        self._conn, self._used = conn, time.monotonic()
         return conn
 
     def close(self) -> None:
@@ -301,20 +312,31 @@ def _up_to_the_end(conn: smtplib.SMTP, from_addr: str, to: str, data: bytes) -> 
     conn.send(body + b".\r\n")
 
 
+def _alive(conn: smtplib.SMTP) -> bool:
+    """Whether a kept connection still answers (NOOP), before a message is trusted to it."""
+    try:
+        return conn.noop()[0] == _OK
+    except OSError:  # smtplib's SMTPServerDisconnected among them
+        return False
+
+
 def _plain(address: str) -> bool:
     return address.isascii() and not any(c in address for c in "<>\r\n ")
 
 
 def _ascii_domain(address: str) -> str:
-    """``address`` with its domain in ASCII (IDNA, as DNS has it: ``bücher.de`` becomes
-    ``xn--bcher-kva.de``), so that only a local part beyond ASCII needs SMTPUTF8."""
+    """``address`` with its domain in ASCII as DNS has it (IDNA 2008 with UTS 46, as
+    email-validator gives it: ``bücher.de`` becomes ``xn--bcher-kva.de``, and ``straße.de``
+    stays a domain of its own, not ``strasse.de``), so that only a local part beyond ASCII
+    needs SMTPUTF8."""
     local, at, domain = address.rpartition("@")
     if not at or domain.isascii():
         return address
     try:
-        return f"{local}@{domain.encode('idna').decode('ascii')}"
-    except UnicodeError:
+        checked = validate_email(address, check_deliverability=False)
+    except EmailNotValidError:
         return address
+    return f"{local}@{checked.ascii_domain}"
 
 
 def _end(conn: smtplib.SMTP, code: int) -> None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import pytest
 import redis
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from jvmail.db.models import (
@@ -195,3 +196,14 @@ def limiters(request: pytest.FixtureRequest) -> Iterator[Limiters]:
         clients[0].delete(key)
     for c in clients:
         c.close()
+
+
+def waits_for_a_lock(session: Session, pid: int) -> bool:
+    """Whether the PostgreSQL backend ``pid`` is waiting for a lock (read from ``session``, a
+    connection of its own: roll it back between reads for a fresh view)."""
+    return bool(
+        session.scalar(
+            text("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = :pid"),
+            {"pid": pid},
+        )
+    )

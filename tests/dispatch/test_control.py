@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.orm import Session
 
+from jvmail.db import make_engine, make_sessionmaker, upgrade
 from jvmail.db.models import (
     Delivery,
     DeliveryBatch,
@@ -20,11 +22,12 @@ from jvmail.db.models import (
     Subscriber,
 )
 from jvmail.dispatch.control import cancel, pause, resume
-from jvmail.dispatch.pipeline import dispatch, due_mailings, send_batch
+from jvmail.dispatch.deliveries import claim, start
+from jvmail.dispatch.pipeline import _give_back, dispatch, due_mailings, pause_mailing, send_batch
 from jvmail.errors import UsageError
 from jvmail.ledger import post
 from jvmail.providers.base import OutboundBatch, ProviderError, Recipient, Result
-from tests.dispatch.conftest import WHEN, Hub, mailing
+from tests.dispatch.conftest import LEASE, WHEN, Hub, build_hub, mailing, waits_for_a_lock
 from tests.dispatch.test_pipeline import Recording
 
 NOW = dt.datetime(2026, 12, 1, 8, tzinfo=dt.UTC)
@@ -258,3 +261,42 @@ def test_a_failed_mailing_can_be_cancelled_to_drop_its_value(session: Session, h
     assert row.status == MailingStatus.CANCELLED
     values = session.execute(select(LedgerEntry.kind, LedgerEntry.value).order_by(LedgerEntry.id))
     assert values.all() == [(LedgerKind.EXPECTED, 12.0), (LedgerKind.CORRECTION, -12.0)]
+
+
+def test_two_workers_giving_rows_back_and_pausing_wait_for_each_other(pg_url: str) -> None:
+    # The account's key is revoked while two batches of the mailing are at the provider: both
+    # workers give their rows back, then pause the mailing. Each holding a share lock on the
+    # mailing, then wanting to update it, they would deadlock, and the one PostgreSQL aborts
+    # would lose its recorded answers; the second must wait for the first instead.
+    engine = make_engine(pg_url)
+    upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    with sessions() as setup:
+        built = build_hub(setup)
+        first, second = dispatch(setup, built.mailing.id, batch_size=13)
+    mailing_id = built.mailing.id
+    with sessions() as a, sessions() as b, sessions() as watch:
+        held = []
+        for worker, bounds in ((a, first), (b, second)):
+            claimed_ = claim(worker, mailing_id, bounds, lease=LEASE, limit=100)
+            held.append(start(worker, claimed_, lease=LEASE))
+            worker.commit()
+        pid = b.scalar(text("SELECT pg_backend_pid()"))
+        _give_back(a, mailing_id, held[0])
+
+        def other_worker() -> None:
+            _give_back(b, mailing_id, held[1])
+            pause_mailing(b, mailing_id, "sendgrid: the account's key was refused")
+            b.commit()
+
+        with ThreadPoolExecutor(1) as pool:
+            done = pool.submit(other_worker)
+            while not waits_for_a_lock(watch, pid):
+                assert not done.done(), "the second worker did not wait for the first"
+                watch.rollback()
+            pause_mailing(a, mailing_id, "sendgrid: the account's key was refused")
+            a.commit()
+            done.result()
+        assert _statuses(watch, mailing_id) == {"pending": 25}
+        assert _status(watch, built) == MailingStatus.PAUSED
+    engine.dispose()

@@ -36,7 +36,15 @@ from jvmail.dispatch.deliveries import (
     started,
 )
 from jvmail.dispatch.outbox import Made, materialize
-from tests.dispatch.conftest import GONE, LEASE, Hub, build_hub, mailing, set_status
+from tests.dispatch.conftest import (
+    GONE,
+    LEASE,
+    Hub,
+    build_hub,
+    mailing,
+    set_status,
+    waits_for_a_lock,
+)
 
 
 def _made(session: Session, mailing_id: int, made: Made | None) -> int:
@@ -66,15 +74,6 @@ def _emails(session: Session, mailing_id: int) -> list[str]:
             .join(Delivery, Delivery.subscriber_id == Subscriber.id)
             .where(Delivery.mailing_id == mailing_id)
             .order_by(Subscriber.email)
-        )
-    )
-
-
-def _waits_for_a_lock(session: Session, pid: int) -> bool:
-    return bool(
-        session.scalar(
-            text("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = :pid"),
-            {"pid": pid},
         )
     )
 
@@ -153,7 +152,7 @@ def test_two_lists_mailings_of_one_promotion_made_at_once_share_no_address(
         pid = second.scalar(text("SELECT pg_backend_pid()"))
         with ThreadPoolExecutor(1) as pool:
             making = pool.submit(materialize, second, extra.id, parts)
-            while not _waits_for_a_lock(watch, pid):
+            while not waits_for_a_lock(watch, pid):
                 assert not making.done(), "the second mailing's rows were made at once"
                 watch.rollback()
             first.commit()
@@ -485,7 +484,7 @@ def test_expire_leaves_rows_a_worker_settled_while_it_waited(
         pid = tick.scalar(text("SELECT pg_backend_pid()"))
         with ThreadPoolExecutor(1) as pool:
             expiring = pool.submit(expire, tick)
-            while not _waits_for_a_lock(watch, pid):
+            while not waits_for_a_lock(watch, pid):
                 assert not expiring.done(), "expire did not wait for the worker's rows"
                 watch.rollback()  # a new snapshot of pg_stat_activity each time
             worker.commit()

@@ -241,7 +241,7 @@ def _until_quiet(world: World, run: Run, deadline: float) -> dict[DeliveryStatus
     counts: dict[DeliveryStatus, int] = {}
     while time.monotonic() < deadline:
         _alive(run)
-        run.actors.tick.send(WHEN.isoformat(), None)
+        run.actors.tick.send(WHEN.isoformat())
         counts = _counts(world.session)
         if counts and not any(counts.get(s) for s in UNFINISHED):
             return counts
@@ -288,7 +288,7 @@ def test_redis_emptied_mid_mailing_the_relay_sends_the_lost_batches_once(
         fake_sendgrid() as sendgrid,
         workers(world, redis_client, sendgrid.fake, lease=10, JVMAIL_TEST_BATCH="100") as run,
     ):
-        run.actors.tick.send(WHEN.isoformat(), None)  # dispatches: one jv_send per batch
+        run.actors.tick.send(WHEN.isoformat())  # dispatches: one jv_send per batch
         _until(
             run,
             "two batches accepted",

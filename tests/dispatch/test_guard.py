@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -21,7 +22,16 @@ from sqlalchemy.orm import Session
 
 from jvmail.db import make_engine, make_sessionmaker, upgrade
 from jvmail.db.models import Delivery, DeliveryStatus
-from jvmail.dispatch.guard import KEEP_SECONDS, GuardDown, Mark, MemoryGuard, RedisGuard, SendGuard
+from jvmail.dispatch.guard import (
+    ANSWER_SECONDS,
+    KEEP_SECONDS,
+    GuardDown,
+    Mark,
+    MemoryGuard,
+    RedisGuard,
+    SendGuard,
+)
+from jvmail.dispatch.limits import Clock
 from jvmail.dispatch.pipeline import ALREADY_SENT, dispatch, send_batch
 from jvmail.providers.base import ProviderError
 from tests.conftest import REDIS_URL, unavailable
@@ -48,22 +58,26 @@ def guard(request: pytest.FixtureRequest) -> Iterator[SendGuard]:
     client.close()
 
 
+def _attempt() -> str:
+    return uuid.uuid4().hex
+
+
 def test_a_mark_reports_the_recipients_marked_before(guard: SendGuard) -> None:
-    assert guard.mark(MAILING, [1, 2, 70_000]) == set()
-    assert guard.mark(MAILING, [2, 3, 70_000, 70_001]) == {2, 70_000}
-    assert guard.mark(MAILING, [1, 2, 3]) == {1, 2, 3}
+    assert guard.mark(MAILING, [1, 2, 70_000], _attempt()) == set()
+    assert guard.mark(MAILING, [2, 3, 70_000, 70_001], _attempt()) == {2, 70_000}
+    assert guard.mark(MAILING, [1, 2, 3], _attempt()) == {1, 2, 3}
     # Another mailing, or the same id for another promotion or list, has marks of its own.
-    assert guard.mark(Mark(8, 3, 2), [1, 2]) == set()
-    assert guard.mark(Mark(7, 4, 2), [1, 2]) == set()
-    assert guard.mark(Mark(7, 3, 5), [1, 2]) == set()
+    assert guard.mark(Mark(8, 3, 2), [1, 2], _attempt()) == set()
+    assert guard.mark(Mark(7, 4, 2), [1, 2], _attempt()) == set()
+    assert guard.mark(Mark(7, 3, 5), [1, 2], _attempt()) == set()
 
 
 def test_cleared_marks_can_be_marked_again(guard: SendGuard) -> None:
-    guard.mark(MAILING, [10, 11, 12])
+    guard.mark(MAILING, [10, 11, 12], _attempt())
     guard.clear(MAILING, [11, 12])
-    assert guard.mark(MAILING, [10, 11, 12, 13]) == {10}
+    assert guard.mark(MAILING, [10, 11, 12, 13], _attempt()) == {10}
     guard.clear(MAILING, [])  # nothing to clear: no call
-    assert guard.mark(MAILING, [11]) == {11}
+    assert guard.mark(MAILING, [11], _attempt()) == {11}
 
 
 def test_redis_marks_are_kept_for_weeks_in_small_keys() -> None:
@@ -75,9 +89,12 @@ def test_redis_marks_are_kept_for_weeks_in_small_keys() -> None:
     namespace = f"jvmail-test-{uuid.uuid4().hex[:8]}"
     try:
         guard = RedisGuard(client, namespace=namespace)
-        guard.mark(MAILING, [5, 2_000_000])
-        keys = sorted(k.decode() for k in client.scan_iter(f"{{{namespace}:*"))
+        guard.mark(MAILING, [5, 2_000_000], _attempt())
+        found = sorted(k.decode() for k in client.scan_iter(f"{{{namespace}:*"))
+        keys = [k for k in found if ":answer:" not in k]
         assert keys == [guard.key(MAILING, 0), guard.key(MAILING, 30)]
+        (answer,) = set(found) - set(keys)  # the attempt's answer, kept a day, not weeks
+        assert ANSWER_SECONDS - 60 < client.ttl(answer) <= ANSWER_SECONDS
         for key in keys:
             assert KEEP_SECONDS - 60 < client.ttl(key) <= KEEP_SECONDS
             assert client.strlen(key) <= 8192  # a high subscriber id makes no huge bitmap
@@ -93,7 +110,7 @@ def test_an_unreachable_redis_is_reported_as_guard_down() -> None:
         redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5, retry=once)
     )
     with pytest.raises(GuardDown):
-        guard.mark(MAILING, [1])
+        guard.mark(MAILING, [1], _attempt())
     with pytest.raises(GuardDown):
         guard.clear(MAILING, [1])
 
@@ -156,7 +173,9 @@ def _held_marks(guard: SendGuard, session: Session, hub: Hub) -> set[int]:
     subscribers = list(
         session.scalars(select(Delivery.subscriber_id).where(Delivery.mailing_id == hub.mailing.id))
     )
-    return guard.mark(Mark(hub.mailing.id, hub.promotion.id, hub.lists[0].id), subscribers)
+    return guard.mark(
+        Mark(hub.mailing.id, hub.promotion.id, hub.lists[0].id), subscribers, _attempt()
+    )
 
 
 def _by_status(session: Session, hub: Hub) -> dict[DeliveryStatus, set[int]]:
@@ -205,7 +224,7 @@ def test_doubtful_and_refused_rows_keep_their_marks(
 class _Down:
     """A guard whose Redis does not answer."""
 
-    def mark(self, mailing: Mark, subscribers: Sequence[int]) -> set[int]:
+    def mark(self, mailing: Mark, subscribers: Sequence[int], attempt: str) -> set[int]:
         raise GuardDown("Connection refused")
 
     def clear(self, mailing: Mark, subscribers: Sequence[int]) -> None:
@@ -224,3 +243,43 @@ def test_nothing_is_sent_while_the_guard_is_down_and_the_rows_wait(
     assert _statuses(session) == {"pending": 25}
     send_batch(session, provider, hub.mailing.id, bounds, guard=MemoryGuard())
     assert _statuses(session) == {"accepted": 24, "failed": 1}
+
+
+def test_an_attempt_asked_again_gets_its_first_answer(guard: SendGuard) -> None:
+    # Redis ran the script and died before answering; asked again once it is back, the same
+    # attempt must not take its own marks for another copy's.
+    assert guard.mark(MAILING, [1, 2], _attempt()) == set()
+    lost = _attempt()
+    assert guard.mark(MAILING, [2, 3, 4], lost) == {2}
+    assert guard.mark(MAILING, [2, 3, 4], lost) == {2}  # the same answer, not {2, 3, 4}
+    assert guard.mark(MAILING, [3, 4], _attempt()) == {3, 4}  # another attempt: marked
+
+
+class _AnswerLost(MemoryGuard):
+    """Marks, then loses its first answer (Redis killed after the script ran); answers after."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = 0
+
+    def mark(self, mailing: Mark, subscribers: Sequence[int], attempt: str) -> set[int]:
+        self.asked += 1
+        seen = super().mark(mailing, subscribers, attempt)
+        if self.asked == 1:
+            raise GuardDown("Connection closed by server.")
+        return seen
+
+
+def test_a_mark_whose_answer_was_lost_is_asked_again_not_taken_for_a_copys(
+    session: Session, hub: Hub, tmp_path: Path
+) -> None:
+    provider = Recording(tmp_path)
+    guard = _AnswerLost()
+    slept: list[float] = []
+    clock = Clock(now=time.time, sleep=slept.append)
+    (bounds,) = dispatch(session, hub.mailing.id, batch_size=100)
+    report = send_batch(session, provider, hub.mailing.id, bounds, guard=guard, clock=clock)
+    assert (guard.asked, slept) == (2, [0.25])
+    assert (report.error, report.duplicates) == ("", 0)
+    assert _statuses(session) == {"accepted": 24, "failed": 1}
+    assert set(provider.seen.values()) == {1}

@@ -79,7 +79,7 @@ def _workers(env: dict[str, str], faults: list[str]) -> list[subprocess.Popen[by
 def _until_quiet(session: Session, actors: Actors, deadline: float) -> dict[str, int]:
     """Tick every half second until no delivery is unfinished; the final counts."""
     while time.monotonic() < deadline:
-        actors.tick.send(WHEN.isoformat(), None)
+        actors.tick.send(WHEN.isoformat())
         session.expire_all()
         counts = dict(
             session.execute(select(Delivery.status, func.count()).group_by(Delivery.status)).all()
@@ -109,7 +109,7 @@ def test_workers_send_every_message_once_even_when_one_is_killed(
         if fault:
             # Alone at first, the faulty worker takes the first batch and dies (SIGKILL) at
             # the fault point; its supervisor then stops too. A healthy worker takes over.
-            actors.tick.send(WHEN.isoformat(), None)
+            actors.tick.send(WHEN.isoformat())
             procs[0].wait(timeout=60)
             procs += _workers(env, [""])
         counts = _until_quiet(hub_db, actors, time.monotonic() + 90)

@@ -249,7 +249,7 @@ class WorkerPool:
         """Enqueue a tick for ``when``, as the scheduler does every minute; False while Redis
         is down."""
         try:
-            self.actors.tick.send(when.isoformat(), None)
+            self.actors.tick.send(when.isoformat())
         except (redis.RedisError, dramatiq.errors.ConnectionError):
             return False
         return True

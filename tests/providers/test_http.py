@@ -6,7 +6,14 @@ from http.client import RemoteDisconnected
 
 import pytest
 import requests
-from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError, ProtocolError
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    MaxRetryError,
+    NewConnectionError,
+    ProtocolError,
+    ProxyError,
+    SSLError,
+)
 
 from jvmail.providers.http import _not_connected
 
@@ -21,6 +28,8 @@ def _exhausted(reason: Exception) -> MaxRetryError:
         # As requests raises them (urllib3 2, no retries): the connect failed...
         (requests.ConnectTimeout(_exhausted(ConnectTimeoutError(None, "timed out"))), True),
         (requests.ConnectionError(_exhausted(NewConnectionError(None, "refused"))), True),  # type: ignore[arg-type]
+        (requests.exceptions.SSLError(_exhausted(SSLError("certificate has expired"))), True),
+        (requests.exceptions.ProxyError(_exhausted(ProxyError("no proxy", OSError()))), True),
         # ... or the request went out, and then:
         (requests.ConnectionError(ProtocolError("aborted", RemoteDisconnected("closed"))), False),
         (requests.ConnectionError(ProtocolError("aborted", ConnectionResetError(104))), False),

@@ -104,3 +104,15 @@ def test_a_request_lost_while_halving_leaves_only_that_request_in_doubt(fake: Fa
     assert [(r.delivery_id, r.accepted) for r in sent.results] == [(1, False), (2, True)]
     assert sent.doubtful == [3, 4]
     assert sent.untried == []
+
+
+def test_a_refused_sender_is_not_taken_for_a_bad_recipient(fake: Fake) -> None:
+    said = "'from' parameter is not a valid address. please check documentation"
+    fake.script.append(Scripted(400, body={"message": said}))
+    sent = _provider(fake).send(_batch(10))
+    assert fake.requests == 1  # not halved
+    assert sent.error is not None
+    assert not sent.error.transient
+    assert said in sent.error.message
+    assert sent.results == []
+    assert sent.untried == list(range(1, 11))

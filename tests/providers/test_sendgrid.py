@@ -147,6 +147,16 @@ def test_no_connection_at_all_leaves_nothing_in_doubt() -> None:
     assert sent.doubtful == []
 
 
+def test_a_key_that_cannot_be_a_header_pauses_and_is_never_shown(fake: Fake) -> None:
+    sent = _provider(fake, key=KEY + "\n").send(_batch(3))
+    assert sent.error is not None
+    assert (sent.error.transient, sent.error.auth, sent.error.maybe_sent) == (False, True, False)
+    assert "InvalidHeader" in sent.error.message
+    assert KEY not in sent.error.message + sent.error.fix
+    assert fake.requests == 0
+    assert sent.untried == [1, 2, 3]
+
+
 def test_an_invalid_address_is_refused_for_good_the_rest_sent_at_once(fake: Fake) -> None:
     # SendGrid refuses a whole request for an address it deems invalid, naming its field.
     fake.invalid = frozenset({"r2@mail.example", "r1002@mail.example"})

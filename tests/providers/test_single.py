@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import pytest
 
+from jvmail.providers import smtp
 from jvmail.providers.base import (
     Capabilities,
     OutboundBatch,
@@ -308,6 +309,17 @@ class TestSmtp(Contract):
     def no_answer(self, fake: tuple[Handler, int, ssl.SSLContext]) -> SingleMessage:
         fake[0].hang_up_on = MESSAGE.to
         return MESSAGE
+
+    def test_a_connection_closed_while_idle_is_checked_and_opened_again(
+        self, fake: tuple[Handler, int, ssl.SSLContext], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(smtp, "IDLE_CHECK", 0.0)  # every kept connection has sat unused
+        provider = self.provider(fake)
+        provider.send_message(_to("a@acme.example"))
+        fake[0].hang_up_all()  # the server closes it, as one does an idle connection
+        assert provider.send_message(_to("b@acme.example")) == MESSAGE.message_id
+        provider.close()
+        assert [to for to, _ in fake[0].received] == ["a@acme.example", "b@acme.example"]
 
     def test_the_envelope_and_the_message_id_are_ours(
         self, fake: tuple[Handler, int, ssl.SSLContext]

@@ -6,7 +6,9 @@ sandbox with limits: a deadline (checked on every call, every loop step over ``r
 Those checks run between the template's steps, and one step can be a single long call (a string
 method or filter asked for a width of billions, ``lipsum`` asked for millions of paragraphs): so
 where the system can fork, the three parts are rendered in a child process of their own with a
-memory cap, killed at a wall-clock deadline. Whatever the template does, the worker that renders
+memory cap, killed once it has had its time (its CPU time: a child stopped or starved
+meanwhile is given the time it did not get, up to ten times the deadline in all). Whatever the
+template does, the worker that renders
 it keeps its memory, its time and its other threads. A template that breaks a limit or fails to
 render raises :class:`TemplateProblem` naming the promotion and the reason; the caller fails
 that mailing and carries on with the others.
@@ -125,7 +127,7 @@ class _Sandbox(SandboxedEnvironment):
         self.globals["range"] = self._range
 
     def _tick(self) -> None:
-        if time.monotonic() > self.deadline:
+        if time.thread_time() > self.deadline:
             raise TemplateProblem(f"took longer than {self.limits.seconds:g} s to render")
 
     def _range(self, *args: int) -> Iterator[int]:
@@ -155,7 +157,9 @@ class _Sandbox(SandboxedEnvironment):
 
     def render_limited(self, source: str, values: Mapping[str, object]) -> str:
         template = self.from_string(source)
-        self.deadline = time.monotonic() + self.limits.seconds
+        # The thread's own CPU time: a process stopped or starved meanwhile (a SIGSTOP, a
+        # paused machine) has not spent it, and the template is not blamed for the pause.
+        self.deadline = time.thread_time() + self.limits.seconds
         out: list[str] = []
         size = 0
         for chunk in template.generate(**values):
@@ -224,7 +228,7 @@ def _isolated(promo: str, sources: tuple[str, str, str], limits: Limits) -> tupl
         _child(write, promo, sources, limits)
     os.close(write)
     try:
-        raw, status = _collect(read, pid, time.monotonic() + limits.wall_seconds)
+        raw, status = _collect(read, pid, limits.wall_seconds)
     finally:
         os.close(read)
     *lines, last = raw.split(b"\n")
@@ -255,15 +259,27 @@ def _answer(line: bytes) -> dict[str, Any] | None:
     return answer if isinstance(answer, dict) else None
 
 
-def _collect(read: int, pid: int, deadline: float) -> tuple[bytes, int | None]:
+_BACKSTOP = 10  # a child is stopped after this many times its time, whether it ran or not
+
+
+def _collect(read: int, pid: int, allowed: float) -> tuple[bytes, int | None]:
     """What the child wrote, and its exit status (negative: the signal that ended it); None
-    for the status when the deadline passed first (the child is killed)."""
+    for the status when it had ``allowed`` seconds of running first (it is then killed). A
+    child that was stopped or starved (its CPU time short of its wall time) gets the time it
+    did not have, up to :data:`_BACKSTOP` times ``allowed`` in all."""
     chunks: list[bytes] = []
+    began = time.monotonic()
+    deadline = began + allowed
     try:
         while True:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([read], [], [], left)[0]:
-                return b"".join(chunks), None
+                ran = _cpu_seconds(pid)
+                now = time.monotonic()
+                if ran is None or ran >= allowed or now - began >= _BACKSTOP * allowed:
+                    return b"".join(chunks), None
+                deadline = now + allowed - ran
+                continue
             chunk = os.read(read, 1 << 16)
             if not chunk:
                 break
@@ -275,6 +291,16 @@ def _collect(read: int, pid: int, deadline: float) -> tuple[bytes, int | None]:
         if pid:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """The CPU time process ``pid`` has had (Linux's /proc); None where it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _child(write: int, promo: str, sources: tuple[str, str, str], limits: Limits) -> NoReturn:

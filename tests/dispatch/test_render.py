@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import os
 import resource
 import threading
 import time
@@ -12,6 +13,7 @@ from email.message import EmailMessage
 import pytest
 from markupsafe import escape
 
+from jvmail.dispatch import render as render_module
 from jvmail.dispatch.mime import skeleton
 from jvmail.dispatch.render import (
     Limits,
@@ -257,3 +259,22 @@ def test_a_batch_sends_an_escaped_copy_only_of_what_some_recipient_needs_escaped
     # A batch of names with nothing to escape: no copies at all.
     _, none = batch_forms([{"FIRST_NAME": "Ann", "LINK_1": url}])
     assert none == set()
+
+
+def test_a_render_child_stopped_meanwhile_is_given_the_time_it_did_not_have() -> None:
+    # A worker stopped (SIGSTOP, a paused machine) while its render child ran: the child's
+    # wall time passes its deadline, its CPU time does not, and it finishes. A child that
+    # keeps the CPU busy is stopped at its deadline, as the bombs above are.
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        time.sleep(0.6)  # not running, as a stopped child is not: three times its 0.2 s
+        os.write(write, b'{"parts": []}\n')
+        os._exit(0)
+    os.close(write)
+    try:
+        raw, status = render_module._collect(read, pid, 0.2)
+    finally:
+        os.close(read)
+    assert (raw, status) == (b'{"parts": []}\n', 0)

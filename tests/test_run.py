@@ -37,15 +37,21 @@ def _json(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, object]:
     return data
 
 
+def _planned(capsys: pytest.CaptureFixture[str], db_url: str, hub: Path) -> list[int]:
+    """The hub synced and its week planned: the ids of the week's mailings waiting to be sent."""
+    db = ("--db", db_url)
+    assert run(capsys, *db, "sync", str(hub))[0] == 0
+    assert run(capsys, *db, "plan", "--week", WEEK)[0] == 0
+    code, out, err = run(capsys, *db, "mailings", "--week", WEEK, "--json")
+    assert code == 0, err
+    return [m["id"] for m in json.loads(out) if m["status"] in ("planned", "approved")]
+
+
 def test_run_sends_the_planned_week_once_into_eml_files(
     small_hub: Path, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     db = ("--db", db_url)
-    assert run(capsys, *db, "sync", str(small_hub))[0] == 0
-    assert run(capsys, *db, "plan", "--week", WEEK)[0] == 0
-    code, out, err = run(capsys, *db, "mailings", "--week", WEEK, "--json")
-    assert code == 0, err
-    due = [m for m in json.loads(out) if m["status"] in ("planned", "approved")]
+    due = _planned(capsys, db_url, small_hub)
     assert due
     outbox = tmp_path / "outbox"
     # Nothing is due before the week starts.
@@ -54,7 +60,7 @@ def test_run_sends_the_planned_week_once_into_eml_files(
     sent = _json(capsys, *db, "run", "--outbox", str(outbox), "--week", WEEK)
     mailings = sent["mailings"]
     assert isinstance(mailings, list)
-    assert sorted(m["mailing_id"] for m in mailings) == sorted(m["id"] for m in due)
+    assert sorted(m["mailing_id"] for m in mailings) == sorted(due)
     files = sorted(outbox.glob("*/*.eml"))
     assert len(files) == sent["sent"]
     assert 0 < len(files) <= KEEP * len(mailings)
@@ -86,11 +92,7 @@ def test_a_week_ends_in_each_senders_own_time_zone(
     # Next Monday 07:00 in Berlin is 06:00 UTC: before the week has ended everywhere, and yet
     # a mailing of the next week, which `run --week` of this one must leave for later.
     db = ("--db", db_url)
-    assert run(capsys, *db, "sync", str(small_hub))[0] == 0
-    assert run(capsys, *db, "plan", "--week", WEEK)[0] == 0
-    code, out, err = run(capsys, *db, "mailings", "--week", WEEK, "--json")
-    assert code == 0, err
-    due = [m["id"] for m in json.loads(out) if m["status"] in ("planned", "approved")]
+    due = _planned(capsys, db_url, small_hub)
     moved = due[0]
     engine = make_engine(db_url)
     with Session(engine) as session:
@@ -118,11 +120,7 @@ def test_a_run_finishes_and_reports_what_a_stopped_run_left_queued(
     # went: a run right after says it waits; once the mailing has shown no progress for the
     # relay's two minutes, a run sends the rest and reports it.
     db = ("--db", db_url)
-    assert run(capsys, *db, "sync", str(small_hub))[0] == 0
-    assert run(capsys, *db, "plan", "--week", WEEK)[0] == 0
-    code, out, err = run(capsys, *db, "mailings", "--week", WEEK, "--json")
-    assert code == 0, err
-    due = [m["id"] for m in json.loads(out) if m["status"] in ("planned", "approved")]
+    due = _planned(capsys, db_url, small_hub)
     engine = make_engine(db_url)
     with Session(engine) as session:
         assert dispatch(session, due[0], batch_size=5)  # queued, its messages lost

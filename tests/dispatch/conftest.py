@@ -6,7 +6,9 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import redis
@@ -198,12 +200,11 @@ def limiters(request: pytest.FixtureRequest) -> Iterator[Limiters]:
         c.close()
 
 
-def waits_for_a_lock(session: Session, pid: int) -> bool:
-    """Whether the PostgreSQL backend ``pid`` is waiting for a lock (read from ``session``, a
-    connection of its own: roll it back between reads for a fresh view)."""
-    return bool(
-        session.scalar(
-            text("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = :pid"),
-            {"pid": pid},
-        )
-    )
+def wait_until_blocked(watch: Session, pid: int, work: Future[Any], what: str) -> None:
+    """Return once the PostgreSQL backend ``pid`` waits for a lock; fail with ``what`` if
+    ``work`` (what that backend runs) finishes first, never having waited. ``watch`` is a
+    session of its own, rolled back between reads for a fresh view of pg_stat_activity."""
+    query = text("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = :pid")
+    while not watch.scalar(query, {"pid": pid}):
+        assert not work.done(), what
+        watch.rollback()

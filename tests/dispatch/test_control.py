@@ -27,7 +27,7 @@ from jvmail.dispatch.pipeline import _give_back, dispatch, due_mailings, pause_m
 from jvmail.errors import UsageError
 from jvmail.ledger import post
 from jvmail.providers.base import OutboundBatch, ProviderError, Recipient, Result
-from tests.dispatch.conftest import LEASE, WHEN, Hub, build_hub, mailing, waits_for_a_lock
+from tests.dispatch.conftest import LEASE, WHEN, Hub, build_hub, mailing, wait_until_blocked
 from tests.dispatch.test_pipeline import Recording
 
 NOW = dt.datetime(2026, 12, 1, 8, tzinfo=dt.UTC)
@@ -291,9 +291,7 @@ def test_two_workers_giving_rows_back_and_pausing_wait_for_each_other(pg_url: st
 
         with ThreadPoolExecutor(1) as pool:
             done = pool.submit(other_worker)
-            while not waits_for_a_lock(watch, pid):
-                assert not done.done(), "the second worker did not wait for the first"
-                watch.rollback()
+            wait_until_blocked(watch, pid, done, "the second worker did not wait for the first")
             pause_mailing(a, mailing_id, "sendgrid: the account's key was refused")
             a.commit()
             done.result()

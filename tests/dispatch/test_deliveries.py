@@ -43,7 +43,7 @@ from tests.dispatch.conftest import (
     build_hub,
     mailing,
     set_status,
-    waits_for_a_lock,
+    wait_until_blocked,
 )
 
 
@@ -152,9 +152,7 @@ def test_two_lists_mailings_of_one_promotion_made_at_once_share_no_address(
         pid = second.scalar(text("SELECT pg_backend_pid()"))
         with ThreadPoolExecutor(1) as pool:
             making = pool.submit(materialize, second, extra.id, parts)
-            while not waits_for_a_lock(watch, pid):
-                assert not making.done(), "the second mailing's rows were made at once"
-                watch.rollback()
+            wait_until_blocked(watch, pid, making, "the second mailing's rows were made at once")
             first.commit()
             made = making.result()
         second.commit()
@@ -484,9 +482,7 @@ def test_expire_leaves_rows_a_worker_settled_while_it_waited(
         pid = tick.scalar(text("SELECT pg_backend_pid()"))
         with ThreadPoolExecutor(1) as pool:
             expiring = pool.submit(expire, tick)
-            while not waits_for_a_lock(watch, pid):
-                assert not expiring.done(), "expire did not wait for the worker's rows"
-                watch.rollback()  # a new snapshot of pg_stat_activity each time
+            wait_until_blocked(watch, pid, expiring, "expire did not wait for the worker's rows")
             worker.commit()
             assert expiring.result() == 0
         tick.commit()

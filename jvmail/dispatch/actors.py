@@ -160,7 +160,8 @@ def declare(broker: dramatiq.Broker, runtime: Runtime) -> Actors:
             close_batches(session)
             due = due_mailings(session, dt.datetime.fromisoformat(until) if until else now)
             if only is not None:
-                due = [m for m in due if m in set(only)]
+                wanted = set(only)
+                due = [m for m in due if m in wanted]
             relayed = relay(session, _lost(session, runtime, now), now, runtime.batch)
             session.commit()
         for mailing_id in due:

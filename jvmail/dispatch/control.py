@@ -20,10 +20,11 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from jvmail.db.models import Delivery, DeliveryStatus, LedgerKind, Mailing, MailingStatus, Partner
+from jvmail.dispatch.deliveries import any_row, fail_unsent
 from jvmail.dispatch.outbox import dispatched, leftovers
 from jvmail.ledger import post
 from jvmail.ledger.book import load_entries
@@ -100,26 +101,16 @@ def cancel(
             # way of the sender's other mailings of the promotion (one message per address).
             session.execute(leftovers(m.id))
         else:
-            session.execute(
-                update(Delivery)
-                .where(
-                    Delivery.mailing_id == m.id,
-                    Delivery.status.in_((DeliveryStatus.PENDING, DeliveryStatus.CLAIMED)),
-                )
-                .values(
-                    status=DeliveryStatus.FAILED,
-                    error=why[:1000],
-                    lease_until=None,
-                    updated_at=now,
-                )
-            )
-        # Gone out, or maybe: handed to the provider and not yet settled.
+            session.execute(fail_unsent(m.id, why, now))
+        # Gone out, or maybe: handed to the provider and not yet settled (the first found).
         went = session.scalar(
-            select(func.count()).where(
-                Delivery.mailing_id == m.id,
-                Delivery.status.in_(
-                    (DeliveryStatus.ACCEPTED, DeliveryStatus.SENDING, DeliveryStatus.UNKNOWN)
-                ),
+            select(
+                any_row(
+                    Delivery.mailing_id == m.id,
+                    Delivery.status.in_(
+                        (DeliveryStatus.ACCEPTED, DeliveryStatus.SENDING, DeliveryStatus.UNKNOWN)
+                    ),
+                )
             )
         )
         current = values[m.id].value if m.id in values else 0.0

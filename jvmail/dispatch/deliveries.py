@@ -90,6 +90,7 @@ __all__ = [
     "claimed",
     "close_batches",
     "expire",
+    "fail_unsent",
     "has_rows",
     "in_open_batches",
     "record",
@@ -493,6 +494,19 @@ def release(session: Session, held: Sequence[Claimed]) -> int:
     """Put in-flight rows back to ``pending`` (fenced): the provider refused the request as a
     whole and answered so, so nothing left; a later batch may send them."""
     return _back_to_pending(session, held, DeliveryStatus.SENDING)
+
+
+def fail_unsent(mailing_id: int, why: str, now: dt.datetime) -> Update:
+    """The mailing's rows not handed to the provider (pending, or claimed and not yet in
+    flight) end ``failed`` with ``why``: the mailing was cancelled or cannot be sent."""
+    return (
+        update(Delivery)
+        .where(
+            Delivery.mailing_id == mailing_id,
+            Delivery.status.in_((DeliveryStatus.PENDING, DeliveryStatus.CLAIMED)),
+        )
+        .values(status=DeliveryStatus.FAILED, error=why[:1000], lease_until=None, updated_at=now)
+    )
 
 
 def _back_to_pending(session: Session, held: Sequence[Claimed], now: DeliveryStatus) -> int:

@@ -55,6 +55,7 @@ from jvmail.dispatch.deliveries import (
     Outcome,
     batch_bounds,
     claimed,
+    fail_unsent,
     record,
     recorded,
     release,
@@ -441,21 +442,18 @@ def _guarded(
     answer was lost, their retry records them dead: never twice)."""
     subscribers = [c.subscriber_id for c in going]
     attempt = secrets.token_hex(8)
-    seen: set[int] | None = None
     for wait in GUARD_WAITS:
         try:
             seen = guard.mark(message.mark, subscribers, attempt)
             break
         except GuardDown as exc:
-            report.error = f"the send guard (Redis) did not answer: {exc}; retried later"
-            if wait is not None:
-                clock.sleep(wait)
-    if seen is None:
-        _give_back(session, message.mailing_id, going)
-        session.commit()
-        report.retry = True
-        return []
-    report.error = ""
+            if wait is None:
+                _give_back(session, message.mailing_id, going)
+                session.commit()
+                report.retry = True
+                report.error = f"the send guard (Redis) did not answer: {exc}; retried later"
+                return []
+            clock.sleep(wait)
     if not seen:
         return going
     copies = [c for c in going if c.subscriber_id in seen]
@@ -710,12 +708,5 @@ def fail_mailing(session: Session, mailing_id: int, why: str) -> None:
     if failed is None:
         session.commit()
         return
-    session.execute(
-        update(Delivery)
-        .where(
-            Delivery.mailing_id == mailing_id,
-            Delivery.status.in_((DeliveryStatus.PENDING, DeliveryStatus.CLAIMED)),
-        )
-        .values(status=DeliveryStatus.FAILED, error=why[:1000], lease_until=None, updated_at=now)
-    )
+    session.execute(fail_unsent(mailing_id, why, now))
     session.commit()

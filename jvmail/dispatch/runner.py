@@ -66,7 +66,8 @@ def run_due(
     with runtime.session() as session:
         due = due_mailings(session, until)
         if only is not None:
-            due = [m for m in due if m in set(only)]
+            wanted = set(only)
+            due = [m for m in due if m in wanted]
         # Mailings a run that stopped half way left queued: the tick relays them too.
         left = list(
             session.scalars(
@@ -98,7 +99,8 @@ def run_due(
         worker.stop()
         broker.close()
     with runtime.session() as session:
-        report = _report(session, [*left, *(m for m in due if m not in set(left))])
+        queued = set(left)
+        report = _report(session, [*left, *(m for m in due if m not in queued)])
         report.sent = _accepted(session) - before
         return report
 

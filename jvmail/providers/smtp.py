@@ -131,13 +131,11 @@ class SmtpProvider(Provider):
         conn = self._connect()
         done: list[Result] = []
         for r in recipients:
-            to = _ascii_domain(r.email)
-            options: tuple[str, ...] = ()
-            if not to.isascii():
-                if not conn.has_extn("smtputf8"):
-                    done.append(Result(r.delivery_id, False, error=self._no_utf8()))
-                    continue
-                options = ("SMTPUTF8",)
+            envelope = _envelope(conn, r.email)
+            if envelope is None:
+                done.append(Result(r.delivery_id, False, error=self._no_utf8()))
+                continue
+            to, options = envelope
             data = batch.skeleton.message(r.delivery_id, to, r.values, batch.unsubscribe_mailto)
             try:
                 try:
@@ -217,12 +215,14 @@ class SmtpProvider(Provider):
 
     def _send_message(self, message: SingleMessage) -> str:
         conn = self._connect()
-        to = _ascii_domain(message.to)
-        options = [] if to.isascii() else ["SMTPUTF8"]
-        if options and not conn.has_extn("smtputf8"):
+        envelope = _envelope(conn, message.to)
+        if envelope is None:
             raise ProviderError(self._no_utf8(), "send it through another account", transient=False)
+        to, options = envelope
         try:
-            conn.sendmail(self.from_addr, [to], message.mime(self.sender), mail_options=options)
+            conn.sendmail(
+                self.from_addr, [to], message.mime(self.sender), mail_options=list(options)
+            )
         except smtplib.SMTPRecipientsRefused as exc:
             code, why = exc.recipients[to]
             raise self._refusal(code, why) from exc
@@ -322,6 +322,15 @@ def _alive(conn: smtplib.SMTP) -> bool:
 
 def _plain(address: str) -> bool:
     return address.isascii() and not any(c in address for c in "<>\r\n ")
+
+
+def _envelope(conn: smtplib.SMTP, address: str) -> tuple[str, tuple[str, ...]] | None:
+    """``address`` as the envelope carries it, with the MAIL FROM options it needs; None when
+    this server cannot take it (letters beyond ASCII before the @, and no SMTPUTF8)."""
+    to = _ascii_domain(address)
+    if to.isascii():
+        return to, ()
+    return (to, ("SMTPUTF8",)) if conn.has_extn("smtputf8") else None
 
 
 def _ascii_domain(address: str) -> str:

@@ -10,7 +10,7 @@ import datetime as dt
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -564,7 +564,11 @@ _MAILING_COLS = [
 
 
 def _mailing_json(row: MailingRow) -> dict[str, Any]:
-    return asdict(row) | {"day": row.day.isoformat(), "status": row.status.value}
+    return asdict(row) | {
+        "day": row.day.isoformat(),
+        "local_time": row.local_time.isoformat(),
+        "status": row.status.value,
+    }
 
 
 def _show_mailings(app: App, title: str, rows: list[MailingRow], as_json: bool) -> None:
@@ -575,10 +579,17 @@ def _show_mailings(app: App, title: str, rows: list[MailingRow], as_json: bool) 
             asdict(r) | {"progress": f"{r.sent:,}/{r.total:,}" if r.total else ""} for r in rows
         ]
         print_table(app.out, title, table, _MAILING_COLS)
-        for r in rows:
-            if r.error and r.status in (MailingStatus.FAILED, MailingStatus.PAUSED):
-                said = f"mailing {r.id} {r.status.value}: {r.error}"
-                app.out.print(said, soft_wrap=True, markup=False, highlight=False)
+        _say_why(app, [(r.id, r.status, r.total, r.error) for r in rows])
+
+
+def _say_why(app: App, rows: Iterable[tuple[int, MailingStatus, int, str]]) -> None:
+    """A line under a table of mailings for each (id, status, deliveries, error) that failed,
+    paused, or was sent to nobody, with the reason."""
+    for mailing_id, status, total, error in rows:
+        nobody = status == MailingStatus.SENT and not total
+        if error and (nobody or status in (MailingStatus.FAILED, MailingStatus.PAUSED)):
+            said = f"mailing {mailing_id} {status.value}: {error}"
+            app.out.print(said, soft_wrap=True, markup=False, highlight=False)
 
 
 @cli.command("mailings")
@@ -844,8 +855,11 @@ def _through_week(app: App, week: str) -> list[int]:
 
 def _print_run(app: App, report: RunReport, outbox: Path) -> None:
     rows = [asdict(m) for m in report.mailings]
-    cols = ["mailing_id", "list", "promotion", "status", "sent", "refused", "suppressed", "error"]
-    print_table(app.out, "Mailings sent", rows, cols, wrap=["error"])
+    cols = ["mailing_id", "list", "promotion", "status", "sent", "refused", "suppressed"]
+    print_table(app.out, "Mailings sent", rows, cols)
+    _say_why(
+        app, [(m.mailing_id, MailingStatus(m.status), m.total, m.error) for m in report.mailings]
+    )
     if report.unknown:
         app.out.print(
             f"{report.unknown} messages were in flight when an earlier run stopped: marked "

@@ -57,6 +57,7 @@ class MailingRow:
     id: int
     day: dt.date
     send_time: str  # e.g. "Tue 01 Dec 09:00"
+    local_time: dt.datetime  # the same, with the sender's UTC offset
     sender: str
     list: str
     promotion: str
@@ -94,6 +95,7 @@ def _query_rows(session: Session, *criteria: ColumnElement[bool]) -> list[Mailin
                 id=m.id,
                 day=local.date(),
                 send_time=f"{local:%a %d %b %H:%M}",
+                local_time=local,
                 sender=sender,
                 list=lst,
                 promotion=promo,

@@ -70,6 +70,7 @@ def test_mailings_on_approving_partners_lists_wait_for_approval(
     [lumen] = [r for r in rows if r["list"] == "lumen-light"]
     assert lumen["send_time"] == "Thu 03 Dec 09:00"  # Lisbon time, the list's send hour
     assert lumen["day"] == "2026-12-03"
+    assert lumen["local_time"] == "2026-12-03T09:00:00+00:00"  # Lisbon's winter offset
     waiting = _week(capsys, db_url, "--status", "awaiting_approval")
     assert {r["id"] for r in waiting} == {r["id"] for r in rows if r["sender"] in approvers}
     mine = _week(capsys, db_url, "--partner", "lumen-photo")

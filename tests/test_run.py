@@ -13,7 +13,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from jvmail.db import make_engine
-from jvmail.db.models import DeliveryBatch, Mailing, Partner
+from jvmail.db.models import DeliveryBatch, Mailing, Partner, Subscriber, SubscriberStatus
 from jvmail.dispatch.pipeline import dispatch
 from tests.test_cli import run
 
@@ -75,6 +75,31 @@ def test_run_sends_the_planned_week_once_into_eml_files(
     again = _json(capsys, *db, "run", "--outbox", str(outbox), "--week", WEEK)
     assert again == {"outbox": str(outbox), "sent": 0, "unknown": 0, "mailings": []}
     assert sorted(outbox.glob("*/*.eml")) == files
+
+
+def test_a_mailing_that_reaches_nobody_says_why(
+    small_hub: Path, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = ("--db", db_url)
+    nobody = _planned(capsys, db_url, small_hub)[0]
+    engine = make_engine(db_url)
+    with Session(engine) as session:
+        mailing = session.get(Mailing, nobody)
+        assert mailing is not None
+        session.execute(
+            update(Subscriber)
+            .where(Subscriber.list_id == mailing.list_id)
+            .values(status=SubscriberStatus.UNSUBSCRIBED)
+        )
+        session.commit()
+    engine.dispose()
+    why = f"of the list's {KEEP} addresses, {KEEP} unsubscribed, bounced or complained"
+    code, out, err = run(capsys, *db, "run", "--outbox", str(tmp_path / "out"), "--week", WEEK)
+    assert code == 0, err
+    assert why in " ".join(out.split())
+    code, out, err = run(capsys, *db, "mailings", "--week", WEEK)
+    assert code == 0, err
+    assert f"mailing {nobody} sent: nobody to mail: {why}" in " ".join(out.split())
 
 
 def test_run_refuses_bad_times(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -55,7 +55,7 @@ from jvmail.db.models import (
 from jvmail.dispatch.deliveries import SENDABLE
 from jvmail.faults import fault
 
-__all__ = ["PARTS", "PART_SPAN", "Made", "dispatched", "leftovers", "materialize"]
+__all__ = ["PARTS", "PART_SPAN", "Made", "dispatched", "leftovers", "materialize", "why_nobody"]
 
 PARTS = 2  # connections a large list's rows are made on at once, by default
 PART_SPAN = 100_000  # subscriber ids a part spans at least: a smaller list is one statement
@@ -268,3 +268,47 @@ def _insert(conn: Connection, target: Target, span: tuple[int, int] | None = Non
         select(func.count(), func.min(made.c.id), func.max(made.c.id))
     ).one()
     return Made(count, first, last)
+
+
+def why_nobody(session: Session, mailing_id: int) -> str:
+    """Why the mailing made no rows, in figures: what its list holds and what kept each address
+    out (the same conditions as :func:`_insert`, counted instead of inserted)."""
+    sender_id, list_id, promotion_id = session.execute(
+        select(Mailing.sender_id, Mailing.list_id, Mailing.promotion_id).where(
+            Mailing.id == mailing_id
+        )
+    ).one()
+    sub, other_sub, other_delivery, other = (
+        Subscriber,
+        aliased(Subscriber),
+        aliased(Delivery),
+        aliased(Mailing),
+    )
+    suppressed = exists().where(Suppression.partner_id == sender_id, Suppression.email == sub.email)
+    already = exists().where(
+        other_delivery.mailing_id == other.id,
+        other.promotion_id == promotion_id,
+        other.sender_id == sender_id,
+        other.id != mailing_id,
+        other_delivery.subscriber_id == other_sub.id,
+        other_sub.email == sub.email,
+    )
+    subscribed = sub.status == SubscriberStatus.SUBSCRIBED
+    total, gone, held, had = session.execute(
+        select(
+            func.count(),
+            func.count().filter(~subscribed),
+            func.count().filter(subscribed, suppressed),
+            func.count().filter(subscribed, ~suppressed, already),
+        ).where(sub.list_id == list_id, sub.archived_at.is_(None))
+    ).one()
+    if not total:
+        return (
+            "nobody to mail: the list holds no addresses (its subscribers CSV, then `jvmail sync`)"
+        )
+    kept = [
+        f"{gone:,} unsubscribed, bounced or complained" if gone else "",
+        f"{held:,} on the sender's suppression list" if held else "",
+        f"{had:,} already sent this promotion through another of the sender's lists" if had else "",
+    ]
+    return f"nobody to mail: of the list's {total:,} addresses, " + "; ".join(k for k in kept if k)

@@ -67,7 +67,7 @@ from jvmail.dispatch.deliveries import (
 from jvmail.dispatch.guard import GuardDown, Mark, SendGuard
 from jvmail.dispatch.limits import SYSTEM_CLOCK, Booking, Clock, Limiter, account_key
 from jvmail.dispatch.mime import Skeleton, skeleton
-from jvmail.dispatch.outbox import materialize
+from jvmail.dispatch.outbox import materialize, why_nobody
 from jvmail.dispatch.relay import record as record_batches
 from jvmail.dispatch.render import Mailer, TemplateProblem, markers, render
 from jvmail.faults import fault
@@ -164,6 +164,12 @@ def dispatch(
     if made is None:
         session.commit()
         return []
+    if not made.rows:
+        session.execute(
+            update(Mailing)
+            .where(Mailing.id == mailing_id)
+            .values(error=why_nobody(session, mailing_id))
+        )
     bounds = made.batches(batch_size)
     if bounds is None:
         bounds = batch_bounds(session, mailing_id, batch_size)

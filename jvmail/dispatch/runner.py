@@ -42,6 +42,7 @@ class MailingRun:
     sent: int = 0
     refused: int = 0
     suppressed: int = 0
+    total: int = 0  # its deliveries, whatever their state
     status: str = ""
     error: str = ""
 
@@ -141,6 +142,7 @@ def _report(session: Session, mailing_ids: list[int]) -> RunReport:
                 sent=count(DeliveryStatus.ACCEPTED),
                 refused=count(DeliveryStatus.FAILED),
                 suppressed=count(DeliveryStatus.SUPPRESSED),
+                total=sum(count(s) for s in DeliveryStatus),
                 status=str(status),
                 error=error or "",
             )

@@ -21,6 +21,9 @@ from jvmail.db.models import (
     MailingStatus,
     Promotion,
     Subscriber,
+    SubscriberStatus,
+    Suppression,
+    SuppressionReason,
 )
 from jvmail.dispatch import pipeline
 from jvmail.dispatch.control import resume
@@ -36,7 +39,7 @@ from jvmail.providers.base import (
 )
 from jvmail.providers.outbox import OutboxProvider
 from jvmail.tracking.links import Keyring, Link
-from tests.dispatch.conftest import WHEN, Hub, mailing
+from tests.dispatch.conftest import WHEN, Hub, mailing, mailing_list, set_status
 
 KEY = Keyring((bytes.fromhex("ab" * 32),))
 
@@ -115,6 +118,38 @@ def test_a_mailing_becomes_one_eml_per_recipient_with_its_own_links(
     assert due_mailings(session, WHEN) == []
     _send_all(session, provider, hub.mailing.id)
     assert set(provider.seen.values()) == {1}
+
+
+def test_a_mailing_that_reaches_nobody_says_what_kept_each_address_out(
+    session: Session, hub: Hub, tmp_path: Path
+) -> None:
+    provider = Recording(tmp_path)
+    _send_all(session, provider, hub.mailing.id)  # the main list: five of the extra's six
+    extra = hub.lists[1]
+    set_status(session, extra, "solo@mail.example", SubscriberStatus.BOUNCED)
+    session.add(
+        Suppression(
+            partner_id=hub.sender.id, email="reader0@mail.example", reason=SuppressionReason.MANUAL
+        )
+    )
+    second = mailing(session, hub.promotion, extra)
+    empty = mailing(session, hub.promotion, mailing_list(session, hub.sender, "sender-new", []))
+    session.commit()
+    calls = provider.calls
+    for m in (second, empty):
+        _send_all(session, provider, m.id)
+    assert provider.calls == calls
+    session.expire_all()
+    assert (second.status, empty.status) == (MailingStatus.SENT, MailingStatus.SENT)
+    assert second.error == (
+        "nobody to mail: of the list's 6 addresses, 1 unsubscribed, bounced or complained; "
+        "1 on the sender's suppression list; "
+        "4 already sent this promotion through another of the sender's lists"
+    )
+    assert empty.error == (
+        "nobody to mail: the list holds no addresses (its subscribers CSV, then `jvmail sync`)"
+    )
+    assert hub.mailing.error is None  # a mailing that reached its readers says nothing
 
 
 def _delivery_statistics(session: Session) -> bool:

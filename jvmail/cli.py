@@ -744,10 +744,13 @@ def pause_(app: App, mailing_ids: tuple[int, ...], as_json: bool) -> None:
 @_JSON
 @pass_app
 def resume_(app: App, mailing_ids: tuple[int, ...], as_json: bool) -> None:
-    """Resume paused mailings: only what was not sent yet goes out, at the next tick or run.
+    """Resume paused or failed mailings: only what was not sent yet goes out, at the next tick
+    or run.
 
     One paused before it started waits again for its sender's approval if the sender reviews
-    mailings and had not approved it.
+    mailings and had not approved it. Resume a failed mailing once its cause (shown by
+    `jvmail mailings`: a template, a missing secret) is fixed; addresses the provider refused
+    stay refused.
 
     \b
     Example:

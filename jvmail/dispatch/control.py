@@ -6,6 +6,9 @@
 * **resume**: a paused mailing goes on where it stopped: only deliveries not yet sent go out
   (the next tick dispatches it, or relays its batches). One paused before it was dispatched
   waits again for its sender's approval when the sender reviews mailings and had not approved.
+  A failed mailing (a broken template, a missing secret) is resumed the same way once the
+  cause is fixed: its deliveries that failed with it are pending again; those the provider
+  refused, each for its own reason, stay failed.
 * **cancel**: the mailing will not be sent: its deliveries not yet handed over end ``failed``
   with the reason, and if nothing went out its expected value leaves the projected balances (a
   ``correction`` entry, as for a declined mailing). A cancelled mailing is not a missed
@@ -24,7 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from jvmail.db.models import Delivery, DeliveryStatus, LedgerKind, Mailing, MailingStatus, Partner
-from jvmail.dispatch.deliveries import any_row, fail_unsent
+from jvmail.dispatch.deliveries import any_row, fail_unsent, unfail
 from jvmail.dispatch.outbox import dispatched, leftovers
 from jvmail.ledger import post
 from jvmail.ledger.book import load_entries
@@ -40,8 +43,10 @@ PAUSABLE = (
     MailingStatus.QUEUED,
     MailingStatus.SENDING,
 )
-# A failed mailing can be cancelled: its expected value then leaves the balances too.
+# A failed mailing can be cancelled (its expected value then leaves the balances too), or
+# resumed once its cause (a template, a secret) is fixed.
 CANCELLABLE = (*PAUSABLE, MailingStatus.PAUSED, MailingStatus.FAILED)
+RESUMABLE = (MailingStatus.PAUSED, MailingStatus.FAILED)
 
 
 def pause(session: Session, ids: Iterable[int], now: dt.datetime) -> list[MailingRow]:
@@ -63,8 +68,12 @@ def pause(session: Session, ids: Iterable[int], now: dt.datetime) -> list[Mailin
 
 
 def resume(session: Session, ids: Iterable[int], now: dt.datetime) -> list[MailingRow]:
-    mailings = mailings_in(session, ids, (MailingStatus.PAUSED,), verb="resume", what="paused")
+    mailings = mailings_in(
+        session, ids, RESUMABLE, verb="resume", what="paused or failed (once the cause is fixed)"
+    )
     for m in mailings:
+        if m.status is MailingStatus.FAILED:
+            session.execute(unfail(m.id, m.error or "the mailing failed", now))
         if dispatched(session, m.id):
             m.status = MailingStatus.QUEUED
         else:

@@ -100,6 +100,7 @@ __all__ = [
     "started",
     "tally",
     "unclaim",
+    "unfail",
     "unfinished",
 ]
 
@@ -506,6 +507,21 @@ def fail_unsent(mailing_id: int, why: str, now: dt.datetime) -> Update:
             Delivery.status.in_((DeliveryStatus.PENDING, DeliveryStatus.CLAIMED)),
         )
         .values(status=DeliveryStatus.FAILED, error=why[:1000], lease_until=None, updated_at=now)
+    )
+
+
+def unfail(mailing_id: int, why: str, now: dt.datetime) -> Update:
+    """Undo :func:`fail_unsent` of a failed mailing being resumed: its rows that failed with the
+    mailing's own reason ``why`` (never handed to the provider) are pending again. Rows the
+    provider refused, each with its own answer, stay failed."""
+    return (
+        update(Delivery)
+        .where(
+            Delivery.mailing_id == mailing_id,
+            Delivery.status == DeliveryStatus.FAILED,
+            Delivery.error == why[:1000],
+        )
+        .values(status=DeliveryStatus.PENDING, error=None, lease_until=None, updated_at=now)
     )
 
 

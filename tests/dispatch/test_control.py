@@ -186,6 +186,30 @@ def test_a_pause_during_a_refused_request_keeps_the_rows_for_resume(
     assert _statuses(session, hub.mailing.id) == {"pending": 25}
 
 
+def test_a_failed_mailing_resumed_sends_what_failed_with_it_and_nothing_else(
+    session: Session, hub: Hub, tmp_path: Path
+) -> None:
+    provider = Recording(tmp_path)
+    first, second, third = dispatch(session, hub.mailing.id, batch_size=10)
+    send_batch(session, provider, hub.mailing.id, first)  # reader7 refused by the provider
+    provider.fail = _BAD_REQUEST  # the request as a whole: the mailing fails, nothing sent
+    send_batch(session, provider, hub.mailing.id, second)
+    assert _status(session, hub) == MailingStatus.FAILED
+    assert _statuses(session, hub.mailing.id) == {"accepted": 9, "failed": 16}
+    provider.fail = None  # the cause is fixed
+    (row,) = resume(session, [hub.mailing.id], NOW)
+    session.commit()
+    assert (row.status, row.error) == (MailingStatus.QUEUED, "")
+    assert _statuses(session, hub.mailing.id) == {"accepted": 9, "failed": 1, "pending": 15}
+    for bounds in (second, third):
+        send_batch(session, provider, hub.mailing.id, bounds)
+    assert _statuses(session, hub.mailing.id) == {"accepted": 24, "failed": 1}
+    assert set(provider.seen.values()) == {1}
+    assert _status(session, hub) == MailingStatus.SENT
+    refused = session.scalars(select(Delivery.error).where(Delivery.status == "failed")).one()
+    assert refused == "550 mailbox unavailable"
+
+
 def test_cancel_before_sending_drops_the_expected_value(session: Session, hub: Hub) -> None:
     post(session, mailing=hub.mailing, giver=hub.sender, kind=LedgerKind.EXPECTED, value=12.0)
     session.commit()

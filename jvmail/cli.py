@@ -92,6 +92,14 @@ class App:
             upgrade(self._engine)
         return self._engine
 
+    def command(self) -> str:
+        """How to call jvmail on this database in a hint: with --db when a plain `jvmail`
+        would open another one (the demo's, or one given with --db)."""
+        url = self.database_url
+        if url is None or url == os.environ.get("JVMAIL_DATABASE_URL"):
+            return "jvmail"
+        return f"jvmail --db {url}"
+
     def close(self) -> None:
         if self._engine is not None:
             self._engine.dispose()
@@ -439,7 +447,7 @@ def plan(
         chosen, took = _timed_solve(problem)
         footer = ""
         if not dry_run:
-            footer = _saved_footer(save_plan(session, problem, chosen), problem.week_start)
+            footer = _saved_footer(app, save_plan(session, problem, chosen), problem.week_start)
             session.commit()
     _report_plan(
         app,
@@ -454,14 +462,15 @@ def plan(
     )
 
 
-def _saved_footer(saved: PlannedWeek, week_start: dt.date) -> str:
+def _saved_footer(app: App, saved: PlannedWeek, week_start: dt.date) -> str:
     waiting = saved.awaiting_approval
     if not waiting:
         return "Saved as planned mailings."
+    jv = app.command()
     return (
         f"Saved as planned mailings; awaiting their sender's approval: {waiting} "
-        f"(`jvmail mailings --week {week_start:%G-W%V} --status awaiting_approval`, "
-        "then `jvmail approve`)."
+        f"(`{jv} mailings --week {week_start:%G-W%V} --status awaiting_approval`, "
+        f"then `{jv} approve`)."
     )
 
 
@@ -1056,7 +1065,7 @@ def demo(app: App, directory: Path) -> None:
         fresh = mailings_in_week(session, week) == 0
         footer = "This week was planned by an earlier demo run: shown, not saved again."
         if fresh:
-            footer = _saved_footer(save_plan(session, problem, chosen), week)
+            footer = _saved_footer(app, save_plan(session, problem, chosen), week)
             session.commit()
     _report_plan(
         app, problem, chosen, took, as_json=False, saved=fresh, explain=True, footer=footer
@@ -1072,10 +1081,10 @@ def demo(app: App, directory: Path) -> None:
     from jvmail.cli_reports import demo_reports
 
     demo_reports(app, DEMO_WEEK, directory / "reports", step=7)
-    db = f"--db {app.database_url}"
+    jv = app.command()
     app.out.print(
         f"\n[bold]Done.[/] Config: {hub_dir}\nDatabase: {app.database_url}\n"
-        f"See more: jvmail {db} ledger --view projected   |   jvmail {db} promotions",
+        f"See more: {jv} ledger --view projected   |   {jv} promotions",
         soft_wrap=True,
     )
 

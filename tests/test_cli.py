@@ -153,6 +153,10 @@ def test_demo_runs_twice_and_the_second_sync_changes_nothing(
     assert "Saved as planned mailings; awaiting their sender's approval: 1 " in out
     db_url = f"sqlite:///{(tmp_path / 'demo' / 'jvmail.db').resolve()}"
     assert _count(db_url, Partner) >= 10
+    # Each command it suggests opens the demo's database, not the default one.
+    said = " ".join(out.split())
+    assert f"`jvmail --db {db_url} mailings --week 2026-W49 --status awaiting_approval`" in said
+    assert f"See more: jvmail --db {db_url} ledger --view projected" in said
     # The readers clicked over HTTP, and the ledger was credited with it.
     clicks = re.search(r"([\d,]+) clicks and ([\d,]+) one-click unsubscribes over HTTP", out)
     assert clicks is not None

@@ -14,17 +14,20 @@ __all__ = ["RowBuffer", "add_columns", "new_highs"]
 
 
 @contextmanager
-def _stdout_to_stderr() -> Iterator[None]:
-    """HiGHS prints a banner on fd 1 when constructed, before any option can silence it; send
-    it to stderr so `--json` output on stdout stays parseable."""
+def _banner_muted() -> Iterator[None]:
+    """HiGHS prints a banner on fd 1 when constructed, before any option can silence it: it
+    goes nowhere, so `--json` output on stdout stays parseable and stderr says only what
+    people need."""
     sys.stdout.flush()
     saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
     try:
-        os.dup2(2, 1)
+        os.dup2(devnull, 1)
         yield
     finally:
         os.dup2(saved, 1)
         os.close(saved)
+        os.close(devnull)
 
 
 def add_columns(h: highspy.Highs, costs: list[float], upper: list[float]) -> None:
@@ -43,7 +46,7 @@ def add_columns(h: highspy.Highs, costs: list[float], upper: list[float]) -> Non
 
 def new_highs() -> highspy.Highs:
     """A silent single-threaded HiGHS with a fixed random seed: the same model, the same answer."""
-    with _stdout_to_stderr():
+    with _banner_muted():
         h = highspy.Highs()  # type: ignore[no-untyped-call]
     h.setOptionValue("output_flag", False)
     h.setOptionValue("threads", 1)

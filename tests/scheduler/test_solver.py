@@ -4,6 +4,8 @@ what a re-plan must keep."""
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import sys
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -212,3 +214,13 @@ def test_large_hubs_are_deterministic_and_valid() -> None:
     assert verify(problem, plan) == []
     assert solve(Problem.from_json(problem.to_json()), work) == plan
     assert objective(problem, plan) > 0.5 * sum(a.value for a in plan.assignments)
+
+
+def test_the_solvers_banner_is_printed_nowhere() -> None:
+    # HiGHS prints its banner on fd 1 when first constructed: neither `--json` on stdout nor
+    # the errors people read on stderr carry it, and stdout still works after.
+    code = (
+        "from jvmail.scheduler.highs import new_highs\nnew_highs(); new_highs(); print('after')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert (done.stdout, done.stderr) == ("after\n", "")

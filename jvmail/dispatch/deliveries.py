@@ -675,11 +675,14 @@ def expire(session: Session, now: dt.datetime | None = None) -> int:
     can hold such rows: their id ranges are all that is read."""
     moment = now or _now()
     over = (Delivery.status == DeliveryStatus.SENDING, Delivery.lease_until < moment)
-    ended = in_open_batches(session, *over)
+    # Rows another transaction holds are passed over until a later tick: a worker recording
+    # them right now, or one frozen half way (its process stopped), which must not stop the
+    # tick, and with it every mailing's relay, until it wakes.
+    ended = in_open_batches(session, *over, skip_locked=True)
     result = session.connection().execute(
         update(Delivery)
-        # Judged again on the row itself: a worker may record or release it while this waits
-        # for its lock, and PostgreSQL then re-checks the row, not the subquery that found it.
+        # Judged again on the row itself: a worker may have recorded or released it since the
+        # subquery read it.
         .where(Delivery.id.in_(ended), *over)
         .values(status=DeliveryStatus.UNKNOWN, updated_at=moment)
         .execution_options(preserve_rowcount=True)
@@ -687,17 +690,24 @@ def expire(session: Session, now: dt.datetime | None = None) -> int:
     return result.rowcount
 
 
-def in_open_batches(session: Session, *where: ColumnElement[bool]) -> Select[Any]:
+def in_open_batches(
+    session: Session, *where: ColumnElement[bool], skip_locked: bool = False
+) -> Select[Any]:
     """The ids of the rows matching ``where`` among those of the open batches, read along each
     open batch's id range: a probe of the primary key per batch, never a scan of the table.
     (On PostgreSQL a lateral subquery kept as such, so the plan stays so even when the
-    statistics expect no match: a join was then planned as a scan of every delivery.)"""
+    statistics expect no match: a join was then planned as a scan of every delivery.) With
+    ``skip_locked``, the rows are locked as they are found, and those another transaction
+    holds are left out (PostgreSQL; SQLite has one writer at a time)."""
     batch = DeliveryBatch
     in_range = (Delivery.id.between(batch.lo, batch.hi), Delivery.mailing_id == batch.mailing_id)
     if session.get_bind().dialect.name != "postgresql":
         return select(Delivery.id).join(batch, and_(batch.open, *in_range)).where(*where)
     # OFFSET 0: the planner may not pull the subquery up into a join.
-    rows = select(Delivery.id).where(*in_range, *where).offset(0).lateral("rows")
+    found = select(Delivery.id).where(*in_range, *where).offset(0)
+    if skip_locked:
+        found = found.with_for_update(skip_locked=True)
+    rows = found.lateral("rows")
     return select(rows.c.id).select_from(batch).join(rows, true()).where(batch.open)
 
 

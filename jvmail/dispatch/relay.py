@@ -31,8 +31,8 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 
-from sqlalchemy import ColumnElement, exists, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, exists, or_, select, tuple_, update
+from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql.dml import ReturningUpdate
 
 from jvmail.db.engine import insert_or_skip
@@ -115,16 +115,23 @@ def relay(
 
 def _stamp(mailing_ids: Sequence[int], now: dt.datetime) -> ReturningUpdate[int, int, int]:
     """Stamp the batches that have rows to claim: one probe per batch, along its id range (at
-    most a batch of rows, stopping at the first one left to claim)."""
-    batch = DeliveryBatch
+    most a batch of rows, stopping at the first one left to claim). A batch another
+    transaction holds is passed over: a worker is claiming it (or recording its answers) right
+    now, or froze doing so (its process stopped), and the tick must not wait for it to wake."""
+    batch, free = DeliveryBatch, aliased(DeliveryBatch)
     left = any_row(
         Delivery.id.between(batch.lo, batch.hi),
         Delivery.mailing_id == batch.mailing_id,
         _claimable(now),
     )
+    unheld = (
+        select(free.mailing_id, free.lo)
+        .where(free.mailing_id.in_(list(mailing_ids)))
+        .with_for_update(skip_locked=True)
+    )
     return (
         update(batch)
-        .where(batch.mailing_id.in_(list(mailing_ids)), left)
+        .where(tuple_(batch.mailing_id, batch.lo).in_(unheld), left)
         .values(enqueued_at=now)
         .returning(batch.mailing_id, batch.lo, batch.hi)
     )

@@ -36,6 +36,8 @@ from jvmail.dispatch.deliveries import (
     started,
 )
 from jvmail.dispatch.outbox import Made, materialize
+from jvmail.dispatch.pipeline import dispatch
+from jvmail.dispatch.relay import relay
 from tests.dispatch.conftest import (
     GONE,
     LEASE,
@@ -459,13 +461,15 @@ def test_start_gives_the_rows_in_flight_a_lease_of_their_own(session: Session, h
 
 
 @pytest.mark.parametrize("late", ["recorded", "released"])
-def test_expire_leaves_rows_a_worker_settled_while_it_waited(
+def test_expire_passes_over_rows_a_worker_is_settling(
     pg_sessions: sessionmaker[Session], late: str
 ) -> None:
-    # A worker past its lease stores its outcome (or gives its rows back) while the tick's
-    # expire waits for those rows' locks: once the worker commits, the rows are no longer in
-    # flight, and expire must leave them as the worker left them.
-    with pg_sessions() as worker, pg_sessions() as tick, pg_sessions() as watch:
+    # A worker past its lease stores its outcome (or gives its rows back), and has not yet
+    # committed; it may be frozen there (SIGSTOP, a paused VM). The tick's expire must not
+    # wait for it, which would hold up every mailing's relay until it wakes, and once the
+    # worker commits, must leave the rows as the worker left them. (The lock timeout only
+    # turns such a wait into a failure here.)
+    with pg_sessions() as worker, pg_sessions() as tick:
         built = build_hub(worker)
         materialize(worker, built.mailing.id)
         worker.commit()
@@ -479,15 +483,14 @@ def test_expire_leaves_rows_a_worker_settled_while_it_waited(
             assert record(worker, outcomes) == 4
         else:
             assert release(worker, held) == 4
-        pid = tick.scalar(text("SELECT pg_backend_pid()"))
-        with ThreadPoolExecutor(1) as pool:
-            expiring = pool.submit(expire, tick)
-            wait_until_blocked(watch, pid, expiring, "expire did not wait for the worker's rows")
-            worker.commit()
-            assert expiring.result() == 0
+        tick.execute(text("SET lock_timeout = '5s'"))
+        assert expire(tick) == 0
+        tick.commit()
+        worker.commit()
+        assert expire(tick) == 0
         tick.commit()
         left = {"accepted": 4, "pending": 21} if late == "recorded" else {"pending": 25}
-        assert _statuses(watch, built.mailing.id) == left
+        assert _statuses(tick, built.mailing.id) == left
 
 
 def test_concurrent_claims_skip_each_others_rows(pg_sessions: sessionmaker[Session]) -> None:
@@ -628,3 +631,20 @@ def test_a_stale_claims_whole_record_is_refused(session: Session, hub: Hub) -> N
     assert record(session, late, held=stale) == 0
     session.commit()
     assert _statuses(session, hub.mailing.id) == {"unknown": 5, "pending": 20}
+
+
+def test_the_relay_passes_over_a_batch_a_frozen_worker_is_claiming(
+    pg_sessions: sessionmaker[Session],
+) -> None:
+    # A worker stopped half way through claiming a batch of a mailing whose other batches'
+    # messages were lost: the relay sends those and must not wait for the worker to wake.
+    with pg_sessions() as frozen, pg_sessions() as tick:
+        built = build_hub(frozen)
+        first, second, third = dispatch(frozen, built.mailing.id, batch_size=10)
+        assert len(claim(frozen, built.mailing.id, second, lease=LEASE, limit=10)) == 10
+        tick.execute(text("SET lock_timeout = '5s'"))
+        relayed = relay(tick, [built.mailing.id], dt.datetime.now(dt.UTC), 10)
+        tick.commit()
+        assert relayed == [(built.mailing.id, *first), (built.mailing.id, *third)]
+        frozen.commit()
+        assert _statuses(tick, built.mailing.id) == {"claimed": 10, "pending": 15}

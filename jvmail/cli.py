@@ -83,11 +83,10 @@ class App:
         self.err = Console(stderr=True, highlight=False)
         self._engine: Engine | None = None
 
-    def engine(self, hub: Hub | None = None) -> Engine:
-        """The engine, schema at head. URL: --db / JVMAIL_DATABASE_URL, the hub's, the default."""
+    def engine(self) -> Engine:
+        """The engine, schema at head. URL: --db / JVMAIL_DATABASE_URL, else the default."""
         if self._engine is None:
-            configured = hub.settings.database_url if hub else None
-            url = self.database_url or configured or DEFAULT_DATABASE_URL
+            url = self.database_url or DEFAULT_DATABASE_URL
             self._engine = make_engine(url)
             upgrade(self._engine)
         return self._engine
@@ -106,8 +105,8 @@ class App:
             self._engine = None
 
     @contextmanager
-    def session(self, hub: Hub | None = None) -> Iterator[Session]:
-        with make_sessionmaker(self.engine(hub))() as session:
+    def session(self) -> Iterator[Session]:
+        with make_sessionmaker(self.engine())() as session:
             yield session
 
 
@@ -192,7 +191,7 @@ def sync(app: App, config_dir: Path, dry_run: bool, strict: bool, as_json: bool)
 
 
 def _run_sync(app: App, hub: Hub, *, dry_run: bool, strict: bool, progress: bool) -> SyncReport:
-    with app.session(hub) as session:
+    with app.session() as session:
         if progress:
             with ImportBar(app.err) as bar:
                 report = sync_hub(session, hub, strict=strict, progress=bar)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import zoneinfo
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NoReturn
 
 from pydantic import (
     AfterValidator,
@@ -28,6 +28,7 @@ from pydantic_core import PydanticCustomError
 __all__ = [
     "ENV_NAME_PATTERN",
     "PROVIDER_KINDS",
+    "REFUSED_KEYS",
     "SLUG_PATTERN",
     "WEEKDAYS",
     "HubFile",
@@ -86,6 +87,21 @@ def _unique(items: list[str]) -> list[str]:
     return items
 
 
+def _not_in_config(url: str | None) -> NoReturn:
+    # Every command must open the same database and Redis, and only `jvmail sync` reads the
+    # config directory: a URL here would reach that one command and no other.
+    raise PydanticCustomError(
+        "jvmail",
+        "belongs in the environment, not in jvmail.toml: every command must reach the same one",
+        {
+            "fix": "remove the line; export JVMAIL_DATABASE_URL (or pass --db) and "
+            "JVMAIL_REDIS_URL wherever jvmail runs"
+        },
+    )
+
+
+NotInConfig = Annotated[str | None, AfterValidator(_not_in_config)]
+REFUSED_KEYS = ("database_url", "redis_url")  # accepted by name only to say where they go
 Timezone = Annotated[str, AfterValidator(_check_timezone)]
 BaseUrl = Annotated[AnyHttpUrl, AfterValidator(_check_base_url)]
 SlugList = Annotated[list[Slug], AfterValidator(_unique)]
@@ -121,8 +137,9 @@ class HubSettings(_Strict):
     plan_hour: Annotated[int, Field(ge=0, le=23)] = 9
     report_hour: Annotated[int, Field(ge=0, le=23)] = 8
     missed_grace_hours: Annotated[int, Field(ge=1, le=168)] = 6
-    database_url: str | None = None
-    redis_url: str | None = None
+    # Refused with a fix: the URLs come from the environment, the same for every command.
+    database_url: NotInConfig = None
+    redis_url: NotInConfig = None
     # `[hub.provider]`: the hub's own sending account, for the weekly statements; the same keys
     # as a partner's `[provider]`. Default: .eml files in the `outbox` folder.
     provider: ProviderAccount = Field(default_factory=lambda: OutboxAccount(kind="outbox"))

@@ -168,3 +168,26 @@ def test_planner_settings_are_validated(starter_hub: Path, setting: str) -> None
     config.write_text(config.read_text() + f"\n[scheduler]\n{setting}\n")
     [problem] = _problems(starter_hub)
     assert problem.key == f"scheduler.{setting.split(maxsplit=1)[0]}"
+
+
+@pytest.mark.parametrize(
+    ("key", "url"),
+    [("database_url", "postgresql://db/jv"), ("redis_url", "redis://127.0.0.1:6379/0")],
+)
+def test_urls_in_the_config_are_refused_with_where_they_belong(
+    starter_hub: Path, key: str, url: str
+) -> None:
+    # Only `jvmail sync` reads the config: a URL here would reach that command and no other.
+    config = starter_hub / "jvmail.toml"
+    _edit(
+        config,
+        'base_url = "https://jv.example.org"',
+        f'base_url = "https://jv.example.org"\n{key} = "{url}"',
+    )
+    [problem] = _problems(starter_hub)
+    assert problem.key == f"hub.{key}"
+    assert problem.line == _line_of(config, f"{key} =")
+    assert problem.message == (
+        "belongs in the environment, not in jvmail.toml: every command must reach the same one"
+    )
+    assert "JVMAIL_DATABASE_URL" in problem.fix

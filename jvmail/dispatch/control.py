@@ -23,10 +23,18 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 
-from sqlalchemy import select
+from sqlalchemy import case, select, update
 from sqlalchemy.orm import Session
 
-from jvmail.db.models import Delivery, DeliveryStatus, LedgerKind, Mailing, MailingStatus, Partner
+from jvmail.db.models import (
+    Delivery,
+    DeliveryBatch,
+    DeliveryStatus,
+    LedgerKind,
+    Mailing,
+    MailingStatus,
+    Partner,
+)
 from jvmail.dispatch.deliveries import any_row, fail_unsent, unfail
 from jvmail.dispatch.outbox import dispatched, leftovers
 from jvmail.ledger import post
@@ -47,6 +55,7 @@ PAUSABLE = (
 # resumed once its cause (a template, a secret) is fixed.
 CANCELLABLE = (*PAUSABLE, MailingStatus.PAUSED, MailingStatus.FAILED)
 RESUMABLE = (MailingStatus.PAUSED, MailingStatus.FAILED)
+LONG_AGO = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 
 
 def pause(session: Session, ids: Iterable[int], now: dt.datetime) -> list[MailingRow]:
@@ -76,6 +85,16 @@ def resume(session: Session, ids: Iterable[int], now: dt.datetime) -> list[Maili
             session.execute(unfail(m.id, m.error or "the mailing failed", now))
         if dispatched(session, m.id):
             m.status = MailingStatus.QUEUED
+            # Its messages were dropped while it stood still: its batches count as quiet
+            # since long ago, so the next tick relays them rather than waiting out relay_after.
+            session.execute(
+                update(DeliveryBatch)
+                .where(DeliveryBatch.mailing_id == m.id)
+                .values(
+                    enqueued_at=LONG_AGO,
+                    claimed_at=case((DeliveryBatch.claimed_at.is_(None), None), else_=LONG_AGO),
+                )
+            )
         else:
             m.status = _waiting(session, m)
         m.error, m.updated_at = None, now

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from jvmail.db.models import Delivery, DeliveryBatch
 from jvmail.dispatch.actors import QUEUE, Actors, Runtime, declare
+from jvmail.dispatch.control import pause, resume
 from jvmail.dispatch.deliveries import claim
 from jvmail.dispatch.limits import account_key
 from jvmail.dispatch.pipeline import dispatch, send_batch
@@ -166,3 +167,15 @@ def test_a_mailing_dispatched_without_batch_rows_has_them_recorded_and_relayed(
     ).all()
     assert len(stamps) == 2
     assert relay.tick() == []
+
+
+def test_a_resumed_mailing_is_relayed_at_the_next_tick(relay: Relay) -> None:
+    # Paused just after a worker took its first batch: the messages of the others were
+    # dropped while it stood still. Once resumed, the next tick sends them, not relay_after on.
+    pause(relay.session, [relay.sending], relay.now)
+    relay.session.commit()
+    assert relay.tick() == relay.of(relay.stalled)  # the paused one: nothing
+    resume(relay.session, [relay.sending], relay.now)
+    relay.session.commit()
+    assert relay.tick() == relay.of(relay.sending, 1, 2, 3, 4)
+    assert relay.tick() == []  # relayed once: not again within relay_after

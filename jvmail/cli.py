@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shlex
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -97,7 +98,7 @@ class App:
         url = self.database_url
         if url is None or url == os.environ.get("JVMAIL_DATABASE_URL"):
             return "jvmail"
-        return f"jvmail --db {url}"
+        return f"jvmail --db {shlex.quote(url)}"
 
     def close(self) -> None:
         if self._engine is not None:

@@ -229,7 +229,16 @@ def mailings_in(
         UsageError: an id is unknown or its mailing is in another state; nothing changed.
     """
     wanted = sorted(set(ids))
-    found = {m.id: m for m in session.scalars(select(Mailing).where(Mailing.id.in_(wanted)))}
+    # Locked as an update locks them, and read as they are once locked: a worker giving rows
+    # back to one of them meanwhile finishes first, and then sees what this step does.
+    query = (
+        select(Mailing)
+        .where(Mailing.id.in_(wanted))
+        .order_by(Mailing.id)
+        .with_for_update(key_share=True)
+        .execution_options(populate_existing=True)
+    )
+    found = {m.id: m for m in session.scalars(query)}
     missing = [i for i in wanted if i not in found]
     if missing:
         raise UsageError(f"no mailing with id {_ids(missing)}", FIND_IDS)

@@ -23,12 +23,11 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 
-from sqlalchemy import case, select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from jvmail.db.models import (
     Delivery,
-    DeliveryBatch,
     DeliveryStatus,
     LedgerKind,
     Mailing,
@@ -37,6 +36,7 @@ from jvmail.db.models import (
 )
 from jvmail.dispatch.deliveries import any_row, fail_unsent, unfail
 from jvmail.dispatch.outbox import dispatched, leftovers
+from jvmail.dispatch.relay import rewind
 from jvmail.ledger import post
 from jvmail.ledger.book import load_entries
 from jvmail.ledger.postings import effective_values
@@ -85,16 +85,7 @@ def resume(session: Session, ids: Iterable[int], now: dt.datetime) -> list[Maili
             session.execute(unfail(m.id, m.error or "the mailing failed", now))
         if dispatched(session, m.id):
             m.status = MailingStatus.QUEUED
-            # Its messages were dropped while it stood still: its batches count as quiet
-            # since long ago, so the next tick relays them rather than waiting out relay_after.
-            session.execute(
-                update(DeliveryBatch)
-                .where(DeliveryBatch.mailing_id == m.id)
-                .values(
-                    enqueued_at=LONG_AGO,
-                    claimed_at=case((DeliveryBatch.claimed_at.is_(None), None), else_=LONG_AGO),
-                )
-            )
+            session.execute(rewind(m.id, LONG_AGO))
         else:
             m.status = _waiting(session, m)
         m.error, m.updated_at = None, now

@@ -272,40 +272,26 @@ def _insert(conn: Connection, target: Target, span: tuple[int, int] | None = Non
 
 def why_nobody(session: Session, mailing_id: int) -> str:
     """Why the mailing made no rows, in figures: what its list holds and what kept each address
-    out (the same conditions as :func:`_insert`, counted instead of inserted)."""
-    sender_id, list_id, promotion_id = session.execute(
-        select(Mailing.sender_id, Mailing.list_id, Mailing.promotion_id).where(
-            Mailing.id == mailing_id
-        )
+    out. Called in the transaction that made none: an address subscribed and not suppressed was
+    kept out by the one condition left, a row of the sender's other mailing of the promotion."""
+    sender_id, list_id = session.execute(
+        select(Mailing.sender_id, Mailing.list_id).where(Mailing.id == mailing_id)
     ).one()
-    sub, other_sub, other_delivery, other = (
-        Subscriber,
-        aliased(Subscriber),
-        aliased(Delivery),
-        aliased(Mailing),
-    )
+    sub = Subscriber
     suppressed = exists().where(Suppression.partner_id == sender_id, Suppression.email == sub.email)
-    already = exists().where(
-        other_delivery.mailing_id == other.id,
-        other.promotion_id == promotion_id,
-        other.sender_id == sender_id,
-        other.id != mailing_id,
-        other_delivery.subscriber_id == other_sub.id,
-        other_sub.email == sub.email,
-    )
     subscribed = sub.status == SubscriberStatus.SUBSCRIBED
-    total, gone, held, had = session.execute(
+    total, gone, held = session.execute(
         select(
             func.count(),
             func.count().filter(~subscribed),
             func.count().filter(subscribed, suppressed),
-            func.count().filter(subscribed, ~suppressed, already),
         ).where(sub.list_id == list_id, sub.archived_at.is_(None))
     ).one()
     if not total:
         return (
             "nobody to mail: the list holds no addresses (its subscribers CSV, then `jvmail sync`)"
         )
+    had = total - gone - held
     kept = [
         f"{gone:,} unsubscribed, bounced or complained" if gone else "",
         f"{held:,} on the sender's suppression list" if held else "",

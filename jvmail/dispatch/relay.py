@@ -31,7 +31,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 
-from sqlalchemy import ColumnElement, exists, or_, select, tuple_, update
+from sqlalchemy import ColumnElement, Update, case, exists, or_, select, tuple_, update
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql.dml import ReturningUpdate
 
@@ -39,7 +39,7 @@ from jvmail.db.engine import insert_or_skip
 from jvmail.db.models import Delivery, DeliveryBatch, DeliveryStatus, Mailing, MailingStatus
 from jvmail.dispatch.deliveries import any_row, batch_bounds, has_rows
 
-__all__ = ["record", "relay", "stalled"]
+__all__ = ["record", "relay", "rewind", "stalled"]
 
 IN_FLIGHT = (DeliveryStatus.CLAIMED, DeliveryStatus.SENDING)
 
@@ -113,6 +113,26 @@ def relay(
     return sorted(found)
 
 
+def rewind(mailing_id: int, long_ago: dt.datetime) -> Update:
+    """A resumed mailing's batches: their messages were dropped while it stood still, so they
+    count as quiet since ``long_ago`` (the next tick relays those with rows to claim rather
+    than waiting out ``relay_after``), and open, so the rows a failed mailing's resume made
+    pending again are looked at (a closed batch's rows are not). A batch another transaction
+    holds is passed over: a worker is on it, and it waits for this one's lock on the mailing
+    (a wait here would close the circle)."""
+    batch, free = DeliveryBatch, aliased(DeliveryBatch)
+    unheld = select(free.lo).where(free.mailing_id == mailing_id).with_for_update(skip_locked=True)
+    return (
+        update(batch)
+        .where(batch.mailing_id == mailing_id, batch.lo.in_(unheld))
+        .values(
+            enqueued_at=long_ago,
+            claimed_at=case((batch.claimed_at.is_(None), None), else_=long_ago),
+            open=True,
+        )
+    )
+
+
 def _stamp(mailing_ids: Sequence[int], now: dt.datetime) -> ReturningUpdate[int, int, int]:
     """Stamp the batches that have rows to claim: one probe per batch, along its id range (at
     most a batch of rows, stopping at the first one left to claim). A batch another
@@ -131,7 +151,11 @@ def _stamp(mailing_ids: Sequence[int], now: dt.datetime) -> ReturningUpdate[int,
     )
     return (
         update(batch)
-        .where(tuple_(batch.mailing_id, batch.lo).in_(unheld), left)
+        .where(
+            batch.mailing_id.in_(list(mailing_ids)),
+            tuple_(batch.mailing_id, batch.lo).in_(unheld),
+            left,
+        )
         .values(enqueued_at=now)
         .returning(batch.mailing_id, batch.lo, batch.hi)
     )

@@ -15,6 +15,7 @@ from jvmail.db import make_engine, make_sessionmaker, upgrade
 from jvmail.db.models import (
     Delivery,
     DeliveryBatch,
+    DeliveryStatus,
     LedgerEntry,
     LedgerKind,
     Mailing,
@@ -22,8 +23,24 @@ from jvmail.db.models import (
     Subscriber,
 )
 from jvmail.dispatch.control import cancel, pause, resume
-from jvmail.dispatch.deliveries import claim, start
-from jvmail.dispatch.pipeline import _give_back, dispatch, due_mailings, pause_mailing, send_batch
+from jvmail.dispatch.deliveries import (
+    Outcome,
+    claim,
+    close_batches,
+    recorded,
+    start,
+    tally,
+    unfinished,
+)
+from jvmail.dispatch.pipeline import (
+    _give_back,
+    dispatch,
+    due_mailings,
+    fail_mailing,
+    finish_settled,
+    pause_mailing,
+    send_batch,
+)
 from jvmail.errors import UsageError
 from jvmail.ledger import post
 from jvmail.providers.base import OutboundBatch, ProviderError, Recipient, Result
@@ -191,23 +208,58 @@ def test_a_failed_mailing_resumed_sends_what_failed_with_it_and_nothing_else(
 ) -> None:
     provider = Recording(tmp_path)
     first, second, third = dispatch(session, hub.mailing.id, batch_size=10)
-    send_batch(session, provider, hub.mailing.id, first)  # reader7 refused by the provider
+    for bounds in (first, second):  # reader7 refused by the provider
+        send_batch(session, provider, hub.mailing.id, bounds)
     provider.fail = _BAD_REQUEST  # the request as a whole: the mailing fails, nothing sent
-    send_batch(session, provider, hub.mailing.id, second)
+    send_batch(session, provider, hub.mailing.id, third)
     assert _status(session, hub) == MailingStatus.FAILED
-    assert _statuses(session, hub.mailing.id) == {"accepted": 9, "failed": 16}
+    assert _statuses(session, hub.mailing.id) == {"accepted": 19, "failed": 6}
+    assert close_batches(session) == 3  # the tick: each batch's rows are all final
     provider.fail = None  # the cause is fixed
     (row,) = resume(session, [hub.mailing.id], NOW)
     session.commit()
     assert (row.status, row.error) == (MailingStatus.QUEUED, "")
-    assert _statuses(session, hub.mailing.id) == {"accepted": 9, "failed": 1, "pending": 15}
-    for bounds in (second, third):
-        send_batch(session, provider, hub.mailing.id, bounds)
+    assert _statuses(session, hub.mailing.id) == {"accepted": 19, "failed": 1, "pending": 5}
+    # Its rows are to send again, where the tick looks: it is not taken for finished.
+    assert unfinished(session, hub.mailing.id)
+    assert finish_settled(session) == 0
+    send_batch(session, provider, hub.mailing.id, third)
     assert _statuses(session, hub.mailing.id) == {"accepted": 24, "failed": 1}
     assert set(provider.seen.values()) == {1}
     assert _status(session, hub) == MailingStatus.SENT
     refused = session.scalars(select(Delivery.error).where(Delivery.status == "failed")).one()
     assert refused == "550 mailbox unavailable"
+
+
+def test_a_resume_while_a_worker_gives_rows_back_neither_waits_on_it_nor_loses_them(
+    pg_url: str,
+) -> None:
+    # A batch in flight when its mailing failed: its worker has stored the provider's answers
+    # (3 taken, the rest untried), holding its batch's row, when the coordinator resumes. The
+    # resume must not wait for that batch (the worker is about to wait for the resume's lock
+    # on the mailing), and the rows the worker then gives back are to send, not failed.
+    engine = make_engine(pg_url)
+    upgrade(engine)
+    try:
+        with make_sessionmaker(engine)() as worker, make_sessionmaker(engine)() as coordinator:
+            built = build_hub(worker)
+            _, second, _ = dispatch(worker, built.mailing.id, batch_size=10)
+            going = start(
+                worker, claim(worker, built.mailing.id, second, lease=LEASE, limit=10), lease=LEASE
+            )
+            worker.commit()
+            fail_mailing(coordinator, built.mailing.id, "the template broke")
+            taken = [Outcome(c.delivery_id, c.fence, DeliveryStatus.ACCEPTED) for c in going[:3]]
+            tally(worker, built.mailing.id, second[0], recorded(worker, taken, held=going))
+            coordinator.execute(text("SET lock_timeout = '5s'"))
+            (row,) = resume(coordinator, [built.mailing.id], NOW)
+            coordinator.commit()
+            assert row.status == MailingStatus.QUEUED
+            _give_back(worker, built.mailing.id, going[3:])
+            worker.commit()
+            assert _statuses(worker, built.mailing.id) == {"accepted": 3, "pending": 22}
+    finally:
+        engine.dispose()
 
 
 def test_cancel_before_sending_drops_the_expected_value(session: Session, hub: Hub) -> None:

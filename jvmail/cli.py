@@ -1063,7 +1063,11 @@ def demo(app: App, directory: Path) -> None:
         problem = build_problem(session, week)
         chosen, took = _timed_solve(problem)
         fresh = mailings_in_week(session, week) == 0
-        footer = "This week was planned by an earlier demo run: shown, not saved again."
+        footer = (
+            "This week was planned by an earlier demo run, and that plan stands: the plan above "
+            f"is what today's balances would choose, not saved (`{app.command()} mailings "
+            f"--week {DEMO_WEEK}` shows the saved one)."
+        )
         if fresh:
             footer = _saved_footer(app, save_plan(session, problem, chosen), week)
             session.commit()

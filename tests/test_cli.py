@@ -174,7 +174,9 @@ def test_demo_runs_twice_and_the_second_sync_changes_nothing(
     assert code == 0
     assert "0 mailing(s) credited" in out  # the same readers: nothing new to credit
     assert "Nothing changed" in out
-    assert "planned by an earlier demo run" in out
+    said = " ".join(out.split())
+    assert "planned by an earlier demo run, and that plan stands" in said
+    assert f"(`jvmail --db {db_url} mailings --week 2026-W49` shows the saved one)" in said
     assert f"Database: {db_url}" in out
 
 

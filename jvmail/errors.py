@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "BrokerError",
+    "Busy",
     "ConfigError",
     "ConfigProblem",
     "DatabaseError",
@@ -86,6 +87,10 @@ class UsageError(JvmailError):
     """A command-line argument is well-formed but names nothing known (e.g. a partner id)."""
 
     exit_code = 2
+
+
+class Busy(JvmailError):
+    """What the command needs is held by another process that does not let go; try again."""
 
 
 class Interrupted(JvmailError):

@@ -16,7 +16,8 @@ import zoneinfo
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, func, select, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, aliased
 
 from jvmail.db.models import (
@@ -29,7 +30,7 @@ from jvmail.db.models import (
     Partner,
     Promotion,
 )
-from jvmail.errors import UsageError
+from jvmail.errors import Busy, UsageError
 from jvmail.ledger import post
 from jvmail.ledger.book import load_entries
 from jvmail.ledger.postings import effective_values
@@ -227,18 +228,10 @@ def mailings_in(
 
     Raises:
         UsageError: an id is unknown or its mailing is in another state; nothing changed.
+        Busy: a worker stopped while it held one of them; nothing changed.
     """
     wanted = sorted(set(ids))
-    # Locked as an update locks them, and read as they are once locked: a worker giving rows
-    # back to one of them meanwhile finishes first, and then sees what this step does.
-    query = (
-        select(Mailing)
-        .where(Mailing.id.in_(wanted))
-        .order_by(Mailing.id)
-        .with_for_update(key_share=True)
-        .execution_options(populate_existing=True)
-    )
-    found = {m.id: m for m in session.scalars(query)}
+    found = {m.id: m for m in _locked(session, wanted, verb)}
     missing = [i for i in wanted if i not in found]
     if missing:
         raise UsageError(f"no mailing with id {_ids(missing)}", FIND_IDS)
@@ -255,6 +248,41 @@ def mailings_in(
             f"find them with `jvmail mailings --week YYYY-Www{listed}`",
         )
     return [found[i] for i in wanted]
+
+
+LOCK_WAIT_MS = 10_000  # how long a step waits for a worker holding one of its mailings
+LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE for a lock_timeout that ran out
+
+
+def _locked(session: Session, ids: list[int], verb: str) -> Sequence[Mailing]:
+    """The mailings ``ids``, locked as an update locks them and read as they are once locked:
+    a worker giving rows back to one of them meanwhile finishes first, and then sees what this
+    step does. A worker holds a mailing for milliseconds; one that holds it longer has stopped
+    in the middle (SIGSTOP, a paused VM): after ``LOCK_WAIT_MS`` the step gives up, changing
+    nothing, rather than hang with it."""
+    query = (
+        select(Mailing)
+        .where(Mailing.id.in_(ids))
+        .order_by(Mailing.id)
+        .with_for_update(key_share=True)
+        .execution_options(populate_existing=True)
+    )
+    if session.get_bind().dialect.name != "postgresql":
+        return session.scalars(query).all()  # SQLite: one writer at a time, which waits
+    session.execute(text(f"SET LOCAL lock_timeout = {int(LOCK_WAIT_MS)}"))
+    try:
+        found = session.scalars(query).all()
+    except OperationalError as exc:
+        if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+            raise
+        session.rollback()
+        raise Busy(
+            f"cannot {verb} mailing {_ids(ids)} now: another process has held it for "
+            f"{LOCK_WAIT_MS / 1000:g} s (a worker stopped half way?); nothing was changed",
+            "try again in a minute; if it goes on, look for a stopped or hung `jvmail worker`",
+        ) from None
+    session.execute(text("SET LOCAL lock_timeout = DEFAULT"))
+    return found
 
 
 def _ids(ids: Sequence[int]) -> str:

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from jvmail.db.models import Mailing, MailingStatus
-from jvmail.errors import UsageError
+from jvmail.errors import Busy, UsageError
 from jvmail.mailings import MAX_REASON, MailingRow, approve, decline, rows_of
 from jvmail.tracking.links import REVIEW
 from jvmail.tracking.pages import not_found, page
@@ -99,6 +99,12 @@ async def review_action(request: Request) -> Response:
             f"<h1>Mailing {current.id} is {current.status}</h1>{_details(current)}"
             "<p>Nothing changed.</p>",
             409,
+        )
+    except Busy:  # held by a worker that stopped half way: nothing changed
+        return page(
+            "Try again",
+            "<h1>Nothing changed</h1><p>The mailing is busy; try again in a minute.</p>",
+            503,
         )
     verb = "approved: it will be sent as planned" if action == "approve" else "declined"
     return page("Done", f"<h1>Mailing {row.id} {verb}</h1>{_details(row)}")

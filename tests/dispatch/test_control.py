@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import delete, func, select, text
 from sqlalchemy.orm import Session
 
+from jvmail import mailings
 from jvmail.db import make_engine, make_sessionmaker, upgrade
 from jvmail.db.models import (
     Delivery,
@@ -41,7 +42,7 @@ from jvmail.dispatch.pipeline import (
     pause_mailing,
     send_batch,
 )
-from jvmail.errors import UsageError
+from jvmail.errors import Busy, UsageError
 from jvmail.ledger import post
 from jvmail.providers.base import OutboundBatch, ProviderError, Recipient, Result
 from tests.dispatch.conftest import LEASE, WHEN, Hub, build_hub, mailing, wait_until_blocked
@@ -259,6 +260,36 @@ def test_a_resume_while_a_worker_gives_rows_back_neither_waits_on_it_nor_loses_t
             worker.commit()
             assert _statuses(worker, built.mailing.id) == {"accepted": 3, "pending": 22}
     finally:
+        engine.dispose()
+
+
+def test_a_step_on_a_mailing_a_stopped_worker_holds_gives_up_and_changes_nothing(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A worker stopped (SIGSTOP, a paused VM) inside a batch's start, which holds the mailing
+    # under a share lock: pause, resume and cancel say so after a while instead of hanging.
+    monkeypatch.setattr(mailings, "LOCK_WAIT_MS", 200)
+    engine = make_engine(pg_url)
+    upgrade(engine)
+    # Should the step wait for good, the statement timeout ends the test instead.
+    patient = make_engine(pg_url + "%20-cstatement_timeout%3D30000")
+    try:
+        with make_sessionmaker(engine)() as worker, make_sessionmaker(patient)() as coordinator:
+            built = build_hub(worker)
+            dispatch(worker, built.mailing.id, batch_size=10)
+            worker.execute(select(Mailing.id).with_for_update(read=True))
+            for step in (pause, cancel):
+                with pytest.raises(
+                    Busy, match=f"mailing {built.mailing.id} now: another process has held it"
+                ):
+                    step(coordinator, [built.mailing.id], NOW)
+            assert _status(coordinator, built) == MailingStatus.QUEUED
+            worker.commit()  # it woke and finished: the step goes through
+            (row,) = pause(coordinator, [built.mailing.id], NOW)
+            coordinator.commit()
+            assert row.status == MailingStatus.PAUSED
+    finally:
+        patient.dispose()
         engine.dispose()
 
 

@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from starlette.testclient import TestClient
 
+from jvmail import mailings
 from jvmail.db.models import (
     Delivery,
     EventType,
@@ -337,6 +338,28 @@ def test_conversions_and_refunds_by_signed_postback(served: Served) -> None:
     assert _postback(served, sale | {"id": "order-6", "click": stray}) == 400
     amounts = sorted(e.amount or 0.0 for e in served.events(EventType.CONVERTED))
     assert amounts == [-49.0, 49.0]
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_review_of_a_mailing_another_process_holds_says_try_again(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Held by a process stopped half way (the only way a review waits on anything): the
+    # sender is told to try again, and nothing changes until it lets go.
+    monkeypatch.setattr(mailings, "LOCK_WAIT_MS", 200)
+    session = served.session
+    promo = session.get(Promotion, served.hub.promotion.id)
+    assert promo is not None
+    waiting = mailing(session, promo, served.hub.lists[1])
+    waiting.status = MailingStatus.AWAITING_APPROVAL
+    session.commit()
+    url = review_url("", KEYS, waiting.id)
+    session.execute(select(Mailing.id).where(Mailing.id == waiting.id).with_for_update(read=True))
+    answer = served.client.post(url, data={"action": "approve"})
+    assert (answer.status_code, "try again in a minute" in answer.text) == (503, True)
+    session.commit()
+    assert session.get(Mailing, waiting.id).status == MailingStatus.AWAITING_APPROVAL  # type: ignore[union-attr]
+    assert served.client.post(url, data={"action": "approve"}).status_code == 200
 
 
 def test_a_sender_approves_or_declines_by_its_signed_link(served: Served) -> None:

@@ -55,7 +55,6 @@ PAUSABLE = (
 # resumed once its cause (a template, a secret) is fixed.
 CANCELLABLE = (*PAUSABLE, MailingStatus.PAUSED, MailingStatus.FAILED)
 RESUMABLE = (MailingStatus.PAUSED, MailingStatus.FAILED)
-LONG_AGO = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 
 
 def pause(session: Session, ids: Iterable[int], now: dt.datetime) -> list[MailingRow]:
@@ -85,7 +84,7 @@ def resume(session: Session, ids: Iterable[int], now: dt.datetime) -> list[Maili
             session.execute(unfail(m.id, m.error or "the mailing failed", now))
         if dispatched(session, m.id):
             m.status = MailingStatus.QUEUED
-            session.execute(rewind(m.id, LONG_AGO))
+            session.execute(rewind(m.id))
         else:
             m.status = _waiting(session, m)
         m.error, m.updated_at = None, now

@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from typing import NamedTuple, cast
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Delete,
     Engine,
@@ -224,18 +225,25 @@ def dispatched(session: Session, mailing_id: int) -> bool:
     return bool(session.scalar(select(or_(batches, handled))))
 
 
+_SUBSCRIBED = Subscriber.status == SubscriberStatus.SUBSCRIBED
+
+
+def _on_list(list_id: int) -> tuple[ColumnElement[bool], ...]:
+    """A subscriber row of the list, not archived."""
+    return (Subscriber.list_id == list_id, Subscriber.archived_at.is_(None))
+
+
+def _suppressed(sender_id: int) -> ColumnElement[bool]:
+    """Whether the subscriber's address is on the sender's suppression list."""
+    return exists().where(
+        Suppression.partner_id == sender_id, Suppression.email == Subscriber.email
+    )
+
+
 def _insert(conn: Connection, target: Target, span: tuple[int, int] | None = None) -> Made:
     """Insert the rows of ``target`` (of subscribers whose id is in ``span``, when given)."""
     sub = Subscriber
-    suppressed = exists().where(
-        Suppression.partner_id == target.sender_id, Suppression.email == sub.email
-    )
-    wanted = [
-        sub.list_id == target.list_id,
-        sub.status == SubscriberStatus.SUBSCRIBED,
-        sub.archived_at.is_(None),
-        ~suppressed,
-    ]
+    wanted = [*_on_list(target.list_id), _SUBSCRIBED, ~_suppressed(target.sender_id)]
     if span is not None:
         wanted.append(sub.id.between(*span))
     if target.others:
@@ -277,15 +285,12 @@ def why_nobody(session: Session, mailing_id: int) -> str:
     sender_id, list_id = session.execute(
         select(Mailing.sender_id, Mailing.list_id).where(Mailing.id == mailing_id)
     ).one()
-    sub = Subscriber
-    suppressed = exists().where(Suppression.partner_id == sender_id, Suppression.email == sub.email)
-    subscribed = sub.status == SubscriberStatus.SUBSCRIBED
     total, gone, held = session.execute(
         select(
             func.count(),
-            func.count().filter(~subscribed),
-            func.count().filter(subscribed, suppressed),
-        ).where(sub.list_id == list_id, sub.archived_at.is_(None))
+            func.count().filter(~_SUBSCRIBED),
+            func.count().filter(_SUBSCRIBED, _suppressed(sender_id)),
+        ).where(*_on_list(list_id))
     ).one()
     if not total:
         return (

@@ -113,24 +113,38 @@ def relay(
     return sorted(found)
 
 
-def rewind(mailing_id: int, long_ago: dt.datetime) -> Update:
+LONG_AGO = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)  # before any relay_after
+
+
+def rewind(mailing_id: int) -> Update:
     """A resumed mailing's batches: their messages were dropped while it stood still, so they
-    count as quiet since ``long_ago`` (the next tick relays those with rows to claim rather
-    than waiting out ``relay_after``), and open, so the rows a failed mailing's resume made
-    pending again are looked at (a closed batch's rows are not). A batch another transaction
-    holds is passed over: a worker is on it, and it waits for this one's lock on the mailing
-    (a wait here would close the circle)."""
-    batch, free = DeliveryBatch, aliased(DeliveryBatch)
-    unheld = select(free.lo).where(free.mailing_id == mailing_id).with_for_update(skip_locked=True)
+    count as quiet since long ago (the next tick relays those with rows to claim rather than
+    waiting out ``relay_after``), and open, so the rows a failed mailing's resume made pending
+    again are looked at (a closed batch's rows are not). A batch another transaction holds is
+    passed over: a worker is on it, and it waits for this one's lock on the mailing (a wait
+    here would close the circle)."""
+    batch = DeliveryBatch
     return (
         update(batch)
-        .where(batch.mailing_id == mailing_id, batch.lo.in_(unheld))
+        .where(batch.mailing_id == mailing_id, _unheld([mailing_id]))
         .values(
-            enqueued_at=long_ago,
-            claimed_at=case((batch.claimed_at.is_(None), None), else_=long_ago),
+            enqueued_at=LONG_AGO,
+            claimed_at=case((batch.claimed_at.is_(None), None), else_=LONG_AGO),
             open=True,
         )
     )
+
+
+def _unheld(mailing_ids: Sequence[int]) -> ColumnElement[bool]:
+    """Whether a batch of these mailings is one no other transaction holds (those are locked
+    by this one as they are found, on PostgreSQL; SQLite has one writer at a time)."""
+    batch, free = DeliveryBatch, aliased(DeliveryBatch)
+    found = (
+        select(free.mailing_id, free.lo)
+        .where(free.mailing_id.in_(list(mailing_ids)))
+        .with_for_update(skip_locked=True)
+    )
+    return tuple_(batch.mailing_id, batch.lo).in_(found)
 
 
 def _stamp(mailing_ids: Sequence[int], now: dt.datetime) -> ReturningUpdate[int, int, int]:
@@ -138,22 +152,17 @@ def _stamp(mailing_ids: Sequence[int], now: dt.datetime) -> ReturningUpdate[int,
     most a batch of rows, stopping at the first one left to claim). A batch another
     transaction holds is passed over: a worker is claiming it (or recording its answers) right
     now, or froze doing so (its process stopped), and the tick must not wait for it to wake."""
-    batch, free = DeliveryBatch, aliased(DeliveryBatch)
+    batch = DeliveryBatch
     left = any_row(
         Delivery.id.between(batch.lo, batch.hi),
         Delivery.mailing_id == batch.mailing_id,
         _claimable(now),
     )
-    unheld = (
-        select(free.mailing_id, free.lo)
-        .where(free.mailing_id.in_(list(mailing_ids)))
-        .with_for_update(skip_locked=True)
-    )
     return (
         update(batch)
         .where(
             batch.mailing_id.in_(list(mailing_ids)),
-            tuple_(batch.mailing_id, batch.lo).in_(unheld),
+            _unheld(mailing_ids),
             left,
         )
         .values(enqueued_at=now)
